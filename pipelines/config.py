@@ -1,0 +1,233 @@
+"""Typed configuration: YAML files validated into nested dataclasses, with ``--set a.b=value`` overrides.
+
+Every command accepts ``--config FILE`` and any number of ``--set key.path=value``. Values given with
+``--set`` are parsed as YAML scalars/lists (``--set train.lr=1e-4``, ``--set data.splits=[a,b]``).
+An unknown or mistyped key, or a value of the wrong type, is a :class:`ConfigError` that names the key,
+where it came from and the keys allowed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is invalid; the message says which key and how to fix it."""
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``--config`` and repeatable ``--set`` options every command shares."""
+    parser.add_argument("--config", metavar="FILE", help="YAML experiment config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    return parser
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert what YAML cannot express (tuples, Paths)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a valid {_describe(tp)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {_describe(tp)} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(
+                _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept numeric strings for floats.
+            try:
+                return float(value)
+            except ValueError:
+                _fail(where, value, tp)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(where, value, tp)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, value, tp)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(where, value, tp)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(where, value, tp)
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            _fail(where, value, tp)
+        return Path(value)
+    return value
+
+
+def _fail(where: str, value: Any, tp: Any) -> typing.NoReturn:
+    raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(cls: type, key: str, where: str) -> ConfigError:
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    path = f"{where}.{key}" if where else key
+    return ConfigError(f"unknown config key '{path}'.{hint} Allowed keys here: {', '.join(allowed)}")
+
+
+def _build(cls: type[T], data: dict, where: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in names:
+            raise _unknown_key(cls, key, where)
+    kwargs = {
+        key: _coerce(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+    except ValueError as err:  # __post_init__ validation
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr=1e-4'`` -> ``('train.lr', 1e-4)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build the dataclass ``cls`` from an optional YAML file and ``--set`` overrides (applied in order)."""
+    data = read_yaml(path) if path else {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(data, key, value)
+    try:
+        return _build(cls, data)
+    except ConfigError as err:
+        origin = f" (in {path})" if path else ""
+        raise ConfigError(f"{err}{origin}") from None
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A dataclass config as plain YAML-safe data (tuples -> lists, Paths -> strings)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Any) -> str:
+    """YAML text of a config; ``load_config`` reads it back to an equal object."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 2e-4, ...}``: a config flattened to dotted keys (e.g. for MLflow params)."""
+    data = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,54 @@
+"""Shared fixtures: a real local Ray cluster, a real MLflow SQLite store, and data-file requirements."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
+# jobs/ are scripts, not a package: make them importable for tests that call their main().
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def require_file(path: str | Path, install_hint: str) -> Path:
+    """Return ``path`` if it exists; otherwise skip with how to get it, or fail under CI=true."""
+    path = Path(path)
+    if path.exists():
+        return path
+    message = f"{path} is missing: {install_hint}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: .ci/run must install it)")
+    pytest.skip(message)
+
+
+def opencv_video(name: str) -> Path:
+    """A real video shipped by Debian's opencv-doc package (e.g. 'tree.avi', 'Megamind_bugy.avi')."""
+    return require_file(OPENCV_DATA / name, "apt-get install -y opencv-doc")
+
+
+@pytest.fixture
+def ray_local():
+    """A real single-node Ray cluster, started once and reused by every test that asks for it.
+
+    Four logical CPUs on a 2-core machine so Ray Train workers and Ray Data tasks do not starve each other.
+    Tests that need their own (multi-node) cluster call ``ray.shutdown()`` first; the next test that asks
+    for this fixture starts a fresh local cluster.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A real MLflow SQLite tracking store (and local artifact root) in a temporary folder."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
