@@ -5,7 +5,7 @@ import torch
 
 from vsr_models.spynet import SpyNet, spynet_official_to_ours, spynet_ours_to_official
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "ttvsr_official_state_dict.tsv"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "ttvsr_official_state_dict.tsv"
 
 
 def _constant_flow_spynet(bias_x: float) -> SpyNet:
@@ -39,11 +39,10 @@ def test_parameter_count_and_official_names_round_trip():
     net = SpyNet()
     assert sum(p.numel() for p in net.parameters()) == 1_440_300
     ours = set(net.state_dict())
-    if REFERENCE.exists():
-        official = {
-            line.split("\t")[0][len("spynet.") :]
-            for line in REFERENCE.read_text().splitlines()
-            if line.startswith("spynet.")
-        }
-        assert {spynet_official_to_ours(k) for k in official} == ours
+    official = {
+        line.split("\t")[0][len("spynet.") :]
+        for line in REFERENCE.read_text().splitlines()
+        if line.startswith("spynet.")
+    }
+    assert {spynet_official_to_ours(k) for k in official} == ours
     assert {spynet_official_to_ours(spynet_ours_to_official(k)) for k in ours} == ours

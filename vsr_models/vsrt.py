@@ -1,0 +1,375 @@
+"""VSR-Transformer (Cao et al., "Video Super-Resolution Transformer", arXiv 2106.06847, 2021).
+
+Reproduces the authors' released implementation tensor for tensor (``reference/README.md``,
+"VSR-Transformer as released"), so the released REDS (5 frames, depth 5) and Vimeo-90K (7 frames,
+depth 7) checkpoints load through :func:`convert_official_state_dict`. The network (Fig. 1):
+
+1. a feature extractor (input conv + residual blocks) applied to every LR frame;
+2. the spatial-temporal positional encoding (Sec. 4.1, Eq. 10) added to the features;
+3. ``depth`` pre-norm Transformer layers, each a spatial-temporal convolutional self-attention
+   (STCSA, Sec. 4.1, Eqs. 7-8) and a bidirectional optical flow-based feed-forward (BOFF, Sec. 4.2,
+   Eqs. 11-14), with the flows of Eq. 12 estimated once by SPyNet on the LR frames;
+4. reconstruction residual blocks and the x4 pixel-shuffle head plus a bilinear base, for every frame.
+
+Where the paper and the released code differ, the released code is followed:
+
+- the value projection is a full 3x3 conv (the paper's Table 4 says depthwise);
+- the layers are pre-norm, ``x = x + A(LN(x))`` and ``x = x + F(LN(x))`` (Eqs. 8 and 13 put the norm
+  after the residual), and ``A`` itself adds its normalised input, so each attention sub-layer adds both
+  ``x`` and ``LN(x)``;
+- the layer norms carry learned affine weights of shape ``(c, h, w)``: the network only runs on
+  ``spatial_size`` x ``spatial_size`` LR patches, and whole frames go through
+  :func:`vsr_models.inference.tiled_forward`;
+- the positional encoding is the ``positional-encodings`` package's 3-D encoding applied to the
+  ``(n, t, c, h, w)`` feature tensor with ``t`` in the role of channels (see
+  :class:`SpatialTemporalPositionalEncoding`);
+- all LeakyReLUs have slope 0.1 and the base image is upsampled bilinearly (the paper says 0.01 and
+  bicubic).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, make_layer, upsample_base
+from vsr_models.spynet import SpyNet, spynet_official_to_ours, spynet_ours_to_official
+
+LR_CHANNELS = 3  # RGB
+
+
+@dataclass
+class VSRTConfig:
+    """Hyperparameters of :class:`VSRTransformer`; the defaults are the released REDS model.
+
+    The released Vimeo-90K model is ``VSRTConfig(num_frames=7, depth=7)``.
+    """
+
+    num_frames: int = 5  # T the positional encoding is built for (Sec. 4.1)
+    mid_channels: int = 64  # C, feature channels
+    depth: int = 5  # number of Transformer layers (the paper sets it to T)
+    patch_size: int = 8  # W_p = H_p of the STCSA unfold, non-overlapping (stride = patch size)
+    spatial_size: int = 64  # LR h == w the layer norms are built for
+    num_extract_blocks: int = 5  # residual blocks of the feature extractor
+    num_reconstruct_blocks: int = 30  # residual blocks of the reconstruction network
+    num_ffn_blocks: int = 30  # residual blocks of each BOFF propagation network (R_1, R_2 of Eq. 14)
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "mid_channels", "depth", "patch_size", "spatial_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VSRTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.spatial_size % self.patch_size:
+            raise ValueError(
+                f"VSRTConfig.spatial_size ({self.spatial_size}) must be a multiple of "
+                f"patch_size ({self.patch_size}): the STCSA cuts every frame into non-overlapping patches"
+            )
+
+
+def next_frames(x: torch.Tensor) -> torch.Tensor:
+    """Frame i+1 at position i, the last frame repeated: (n, t, ...) -> (n, t, ...)."""
+    return torch.cat([x[:, 1:], x[:, -1:]], dim=1)
+
+
+def previous_frames(x: torch.Tensor) -> torch.Tensor:
+    """Frame i-1 at position i, the first frame repeated: (n, t, ...) -> (n, t, ...)."""
+    return torch.cat([x[:, :1], x[:, :-1]], dim=1)
+
+
+class SpatialTemporalPositionalEncoding(nn.Module):
+    """Fixed sinusoidal 3-D positional encoding (Sec. 4.1, Eq. 10) as the released code applies it.
+
+    The released model calls ``PositionalEncodingPermute3D(num_frames)`` of the ``positional-encodings``
+    package on the ``(n, t, c, h, w)`` features, so ``t`` plays the role of the encoding's channels and
+    ``(c, h, w)`` are its three position axes. With ``k = 2 * ceil(num_frames / 6)`` and the
+    ``k / 2`` frequencies ``inv_freq[j] = 1 / 10000^(2j / k)``, the encoding of frame slot ``s`` at
+    ``(c, h, w)`` is entry ``s`` of
+
+        [sin(c * inv_freq), cos(c * inv_freq), sin(h * inv_freq), cos(h * inv_freq),
+         sin(w * inv_freq), cos(w * inv_freq)]
+
+    (all sines of an axis before its cosines, the package's layout before its June 2022 change to
+    interleaving; with the single frequency of the 5-frame model both layouts coincide), truncated to
+    the input's ``t`` slots. ``inv_freq`` is a buffer because the released checkpoints carry it.
+    """
+
+    def __init__(self, num_frames: int):
+        super().__init__()
+        encodings_per_axis = 2 * math.ceil(num_frames / 6)  # k: sin and cos of k/2 frequencies
+        exponents = torch.arange(0, encodings_per_axis, 2, dtype=torch.float32) / encodings_per_axis
+        self.register_buffer("inv_freq", 1.0 / 10000**exponents)
+
+    @property
+    def max_frames(self) -> int:
+        """Most frame slots the encoding covers (3 axes x k); longer inputs have no encoding."""
+        return 3 * 2 * self.inv_freq.numel()
+
+    def _axis_encoding(self, size: int) -> torch.Tensor:
+        """(size, k): sines then cosines of position x frequency along one axis."""
+        positions = torch.arange(size, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        angles = positions[:, None] * self.inv_freq[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """feat: (n, t, c, h, w) -> encoding (t, c, h, w) in feat's dtype, to be broadcast-added."""
+        _, t, c, h, w = feat.shape
+        if t > self.max_frames:
+            raise ValueError(f"the positional encoding covers at most {self.max_frames} frames, got {t}")
+        k = 2 * self.inv_freq.numel()
+        encoding = torch.cat(
+            [
+                self._axis_encoding(c)[:, None, None, :].expand(c, h, w, k),
+                self._axis_encoding(h)[None, :, None, :].expand(c, h, w, k),
+                self._axis_encoding(w)[None, None, :, :].expand(c, h, w, k),
+            ],
+            dim=-1,
+        )  # (c, h, w, 3k)
+        return rearrange(encoding[..., :t], "c h w t -> t c h w").to(feat.dtype)
+
+
+class SpatialTemporalConvSelfAttention(nn.Module):
+    """Spatial-temporal convolutional self-attention, STCSA (Sec. 4.1, Eqs. 7-8), single head.
+
+    Query and key come from depthwise 3x3 convs, the value from a full 3x3 conv (``W_q``, ``W_k``,
+    ``W_v``). Each frame is cut into non-overlapping ``patch_size`` x ``patch_size`` patches
+    (``kappa_1``) of dimension ``d = c * patch_size^2``; one softmax over the patches of *all* frames,
+    scaled by ``1 / sqrt(d)``, weights the value patches, which are folded back (``kappa_2``) and
+    passed through the output conv ``W_o``.
+    """
+
+    def __init__(self, mid_channels: int = 64, patch_size: int = 8):
+        super().__init__()
+        self.patch_size = patch_size
+        self.query_conv = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1, groups=mid_channels)
+        self.key_conv = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1, groups=mid_channels)
+        self.value_conv = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1)
+        self.output_conv = nn.Conv2d(mid_channels, mid_channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: layer-normed features (n, t, c, h, w) -> (n, t, c, h, w).
+
+        As released, the result includes ``x`` itself (on top of the layer's own residual).
+        """
+        n, t, c, h, w = x.shape
+        p = self.patch_size
+        frames = rearrange(x, "n t c h w -> (n t) c h w")
+        to_patches = "(n t) c (ph p1) (pw p2) -> n (t ph pw) (c p1 p2)"  # tokens: every patch of every frame
+        query = rearrange(self.query_conv(frames), to_patches, n=n, p1=p, p2=p)
+        key = rearrange(self.key_conv(frames), to_patches, n=n, p1=p, p2=p)
+        value = rearrange(self.value_conv(frames), to_patches, n=n, p1=p, p2=p)
+        attended = F.scaled_dot_product_attention(query, key, value, scale=query.shape[-1] ** -0.5)
+        feat = rearrange(
+            attended, "n (t ph pw) (c p1 p2) -> (n t) c (ph p1) (pw p2)", t=t, ph=h // p, p1=p, p2=p
+        )
+        out = rearrange(self.output_conv(feat), "(n t) c h w -> n t c h w", n=n)
+        return out + x
+
+
+class BidirectionalFlowFeedForward(nn.Module):
+    """Bidirectional optical flow-based feed-forward, BOFF (Sec. 4.2, Eqs. 11-14).
+
+    The backward branch warps each frame's successor features onto it with the backward flows, the
+    forward branch its predecessor's with the forward flows (bilinear, zero padding; the edge frame is
+    its own neighbour). Each branch concatenates the LR frame (first) with the warped features and runs
+    its propagation network (``R_1``, ``R_2``: input conv + residual blocks); a 1x1 conv ``rho`` and a
+    LeakyReLU fuse the two.
+    """
+
+    def __init__(self, mid_channels: int = 64, num_blocks: int = 30):
+        super().__init__()
+        self.backward_propagation = ResidualBlocksWithInputConv(
+            mid_channels + LR_CHANNELS, mid_channels, num_blocks
+        )
+        self.forward_propagation = ResidualBlocksWithInputConv(
+            mid_channels + LR_CHANNELS, mid_channels, num_blocks
+        )
+        self.fusion = nn.Conv2d(2 * mid_channels, mid_channels, 1, 1, 0)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.1)
+
+    def forward(
+        self, x: torch.Tensor, lr: torch.Tensor, flows_backward: torch.Tensor, flows_forward: torch.Tensor
+    ) -> torch.Tensor:
+        """x: (n, t, c, h, w); lr: (n, t, 3, h, w); flows: (n, t, 2, h, w) -> (n, t, c, h, w)."""
+        n = x.shape[0]
+        lr_frames = rearrange(lr, "n t c h w -> (n t) c h w")
+
+        def aligned(neighbours: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
+            warped = flow_warp(
+                rearrange(neighbours, "n t c h w -> (n t) c h w"),
+                rearrange(flows, "n t c h w -> (n t) c h w"),
+            )
+            return torch.cat([lr_frames, warped], dim=1)  # (n t, 3 + c, h, w), LR first as released
+
+        backward = self.backward_propagation(aligned(next_frames(x), flows_backward))
+        forward = self.forward_propagation(aligned(previous_frames(x), flows_forward))
+        out = self.lrelu(self.fusion(torch.cat([backward, forward], dim=1)))
+        return rearrange(out, "(n t) c h w -> n t c h w", n=n)
+
+
+class VSRTransformerLayer(nn.Module):
+    """One pre-norm Transformer layer: ``x = x + STCSA(LN(x))``, then ``x = x + BOFF(LN(x))``.
+
+    Each layer norm normalises over ``(c, h, w)`` with a learned affine of that shape, as released.
+    """
+
+    def __init__(self, config: VSRTConfig):
+        super().__init__()
+        feature_shape = (config.mid_channels, config.spatial_size, config.spatial_size)
+        self.attention_norm = nn.LayerNorm(feature_shape)
+        self.attention = SpatialTemporalConvSelfAttention(config.mid_channels, config.patch_size)
+        self.feed_forward_norm = nn.LayerNorm(feature_shape)
+        self.feed_forward = BidirectionalFlowFeedForward(config.mid_channels, config.num_ffn_blocks)
+
+    def forward(
+        self, x: torch.Tensor, lr: torch.Tensor, flows_backward: torch.Tensor, flows_forward: torch.Tensor
+    ) -> torch.Tensor:
+        """x: (n, t, c, h, w); lr: (n, t, 3, h, w); flows: (n, t, 2, h, w) -> (n, t, c, h, w)."""
+        x = self.attention(self.attention_norm(x)) + x
+        return self.feed_forward(self.feed_forward_norm(x), lr, flows_backward, flows_forward) + x
+
+
+class VSRTransformer(nn.Module):
+    """VSR-Transformer (Fig. 1): x4 super-resolution of every frame of a (n, t, 3, s, s) LR clip.
+
+    ``s`` is ``config.spatial_size`` (64 as released); ``t`` may be any number of frames up to what the
+    positional encoding covers (6 for the 5-frame model, 12 for the 7-frame one), as in the released
+    code, although the models were trained on ``config.num_frames``.
+    """
+
+    def __init__(self, config: VSRTConfig | None = None):
+        super().__init__()
+        self.config = config = config or VSRTConfig()
+        mid = config.mid_channels
+        # feature extraction
+        self.feature_extractor = ResidualBlocksWithInputConv(LR_CHANNELS, mid, config.num_extract_blocks)
+        # optical flow (Eq. 12)
+        self.spynet = SpyNet()
+        # transformer
+        self.positional_encoding = SpatialTemporalPositionalEncoding(config.num_frames)
+        self.layers = nn.ModuleList(VSRTransformerLayer(config) for _ in range(config.depth))
+        # reconstruction
+        self.reconstruction = make_layer(config.num_reconstruct_blocks, mid)
+        self.upsample_head = UpsampleHead(mid, LR_CHANNELS)
+
+    def check_input(self, lr: torch.Tensor) -> None:
+        """Raise ValueError unless ``lr`` is (n, t, 3, s, s) with s = spatial_size and t encodable."""
+        s = self.config.spatial_size
+        if lr.dim() != 5 or lr.shape[2] != LR_CHANNELS:
+            raise ValueError(f"VSRTransformer expects LR frames (n, t, 3, h, w), got shape {tuple(lr.shape)}")
+        h, w = lr.shape[-2:]
+        if (h, w) != (s, s):
+            raise ValueError(
+                f"VSRTransformer only runs on {s}x{s} LR patches (its layer norms have learned "
+                f"({self.config.mid_channels}, {s}, {s}) affine weights), got {h}x{w}; super-resolve larger "
+                f"frames with vsr_models.inference.tiled_forward(model, lr, tile={s})"
+            )
+        t, max_frames = lr.shape[1], self.positional_encoding.max_frames
+        if t > max_frames:
+            raise ValueError(
+                f"VSRTransformer built for num_frames={self.config.num_frames} has a positional encoding "
+                f"for at most {max_frames} frames, got {t}; feed clips of {self.config.num_frames} frames "
+                f"(e.g. vsr_models.inference.chunked_forward)"
+            )
+
+    def compute_flows(self, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bidirectional flows of Eq. 12 on the LR frames, each (n, t, 2, h, w).
+
+        ``flows_backward[:, i]`` = SPyNet(frame i, frame i+1) warps frame i+1 onto frame i;
+        ``flows_forward[:, i]`` = SPyNet(frame i, frame i-1) warps frame i-1 onto frame i. At the sequence
+        ends the flow of a frame to itself is estimated (not assumed zero), as released.
+        """
+        n = lr.shape[0]
+        refs = torch.cat([lr, lr], dim=1)
+        supports = torch.cat([next_frames(lr), previous_frames(lr)], dim=1)
+        flows = self.spynet(
+            rearrange(refs, "n t c h w -> (n t) c h w"), rearrange(supports, "n t c h w -> (n t) c h w")
+        )
+        flows_backward, flows_forward = rearrange(flows, "(n t) c h w -> n t c h w", n=n).chunk(2, dim=1)
+        return flows_backward, flows_forward
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """lr: (n, t, 3, s, s) in [0, 1] -> (n, t, 3, 4s, 4s)."""
+        self.check_input(lr)
+        n = lr.shape[0]
+        lr_frames = rearrange(lr, "n t c h w -> (n t) c h w")
+
+        feat = rearrange(self.feature_extractor(lr_frames), "(n t) c h w -> n t c h w", n=n)
+        flows_backward, flows_forward = self.compute_flows(lr)
+
+        feat = feat + self.positional_encoding(feat)
+        for layer in self.layers:
+            feat = layer(feat, lr, flows_backward, flows_forward)
+
+        feat = self.reconstruction(rearrange(feat, "n t c h w -> (n t) c h w"))
+        out = self.upsample_head(feat) + upsample_base(lr_frames)
+        return rearrange(out, "(n t) c h w -> n t c h w", n=n)
+
+
+# Official tensor-name prefixes -> ours; "{}" stands for a block or layer index. The released
+# Transformer nests every sub-layer as Residual(PreNorm(fn)), hence ".0.fn.fn." and ".1.fn.norm.".
+_NAME_MAP: tuple[tuple[str, str], ...] = (
+    ("conv_first.", "feature_extractor.main.0."),
+    ("feature_extraction.{}.", "feature_extractor.main.2.{}."),
+    ("pos_embedding.penc.inv_freq", "positional_encoding.inv_freq"),
+    ("transformer.layers.{}.0.fn.norm.", "layers.{}.attention_norm."),
+    ("transformer.layers.{}.0.fn.fn.to_q.", "layers.{}.attention.query_conv."),
+    ("transformer.layers.{}.0.fn.fn.to_k.", "layers.{}.attention.key_conv."),
+    ("transformer.layers.{}.0.fn.fn.to_v.", "layers.{}.attention.value_conv."),
+    ("transformer.layers.{}.0.fn.fn.conv.", "layers.{}.attention.output_conv."),
+    ("transformer.layers.{}.1.fn.norm.", "layers.{}.feed_forward_norm."),
+    ("transformer.layers.{}.1.fn.fn.backward_resblocks.", "layers.{}.feed_forward.backward_propagation."),
+    ("transformer.layers.{}.1.fn.fn.forward_resblocks.", "layers.{}.feed_forward.forward_propagation."),
+    ("transformer.layers.{}.1.fn.fn.fusion.", "layers.{}.feed_forward.fusion."),
+    ("reconstruction.", "reconstruction."),
+    ("upconv1.", "upsample_head.upsample1."),
+    ("upconv2.", "upsample_head.upsample2."),
+    ("conv_hr.", "upsample_head.conv_hr."),
+    ("conv_last.", "upsample_head.conv_last."),
+)
+
+
+def _prefix_pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + r"(\d+)".join(re.escape(part) for part in template.split("{}")))
+
+
+def _renamer(
+    name_map: Iterable[tuple[str, str]], spynet_prefixes: tuple[str, str], spynet_rename: Callable[[str], str]
+) -> Callable[[str], str]:
+    """Key renaming by ``name_map`` prefixes, SPyNet keys by ``spynet_rename`` under their prefix."""
+    rules = [(_prefix_pattern(source), target) for source, target in name_map]
+    spynet_source, spynet_target = spynet_prefixes
+
+    def rename(key: str) -> str:
+        if key.startswith(spynet_source):
+            return spynet_target + spynet_rename(key.removeprefix(spynet_source))
+        for pattern, target in rules:
+            if m := pattern.match(key):
+                return target.format(*m.groups()) + key[m.end() :]
+        raise ValueError(
+            f"unknown VSR-Transformer tensor name {key!r}; expected one starting with "
+            f"{spynet_source!r} or one of {[source for source, _ in name_map]}"
+        )
+
+    return rename
+
+
+_official_to_ours = _renamer(_NAME_MAP, ("spynet.spynet.", "spynet."), spynet_official_to_ours)
+_ours_to_official = _renamer(
+    [(ours, official) for official, ours in _NAME_MAP], ("spynet.", "spynet.spynet."), spynet_ours_to_official
+)
+
+
+def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released BasicSR state dict (``params``, no prefix) -> this module's names; unknown names raise."""
+    return {_official_to_ours(key): value for key, value in sd.items()}
+
+
+def to_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_official_state_dict`: this module's names -> the released names."""
+    return {_ours_to_official(key): value for key, value in sd.items()}
