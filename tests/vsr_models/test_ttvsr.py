@@ -1,0 +1,497 @@
+"""TTVSR: names and size of the released model, its building blocks in isolation, and the whole network
+against a plain transcription of the released forward pass (``reference/README.md``, "TTVSR as released")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vsr_models.spynet import spynet_ours_to_official
+from vsr_models.ttvsr import (
+    TTVSR,
+    TrajectoryAttention,
+    TTVSRConfig,
+    convert_official_state_dict,
+    cross_scale_tokens,
+    identity_location_map,
+    to_official_state_dict,
+    tokenize,
+    trajectory_hard_attention,
+    untokenize,
+    update_location_maps,
+)
+
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "ttvsr_official_state_dict.tsv"
+TINY = TTVSRConfig(mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1)
+
+
+def official_shapes() -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of the released generator (mid 64, 60 blocks), as listed in REFERENCE."""
+    shapes: dict[str, tuple[int, ...]] = {"spynet.mean": (1, 3, 1, 1), "spynet.std": (1, 3, 1, 1)}
+    channels = (8, 32, 64, 32, 16, 2)
+    for level in range(6):
+        for k in range(5):
+            prefix = f"spynet.basic_module.{level}.basic_module.{k}.conv"
+            shapes[f"{prefix}.weight"] = (channels[k + 1], channels[k], 7, 7)
+            shapes[f"{prefix}.bias"] = (channels[k + 1],)
+
+    def conv(name: str, cout: int, cin: int, k: int = 3) -> None:
+        shapes[f"{name}.weight"] = (cout, cin, k, k)
+        shapes[f"{name}.bias"] = (cout,)
+
+    for name, cin, blocks in (("feat_extractor", 3, 5), ("resblocks", 128, 60)):
+        conv(f"{name}.main.0", 64, cin)
+        for b in range(blocks):
+            conv(f"{name}.main.2.{b}.conv1", 64, 64)
+            conv(f"{name}.main.2.{b}.conv2", 64, 64)
+    conv("LTAM.fusion", 64, 192)
+    conv("fusion", 64, 192, k=1)
+    conv("upsample1.upsample_conv", 256, 64)
+    conv("upsample2.upsample_conv", 256, 64)
+    conv("conv_hr", 64, 64)
+    conv("conv_last", 3, 64)
+    return shapes
+
+
+# --------------------------------------------------------------------------------------------------
+# A plain transcription of the released computation (grid_sample on stacked buffers, unfold/fold),
+# written from the facts in reference/README.md; the model must reproduce it.
+# --------------------------------------------------------------------------------------------------
+
+
+def released_flow_warp(x: Tensor, flow: Tensor, interpolation: str = "bilinear") -> Tensor:
+    n, _, h, w = x.shape
+    gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    grid = torch.stack((gx, gy), 2).to(x) + flow.permute(0, 2, 3, 1)
+    grid = torch.stack(
+        (2.0 * grid[..., 0] / max(w - 1, 1) - 1.0, 2.0 * grid[..., 1] / max(h - 1, 1) - 1.0), 3
+    )
+    return F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=True)
+
+
+def released_tokens(feat: Tensor, s: int = 4) -> list[Tensor]:
+    """Token maps (n, c*s*s, h/s, w/s) at window sizes s, 1.5s, 2s."""
+    n, c, h, w = feat.shape
+    out = [F.fold(F.unfold(feat, s, stride=s), (h // s, w // s), kernel_size=1)]
+    for factor, pad in ((1.5, 0.25), (2, 0.5)):
+        k = int(factor * s)
+        tiled = F.fold(
+            F.unfold(feat, k, padding=int(pad * s), stride=s),
+            (int(factor * h), int(factor * w)),
+            kernel_size=k,
+            stride=k,
+        )
+        pooled = F.adaptive_avg_pool2d(tiled, (h, w))
+        out.append(F.fold(F.unfold(pooled, s, stride=s), (h // s, w // s), kernel_size=1))
+    return out
+
+
+def released_ltam(
+    fusion: nn.Module,
+    curr: Tensor,
+    index_set: Tensor,
+    anchor: Tensor,
+    sparse_sets: list[Tensor],
+    loc: Tensor,
+    s=4,
+):
+    n, c, h, w = anchor.shape
+    t = index_set.shape[1]
+    length, num = c * s * s, (h // s) * (w // s)
+    grid = loc.view(n, t, 2, h // s, w // s).permute(0, 1, 3, 4, 2)
+    gx = 2.0 * grid[..., 0] / max(w // s - 1, 1) - 1.0
+    gy = 2.0 * grid[..., 1] / max(h // s - 1, 1) - 1.0
+    grid = torch.stack((gx, gy), 4).view(-1, h // s, w // s, 2)
+
+    def sample(buffer: Tensor) -> Tensor:  # -> n, t, (c*s*s), tokens
+        out = F.grid_sample(
+            buffer.reshape(-1, length, h // s, w // s),
+            grid,
+            mode="nearest",
+            padding_mode="zeros",
+            align_corners=True,
+        )
+        return out.view(n, t, length, num)
+
+    query = F.normalize(F.unfold(curr, s, stride=s).permute(0, 2, 1), dim=2).unsqueeze(3)
+    keys = F.normalize(sample(index_set).permute(0, 3, 1, 2), dim=3)
+    soft, index = torch.max(torch.matmul(keys, query).squeeze(3), dim=2)
+    soft = F.fold(soft.unsqueeze(1).expand(-1, length, -1), (h, w), kernel_size=s, stride=s)
+    folded = []
+    for buffer in sparse_sets:
+        picked = torch.gather(sample(buffer), 1, index.view(n, 1, 1, num).expand(-1, -1, length, -1))
+        folded.append(F.fold(picked.squeeze(1), (h, w), kernel_size=s, stride=s))
+    return fusion(torch.cat(folded, 1)) * soft + anchor
+
+
+def released_forward(model: TTVSR, lrs: Tensor, key_stride: int = 3) -> Tensor:
+    n, t, c, h, w = lrs.shape
+    half = t // 2
+    mirror = t % 2 == 0 and torch.norm(lrs[:, :half] - lrs[:, half:].flip(1)) == 0
+    lrs_1, lrs_2 = lrs[:, :-1].reshape(-1, c, h, w), lrs[:, 1:].reshape(-1, c, h, w)
+    flows_backward = model.spynet(lrs_1, lrs_2).view(n, t - 1, 2, h, w)
+    flows_forward = None if mirror else model.spynet(lrs_2, lrs_1).view(n, t - 1, 2, h, w)
+    feats = model.feature_extractor(lrs.view(-1, c, h, w)).view(n, t, -1, h, w).unbind(1)
+    gy, gx = torch.meshgrid(torch.arange(h // 4), torch.arange(w // 4), indexing="ij")
+    identity = torch.stack([gx, gy], 0).to(lrs).expand(n, -1, -1, -1)
+
+    def run(order, flow_at, key_frames):
+        feat_prop, location = torch.zeros_like(feats[0]), identity
+        buffers: list[list[Tensor]] = [[], [], [], []]  # index (keys), values at 3 scales
+        out = {}
+        for i in order:
+            if i != order[0]:
+                flow = flow_at(i)
+                feat_prop = released_flow_warp(feat_prop, flow)
+                location = released_flow_warp(
+                    location, F.adaptive_avg_pool2d(flow, (h // 4, w // 4)) / 4.0, "nearest"
+                )
+                stacked = [torch.stack(b, 1) for b in buffers]
+                fusion = model.trajectory_attention.fusion
+                feat_prop = released_ltam(fusion, feats[i], stacked[0], feat_prop, stacked[1:], location)
+                if i in key_frames:
+                    location = torch.cat([location, identity], 1)
+            feat_prop = model.propagation(torch.cat([feats[i], feat_prop], 1))
+            out[i] = feat_prop
+            if i in key_frames:
+                buffers[0].append(released_tokens(feats[i])[0])
+                for buffer, tokens in zip(buffers[1:], released_tokens(feat_prop), strict=True):
+                    buffer.append(tokens)
+        return out
+
+    backward = run(range(t - 1, -1, -1), lambda i: flows_backward[:, i], range(t - 1, 0, -key_stride))
+    forward = run(
+        range(t),
+        lambda i: flows_backward[:, -i] if flows_forward is None else flows_forward[:, i - 1],
+        range(0, t, key_stride),
+    )
+    frames = []
+    for i in range(t):
+        fused = F.leaky_relu(model.fusion(torch.cat([backward[i], feats[i], forward[i]], 1)), 0.1)
+        base = F.interpolate(lrs[:, i], scale_factor=4, mode="bilinear", align_corners=False)
+        frames.append(model.upsample(fused) + base)
+    return torch.stack(frames, 1)
+
+
+class ShiftOracle(nn.Module):
+    """Stands in for SPyNet (no trained weights here): exact flow of frames that translate globally.
+
+    Returns the constant integer flow f (in steps of 4 pixels, |f| <= 8) with ref(p) = supp(p + f).
+    """
+
+    def forward(self, ref: Tensor, supp: Tensor) -> Tensor:
+        candidates = torch.tensor(
+            [(dx, dy) for dx in range(-8, 9, 4) for dy in range(-8, 9, 4)], dtype=ref.dtype
+        )
+        errors = torch.stack(
+            [
+                (ref - supp.roll((-int(dy), -int(dx)), (-2, -1))).abs().flatten(1).mean(1)
+                for dx, dy in candidates
+            ]
+        )
+        flow = candidates[errors.argmin(0)]
+        return flow.view(-1, 2, 1, 1).expand(-1, -1, *ref.shape[-2:])
+
+
+def translating_clip(t: int, step: tuple[int, int], size: int = 64) -> Tensor:
+    """(1, t, 3, size, size) random texture moved by step = (dx, dy) pixels per frame (circularly)."""
+    base = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return torch.stack([base.roll((i * step[1], i * step[0]), (-2, -1)) for i in range(t)], 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Released names and size
+# --------------------------------------------------------------------------------------------------
+
+
+def test_default_config_has_released_parameter_count():
+    model = TTVSR()
+    assert sum(p.numel() for p in model.parameters()) == 6_773_615
+    assert sum(p.numel() for n, p in model.named_parameters() if n.startswith("spynet.")) == 1_440_300
+
+
+def test_official_names_convert_to_ours_and_back():
+    official = official_shapes()
+    listed = {
+        key: tuple(int(d) for d in shape.split("x"))
+        for key, shape in (line.split("\t") for line in REFERENCE.read_text().splitlines()[1:] if line)
+    }
+    assert listed == official
+    assert len(official) == 338
+
+    ours = {k: tuple(v.shape) for k, v in TTVSR().state_dict().items()}
+    converted = convert_official_state_dict({k: torch.empty(s, device="meta") for k, s in official.items()})
+    assert {k: tuple(v.shape) for k, v in converted.items()} == ours
+    assert "trajectory_attention.fusion.weight" in ours and "propagation.main.2.59.conv2.bias" in ours
+    back = to_official_state_dict({k: torch.empty(s, device="meta") for k, s in ours.items()})
+    assert {k: tuple(v.shape) for k, v in back.items()} == official
+
+
+def test_converted_weights_load_and_keep_values():
+    model = TTVSR(TINY)
+    official = to_official_state_dict(model.state_dict())
+    assert torch.equal(official["LTAM.fusion.weight"], model.trajectory_attention.fusion.weight)
+    other = TTVSR(TINY)
+    other.load_state_dict(convert_official_state_dict(official), strict=True)
+    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_spynet_pretrained_path_loads_official_names(tmp_path):
+    donor = TTVSR(TINY).spynet
+    path = tmp_path / "spynet.pth"
+    torch.save({"state_dict": {spynet_ours_to_official(k): v for k, v in donor.state_dict().items()}}, path)
+    model = TTVSR(
+        TTVSRConfig(
+            mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1, spynet_pretrained=str(path)
+        )
+    )
+    for name, value in donor.state_dict().items():
+        assert torch.equal(model.spynet.state_dict()[name], value), name
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale_index", [0, 1, 2])
+def test_cross_scale_tokens_match_released_tiling_and_pooling(scale_index):
+    feat = torch.randn(2, 5, 16, 24, dtype=torch.float64)
+    expected = released_tokens(feat)[scale_index].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(
+        cross_scale_tokens(feat, 4, (4, 6, 8)[scale_index]), expected, rtol=0, atol=1e-12
+    )
+
+
+def test_tokenize_lays_tokens_out_like_unfold_and_untokenize_inverts_it():
+    feat = torch.randn(2, 3, 8, 12)
+    tokens = tokenize(feat, 4)
+    torch.testing.assert_close(tokens, F.unfold(feat, 4, stride=4).transpose(1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(untokenize(tokens, (8, 12), 4), feat, rtol=0, atol=0)
+
+
+def test_wider_token_windows_see_beyond_the_token():
+    # A feature that is zero except one pixel just outside token (0, 0): only the 6x6 and 8x8 windows see it.
+    feat = torch.zeros(1, 1, 16, 16)
+    feat[0, 0, 4, 4] = 1.0
+    assert cross_scale_tokens(feat, 4, 4)[0, 0].abs().sum() == 0
+    assert cross_scale_tokens(feat, 4, 6)[0, 0].abs().sum() > 0
+    assert cross_scale_tokens(feat, 4, 8)[0, 0].abs().sum() > 0
+
+
+def test_location_maps_follow_the_average_pooled_flow():
+    # Token units: the flow moves every 4x4 token by (+1, -2) tokens on average, with pixel-level
+    # variation inside each token that the average pooling must remove.
+    h, w = 32, 48
+    wiggle = torch.tensor([[-2.0, 2.0], [2.0, -2.0]]).repeat(h // 2, w // 2)
+    flow = torch.stack([4.0 + wiggle, -8.0 - wiggle]).unsqueeze(0)
+    maps = identity_location_map(1, (h // 4, w // 4), torch.device("cpu")).repeat(1, 2, 1, 1)
+    for steps in (1, 2, 3):
+        maps = update_location_maps(maps, flow, 4)
+        gy, gx = torch.meshgrid(torch.arange(h // 4.0), torch.arange(w // 4.0), indexing="ij")
+        expected = torch.stack([(gx + steps).clamp(0, w // 4 - 1), (gy - 2 * steps).clamp(0, h // 4 - 1)])
+        torch.testing.assert_close(maps[0, :2], expected, rtol=0, atol=0)
+        torch.testing.assert_close(maps[0, 2:], expected, rtol=0, atol=0)
+
+
+def _attention_case(num_keys=3, grid=(4, 5), dim=32, seed=0):
+    """Key memory where exactly one trajectory position per query token holds (a multiple of) that query.
+
+    Map k sends token p to the circularly shifted position p + (k + 1) tokens, so reading keys at the
+    identity position instead would find no match.
+    """
+    g = torch.Generator().manual_seed(seed)
+    gh, gw = grid
+    num = gh * gw
+    query = F.normalize(torch.randn(1, num, dim, generator=g), dim=-1)
+    keys = F.normalize(torch.randn(1, num_keys, num, dim, generator=g), dim=-1)
+    gy, gx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    maps = torch.cat([torch.stack([(gx + k + 1) % gw, (gy + k + 1) % gh]) for k in range(num_keys)]).float()
+    match = torch.randint(0, num_keys, (num,), generator=g)
+    for p in range(num):
+        k = int(match[p])
+        x, y = int(maps[2 * k, p // gw, p % gw]), int(maps[2 * k + 1, p // gw, p % gw])
+        keys[0, k, y * gw + x] = query[0, p] * 2.5
+    return query, F.normalize(keys, dim=-1).flatten(1, 2), maps.unsqueeze(0), match
+
+
+def test_hard_attention_picks_the_key_frame_holding_the_matching_texture():
+    query, keys, maps, match = _attention_case()
+    hard_index, soft_weight, _, inside = trajectory_hard_attention(query, keys, maps)
+    assert torch.equal(hard_index[0], match)
+    torch.testing.assert_close(soft_weight, torch.ones_like(soft_weight))
+    assert bool(inside.all())
+
+
+def test_trajectory_attention_adds_the_selected_values_weighted_by_soft_attention():
+    c, s, (gh, gw) = 2, 4, (4, 5)
+    query, keys, maps, match = _attention_case(dim=c * s * s)
+    values = [torch.randn(1, keys.shape[1], c * s * s) for _ in range(3)]
+    attention = TrajectoryAttention(mid_channels=c, num_scales=3, token_size=s)
+    with torch.no_grad():  # fusion passes the first scale's values through unchanged
+        attention.fusion.weight.zero_()
+        attention.fusion.bias.zero_()
+        attention.fusion.weight[:, :c, 1, 1] = torch.eye(c)
+    # A query feature whose tokens are exactly the constructed queries.
+    query_feat = untokenize(query, (gh * s, gw * s), s)
+    anchor = torch.randn(1, c, gh * s, gw * s)
+    out = attention(query_feat, anchor, keys, values, maps)
+
+    rows = []
+    for p, k in enumerate(match.tolist()):  # row of (key frame k, position on its map) in the memory
+        x, y = maps[0, 2 * k].flatten()[p], maps[0, 2 * k + 1].flatten()[p]
+        rows.append(k * gh * gw + int(y) * gw + int(x))
+    expected_tokens = values[0][:, rows]
+    torch.testing.assert_close(out, anchor + untokenize(expected_tokens, (gh * s, gw * s), s))
+
+
+def test_trajectory_attention_matches_released_ltam_in_value_and_gradient():
+    # integer positions, a few of them off the map (zero padding in the released grid_sample)
+    g = torch.Generator().manual_seed(1)
+    n, c, h, w, num_keys = 2, 4, 16, 20, 5
+    attention = TrajectoryAttention(c, 3, 4).double()
+    inputs = [torch.randn(n, c, h, w, generator=g, dtype=torch.float64) for _ in range(2)]
+    inputs += [
+        torch.randn(n, num_keys, c * 16, h // 4, w // 4, generator=g, dtype=torch.float64) for _ in range(4)
+    ]
+    for x in inputs:
+        x.requires_grad_(True)
+    curr, anchor, index_set, *sparse = inputs
+    size = (n, num_keys, h // 4, w // 4)
+    loc = torch.stack(
+        [torch.randint(-1, w // 4 + 1, size, generator=g), torch.randint(-1, h // 4 + 1, size, generator=g)],
+        2,
+    )
+    loc = loc.flatten(1, 2).double()
+    assert (loc < 0).any()
+
+    def memory(buffer: Tensor) -> Tensor:  # (n, K, c*16, h', w') -> (n, K*P, c*16)
+        return buffer.flatten(3).transpose(2, 3).flatten(1, 2)
+
+    ours = attention(curr, anchor, F.normalize(memory(index_set), dim=-1), [memory(b) for b in sparse], loc)
+    released = released_ltam(attention.fusion, curr, index_set, anchor, sparse, loc)
+    torch.testing.assert_close(ours, released, rtol=1e-10, atol=1e-10)
+
+    weights = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    leaves = [*inputs, *attention.parameters()]
+    ours_grads = torch.autograd.grad((ours * weights).sum(), leaves)
+    released_grads = torch.autograd.grad((released * weights).sum(), leaves)
+    for a, b in zip(ours_grads, released_grads, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole network
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_forward_reproduces_the_released_computation(mirrored):
+    # key frame stride 2 over 5 frames: backward keys 4, 2 and forward keys 0, 2, so trajectories of
+    # two key frames compete in both directions
+    torch.manual_seed(0)
+    config = TTVSRConfig(mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1, key_frame_stride=2)
+    model = TTVSR(config).double().eval()
+    lrs = torch.rand(1, 5, 3, 64, 64, dtype=torch.float64)
+    if mirrored:  # the released code then reuses the backward flows
+        lrs = torch.cat([lrs[:, :2], lrs[:, :2].flip(1)], 1)
+    with torch.no_grad():
+        ours, released = model(lrs), released_forward(model, lrs, key_stride=2)
+    assert ours.shape == (1, lrs.shape[1], 3, 256, 256)
+    torch.testing.assert_close(ours, released, rtol=1e-9, atol=1e-9)
+
+
+def test_location_maps_follow_content_translating_by_a_known_offset():
+    model = TTVSR(TINY).eval()
+    model.spynet = ShiftOracle()
+    step = (4, -4)  # pixels per frame = (+1, -1) tokens
+    t = 7
+    seen: list[Tensor] = []
+    model.trajectory_attention.register_forward_pre_hook(lambda module, args: seen.append(args[4].clone()))
+    with torch.no_grad():
+        model(translating_clip(t, step))
+
+    # Backward pass visits 5..0 with key frames 6, 3; forward pass 1..6 with key frames 0, 3.
+    visits = [(i, [6] if i >= 3 else [6, 3]) for i in range(5, -1, -1)]
+    visits += [(i, [0] if i <= 3 else [0, 3]) for i in range(1, t)]
+    assert len(seen) == len(visits)
+    gy, gx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    for maps, (i, key_frames) in zip(seen, visits, strict=True):
+        assert maps.shape == (1, 2 * len(key_frames), 16, 16)
+        for k, key in enumerate(key_frames):
+            # content at token p of frame i sits at p + (key - i) * step in frame `key`
+            expected = torch.stack([gx + (key - i), gy - (key - i)]).clamp(0, 15)
+            torch.testing.assert_close(maps[0, 2 * k : 2 * k + 2], expected, rtol=0, atol=0)
+
+
+def test_mirror_extended_input_reuses_backward_flows():
+    torch.manual_seed(0)
+    reuse = TTVSR(TINY).eval()
+    recompute = TTVSR(TTVSRConfig(**{**TINY.__dict__, "reuse_mirror_flows": False})).eval()
+    recompute.load_state_dict(reuse.state_dict())
+    calls = {"reuse": 0, "recompute": 0}
+    for name, model in (("reuse", reuse), ("recompute", recompute)):
+        model.spynet.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    half = torch.rand(1, 2, 3, 64, 64)
+    lrs = torch.cat([half, half.flip(1)], 1)
+    with torch.no_grad():
+        out_reuse, out_recompute = reuse(lrs), recompute(lrs)
+    assert calls == {"reuse": 1, "recompute": 2}
+    torch.testing.assert_close(out_reuse, out_recompute, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_every_trainable_parameter_and_not_a_frozen_spynet():
+    torch.manual_seed(0)
+    # key frame stride 1: frame 2 (forward) and frame 0 (backward) attend over two key frames
+    config = TTVSRConfig(mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1, key_frame_stride=1)
+    lrs, target = torch.rand(1, 3, 3, 64, 64), torch.rand(1, 3, 3, 256, 256)
+    for frozen in (False, True):
+        model = TTVSR(config)
+        model.spynet.requires_grad_(not frozen)
+        F.mse_loss(model(lrs), target).backward()
+        for name, p in model.named_parameters():
+            if frozen and name.startswith("spynet."):
+                assert p.grad is None, name
+            else:
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_runs_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    model = TTVSR(TINY).eval()
+    lrs = torch.rand(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(lrs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(lrs)
+    assert out.shape == (1, 3, 3, 256, 256)
+    assert torch.isfinite(out).all()
+    assert (out.float() - reference).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 2, 3, 64, 66), "divisible by the token size 4"),
+        ((1, 2, 3, 60, 64), "at least 64x64"),
+        ((1, 2, 1, 64, 64), r"\(n, t, 3, h, w\)"),
+        ((2, 3, 64, 64), r"\(n, t, 3, h, w\)"),
+    ],
+)
+def test_rejects_frames_it_cannot_process(shape, message):
+    with pytest.raises(ValueError, match=message) as error:
+        TTVSR(TINY)(torch.rand(shape))
+    if "token size" in message:
+        assert "vsr_models.inference" in str(error.value)
+
+
+@pytest.mark.parametrize("scales", [(4, 5), (2, 4)])
+def test_config_rejects_token_scales_not_centred_on_the_token(scales):
+    with pytest.raises(ValueError, match="token scale"):
+        TTVSRConfig(token_scales=scales)

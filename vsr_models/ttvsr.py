@@ -1,0 +1,430 @@
+"""TTVSR: Learning Trajectory-Aware Transformer for Video Super-Resolution (Liu et al., CVPR 2022).
+
+The network follows the authors' released implementation (``reference/README.md``, "TTVSR as
+released"), which is what the released checkpoints were trained with:
+
+- Flows (SPyNet) between neighbouring LR frames; a mirror-extended input reuses the backward flows,
+  reversed, as forward flows.
+- A feature extractor (the embedding ``phi`` of Sec. 3.1) gives queries and keys; the features of a
+  propagation module shared by both directions give the values.
+- Location maps (Sec. 3.2, Eq. 6-8) hold, for every token of the current frame, its position in each
+  earlier key frame (every ``key_frame_stride``-th frame). They are moved along with the
+  average-pooled backward flow at every step and a new map starts at every key frame.
+- Trajectory-aware attention (Sec. 3.1, Eq. 4-5): each query token is compared (cosine similarity)
+  with the key tokens along its trajectory only; the value tokens at the best match (hard attention)
+  are fused, weighted by the best similarity (soft attention) and added to the propagated feature.
+- Cross-scale feature tokenization (Sec. 3.1): values are also cut from larger windows (6x6, 8x8
+  around each 4x4 token) pooled down to the token size.
+- Backward, then forward propagation; per frame, the two directions and the extractor feature are
+  fused and upsampled x4 by pixel shuffle, plus a bilinear x4 of the LR frame.
+
+Memory: the released code stacks every token buffer at every frame and samples all of them at all
+trajectory positions, so training memory grows with the square of the sequence length. Here the
+buffers grow only at key frames, the similarity over the trajectory is computed without autograd
+(its argmax is not differentiable and the gradient of the max reaches only the selected key), and
+only the selected key and value tokens are gathered with autograd. Outputs and gradients equal the
+released computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, pixel_grid, upsample_base
+from vsr_models.spynet import SpyNet, spynet_official_to_ours, spynet_ours_to_official
+
+MIN_INPUT_MULTIPLE = 4
+"""LR height and width must be multiples of the token size (4 in the released model)."""
+MIN_INPUT_SIZE = 64
+"""The released model asserts LR height and width of at least 64 (for SPyNet's 6-level pyramid)."""
+
+# Key frames compared at once when searching a trajectory; bounds the transient memory of the
+# similarity search to this many feature maps, whatever the sequence length.
+_KEY_FRAMES_PER_CHUNK = 8
+
+
+@dataclass
+class TTVSRConfig:
+    """Hyperparameters of TTVSR; the defaults are the released REDS model (6,773,615 parameters).
+
+    token_scales: window sizes of the cross-scale feature tokenization; each window is centred on a
+    ``token_size`` token, so ``scale - token_size`` must be even and non-negative.
+    reuse_mirror_flows: on a mirror-extended input, take the forward flows from the backward ones
+    (as released) instead of running SPyNet again.
+    spynet_pretrained: optional path of SPyNet weights (official or our names) loaded at construction.
+    """
+
+    mid_channels: int = 64
+    num_extract_blocks: int = 5
+    num_propagation_blocks: int = 60
+    token_size: int = 4
+    token_scales: tuple[int, ...] = (4, 6, 8)
+    key_frame_stride: int = 3
+    spynet_pretrained: str | None = None
+    reuse_mirror_flows: bool = True
+
+    def __post_init__(self) -> None:
+        self.token_scales = tuple(self.token_scales)
+        if self.mid_channels < 1 or self.token_size < 1 or self.key_frame_stride < 1:
+            raise ValueError("TTVSRConfig: mid_channels, token_size and key_frame_stride must be >= 1")
+        if self.num_extract_blocks < 0 or self.num_propagation_blocks < 0:
+            raise ValueError("TTVSRConfig: num_extract_blocks and num_propagation_blocks must be >= 0")
+        if not self.token_scales:
+            raise ValueError("TTVSRConfig: token_scales must name at least one window size")
+        for scale in self.token_scales:
+            if scale < self.token_size or (scale - self.token_size) % 2:
+                raise ValueError(
+                    f"TTVSRConfig: token scale {scale} must be >= token_size {self.token_size} and differ "
+                    f"from it by an even number, so that the window is centred on the token"
+                )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-scale feature tokenization (Sec. 3.1)
+# ---------------------------------------------------------------------------------------------------
+
+
+def tokenize(feat: Tensor, token_size: int) -> Tensor:
+    """Cut a feature map into non-overlapping ``token_size`` x ``token_size`` tokens.
+
+    feat: (n, c, h, w) -> tokens (n, h/s * w/s, c*s*s), row-major over the token grid, each token
+    laid out (c, y, x) like ``F.unfold``.
+    """
+    return F.pixel_unshuffle(feat, token_size).flatten(2).transpose(1, 2)
+
+
+def untokenize(tokens: Tensor, size: tuple[int, int], token_size: int) -> Tensor:
+    """Fold tokens back into a feature map: (n, h/s * w/s, c*s*s) -> (n, c, h, w); inverse of tokenize."""
+    h, w = size
+    grid = tokens.transpose(1, 2).unflatten(2, (h // token_size, w // token_size))
+    return F.pixel_shuffle(grid, token_size)
+
+
+def cross_scale_tokens(feat: Tensor, token_size: int, scale: int) -> Tensor:
+    """Tokens of size ``token_size`` cut from ``scale`` x ``scale`` windows (cross-scale tokenization).
+
+    The windows are centred on the ``token_size`` tokens (stride ``token_size``, zero padding
+    ``(scale - token_size) / 2``) and average-pooled down to the token size. The released code tiles
+    the windows side by side into an (h*scale/s, w*scale/s) map, adaptive-average-pools it back to
+    (h, w) and cuts that into tokens; the pooling cells never straddle two windows, so pooling each
+    window on its own gives the same numbers without the tiled map.
+
+    feat: (n, c, h, w) -> tokens (n, h/s * w/s, c*s*s).
+    """
+    if scale == token_size:
+        return tokenize(feat, token_size)
+    n, c = feat.shape[:2]
+    windows = F.unfold(feat, scale, padding=(scale - token_size) // 2, stride=token_size)
+    windows = windows.unflatten(1, (c, scale, scale)).permute(0, 4, 1, 2, 3)  # (n, tokens, c, k, k)
+    pooled = F.adaptive_avg_pool2d(windows.flatten(0, 1), token_size)
+    return pooled.unflatten(0, (n, -1)).flatten(2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Location maps (Sec. 3.2)
+# ---------------------------------------------------------------------------------------------------
+
+
+def identity_location_map(n: int, token_grid: tuple[int, int], device: torch.device) -> Tensor:
+    """A new location map (Eq. 6 at the key frame itself): every token at its own position.
+
+    Returns (n, 2, h', w') float32 coordinates in token units, channel 0 = x, channel 1 = y.
+    """
+    return pixel_grid(*token_grid, device, torch.float32).expand(n, -1, -1, -1)
+
+
+def update_location_maps(location_maps: Tensor, flow: Tensor, token_size: int) -> Tensor:
+    """Move every trajectory one frame on (Eq. 8: *L^t = S(L^t, O^{T+1})).
+
+    The pixel flow is average-pooled to the token grid and divided by the token size (the motion of
+    a token is the mean motion of its pixels), then every location map is sampled at the positions
+    the flow points to: nearest sampling, so the maps keep integer token coordinates, and border
+    padding, so they stay on the map.
+
+    location_maps: (n, 2K, h/s, w/s), K maps of (x, y) token coordinates; flow: (n, 2, h, w) pixel
+    flow warping the previous frame onto the current one. Returns (n, 2K, h/s, w/s) float32.
+    """
+    token_flow = F.adaptive_avg_pool2d(flow.float(), location_maps.shape[-2:]) / token_size
+    return flow_warp(location_maps.float(), token_flow, interpolation="nearest", padding_mode="border")
+
+
+def trajectory_rows(location_maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each trajectory position lies in a token memory of shape (n, K * h'w', d).
+
+    The released code samples the token maps at the location maps with ``grid_sample`` (nearest,
+    zero padding, align_corners True); this is the same lookup as an index: the rounded (x, y) of
+    map k of sample b is row ``(b*K + k) * h'w' + y*w' + x`` of the memory flattened to (n*K*h'w', d),
+    and positions off the map read zeros.
+
+    location_maps: (n, 2K, h', w') -> rows (n, K, h'w') int64, inside (n, K, h'w') bool.
+    """
+    n, _, gh, gw = location_maps.shape
+    coords = location_maps.unflatten(1, (-1, 2)).round()  # (n, K, 2, h', w'), round half to even
+    x, y = coords[:, :, 0], coords[:, :, 1]
+    inside = (x >= 0) & (x <= gw - 1) & (y >= 0) & (y <= gh - 1)
+    position = y.clamp(0, gh - 1) * gw + x.clamp(0, gw - 1)
+    num_maps = coords.shape[1]
+    first_row = torch.arange(n * num_maps, device=coords.device).view(n, num_maps, 1) * (gh * gw)
+    return position.flatten(2).long() + first_row, inside.flatten(2)
+
+
+def gather_tokens(memory: Tensor, rows: Tensor) -> Tensor:
+    """Tokens at ``rows`` of the memory flattened to (n*K*P, d): memory (n, K*P, d), rows (n, ...) -> (n, ..., d).
+
+    ``index_select`` keeps only the index for backward (not the whole memory, as ``gather`` would).
+    """
+    return memory.flatten(0, 1).index_select(0, rows.flatten()).view(*rows.shape, memory.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trajectory-aware attention (Sec. 3.1, Eq. 4-5)
+# ---------------------------------------------------------------------------------------------------
+
+
+def trajectory_hard_attention(
+    query: Tensor, keys: Tensor, location_maps: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Hard and soft attention along each query token's trajectory (Eq. 4).
+
+    h = argmax_t <q / |q|, k_t / |k_t|> over the K trajectory positions, s = the maximum itself.
+    The search runs without autograd; the soft weight is then recomputed from the selected key
+    alone, which gives the same value and the same gradient (the gradient of a max reaches only the
+    maximising element).
+
+    query: (n, P, d) L2-normalised query tokens; keys: (n, K*P, d) L2-normalised key tokens of the
+    K key frames; location_maps: (n, 2K, h', w') with h'w' = P.
+    Returns hard_index (n, P) int64 in [0, K), soft_weight (n, P), rows (n, P) (the selected
+    position in the flattened token memory, see :func:`trajectory_rows`) and inside (n, P) bool.
+    """
+    rows, inside = trajectory_rows(location_maps)
+    with torch.no_grad():
+        similarity = torch.cat(
+            [
+                torch.einsum("nkpd,npd->nkp", gather_tokens(keys, chunk), query)
+                for chunk in rows.split(_KEY_FRAMES_PER_CHUNK, dim=1)
+            ],
+            dim=1,
+        )
+        similarity = similarity.masked_fill(~inside, 0.0)  # positions off the map read zero keys
+        hard_index = similarity.max(dim=1).indices
+    selected_rows = rows.gather(1, hard_index.unsqueeze(1)).squeeze(1)
+    selected_inside = inside.gather(1, hard_index.unsqueeze(1)).squeeze(1)
+    soft_weight = (gather_tokens(keys, selected_rows) * query).sum(-1) * selected_inside
+    return hard_index, soft_weight, selected_rows, selected_inside
+
+
+class TrajectoryAttention(nn.Module):
+    """Trajectory-aware attention over the cross-scale value tokens (Eq. 5), released as ``LTAM``.
+
+    The value tokens at the hard index, one set per token scale, are folded back into feature maps,
+    fused by a 3x3 conv, weighted by the soft attention (constant over each token) and added to the
+    warped propagated feature. (Eq. 5's concatenation with the query is the propagation module's
+    input, which joins the result with the current extractor feature.)
+    """
+
+    def __init__(self, mid_channels: int = 64, num_scales: int = 3, token_size: int = 4):
+        super().__init__()
+        self.token_size = token_size
+        self.fusion = nn.Conv2d(num_scales * mid_channels, mid_channels, 3, 1, 1)
+
+    def forward(
+        self,
+        query_feat: Tensor,
+        anchor_feat: Tensor,
+        keys: Tensor,
+        values: Sequence[Tensor],
+        location_maps: Tensor,
+    ) -> Tensor:
+        """query_feat: (n, c, h, w) extractor feature of the current frame; anchor_feat: (n, c, h, w)
+        propagated feature warped onto it; keys: (n, K*P, c*s*s) L2-normalised key tokens; values:
+        per token scale (n, K*P, c*s*s); location_maps: (n, 2K, h/s, w/s). Returns (n, c, h, w).
+        """
+        n, _, h, w = anchor_feat.shape
+        s = self.token_size
+        query = F.normalize(tokenize(query_feat, s), dim=-1)
+        _, soft_weight, rows, inside = trajectory_hard_attention(query, keys, location_maps)
+        inside = inside.unsqueeze(-1)
+        attended = [untokenize(gather_tokens(v, rows) * inside, (h, w), s) for v in values]
+        soft_weight = F.interpolate(soft_weight.view(n, 1, h // s, w // s), scale_factor=s, mode="nearest")
+        return anchor_feat + self.fusion(torch.cat(attended, dim=1)) * soft_weight
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------------
+
+
+def is_mirror_extended(lrs: Tensor) -> bool:
+    """Whether (n, t, c, h, w) frames are a sequence followed by its reverse (t even)."""
+    t = lrs.shape[1]
+    return t % 2 == 0 and torch.equal(lrs[:, : t // 2], lrs[:, t // 2 :].flip(1))
+
+
+class TTVSR(nn.Module):
+    """Trajectory-aware Transformer for video super-resolution (x4), as released."""
+
+    def __init__(self, config: TTVSRConfig | None = None):
+        super().__init__()
+        self.config = config = config or TTVSRConfig()
+        mid = config.mid_channels
+        # alignment
+        self.spynet = SpyNet()
+        if config.spynet_pretrained:
+            load_spynet_weights(self.spynet, config.spynet_pretrained)
+        # embedding of queries and keys (phi in Sec. 3.1)
+        self.feature_extractor = ResidualBlocksWithInputConv(3, mid, config.num_extract_blocks)
+        # attention and propagation, one module shared by both directions
+        self.trajectory_attention = TrajectoryAttention(mid, len(config.token_scales), config.token_size)
+        self.propagation = ResidualBlocksWithInputConv(2 * mid, mid, config.num_propagation_blocks)
+        # reconstruction: backward, extractor and forward features -> x4 residual image
+        self.fusion = nn.Conv2d(3 * mid, mid, 1, 1, 0)
+        self.upsample = UpsampleHead(mid)
+
+    def check_input_size(self, lrs: Tensor) -> None:
+        """Raise ValueError unless lrs is (n, t, 3, h, w) with h, w >= 64 and multiples of the token size."""
+        if lrs.ndim != 5 or lrs.shape[2] != 3:
+            raise ValueError(f"TTVSR expects LR frames (n, t, 3, h, w), got shape {tuple(lrs.shape)}")
+        h, w = lrs.shape[-2:]
+        s = self.config.token_size
+        if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE or h % s or w % s:
+            raise ValueError(
+                f"TTVSR needs LR frames of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} whose height and width "
+                f"are divisible by the token size {s}; got {h}x{w}. Pad the frames (reflect) to a valid "
+                f"size, or run the model through vsr_models.inference.super_resolve, which pads and crops."
+            )
+
+    def compute_flows(self, lrs: Tensor) -> tuple[Tensor, Tensor]:
+        """lrs: (n, t, 3, h, w) -> (backward, forward) flows, each (n, t-1, 2, h, w).
+
+        backward[:, i] warps frame i+1 onto frame i; forward[:, i] warps frame i onto frame i+1.
+        """
+        n, t, c, h, w = lrs.shape
+        if t < 2:
+            empty = lrs.new_zeros(n, 0, 2, h, w)
+            return empty, empty
+        earlier, later = lrs[:, :-1].flatten(0, 1), lrs[:, 1:].flatten(0, 1)
+        backward = self.spynet(earlier, later).view(n, t - 1, 2, h, w)
+        if self.config.reuse_mirror_flows and is_mirror_extended(lrs):
+            # frame i+1 -> i of the second half is frame t-2-i -> t-1-i of the first half, reversed
+            return backward, backward.flip(1)
+        return backward, self.spynet(later, earlier).view(n, t - 1, 2, h, w)
+
+    def forward(self, lrs: Tensor) -> Tensor:
+        """lrs: (n, t, 3, h, w) LR frames in [0, 1] -> (n, t, 3, 4h, 4w) SR frames."""
+        self.check_input_size(lrs)
+        n, t = lrs.shape[:2]
+        flows_backward, flows_forward = self.compute_flows(lrs)
+        feats = self.feature_extractor(lrs.flatten(0, 1)).unflatten(0, (n, t)).unbind(1)
+
+        # flows are handed over in processing order: step k uses the flow onto the k-th frame visited
+        backward_feats = self.propagate(feats, flows_backward.flip(1), range(t - 1, -1, -1))
+        forward_feats = self.propagate(feats, flows_forward, range(t))
+
+        outputs = []
+        for i in range(t):
+            fused = F.leaky_relu(
+                self.fusion(torch.cat([backward_feats[i], feats[i], forward_feats[i]], dim=1)), 0.1
+            )
+            outputs.append(self.upsample(fused) + upsample_base(lrs[:, i]))
+        return torch.stack(outputs, dim=1)
+
+    def propagate(self, feats: Sequence[Tensor], flows: Tensor, frame_order: Sequence[int]) -> list[Tensor]:
+        """One direction of propagation with trajectory-aware attention.
+
+        feats: t extractor features (n, c, h, w); flows: (n, t-1, 2, h, w), flows[:, k] warps the
+        frame visited at step k onto the one visited at step k+1; frame_order: frames in the order
+        visited. Every ``key_frame_stride``-th frame visited is a key frame: a trajectory starts there
+        and its tokens join the memory (the last frame visited is never used as one).
+        Returns the propagated features (n, c, h, w), indexed by frame.
+        """
+        s = self.config.token_size
+        n, c, h, w = feats[0].shape
+        frame_order = list(frame_order)
+        key_frames = set(frame_order[:-1][:: self.config.key_frame_stride])
+        new_location_map = identity_location_map(n, (h // s, w // s), feats[0].device)
+
+        feat_prop = feats[0].new_zeros(n, c, h, w)
+        location_maps = new_location_map[:, :0]
+        keys = values = None
+        propagated: dict[int, Tensor] = {}
+        for step, i in enumerate(frame_order):
+            if step > 0:
+                flow = flows[:, step - 1]
+                feat_prop = flow_warp(feat_prop, flow, padding_mode="border")
+                location_maps = update_location_maps(location_maps, flow, s)
+                feat_prop = self.trajectory_attention(feats[i], feat_prop, keys, values, location_maps)
+            if i in key_frames:
+                location_maps = torch.cat([location_maps, new_location_map], dim=1)
+
+            feat_prop = self.propagation(torch.cat([feats[i], feat_prop], dim=1))
+            propagated[i] = feat_prop
+
+            if i in key_frames:
+                new_keys = F.normalize(tokenize(feats[i], s), dim=-1)
+                new_values = [cross_scale_tokens(feat_prop, s, k) for k in self.config.token_scales]
+                if keys is None:
+                    keys, values = new_keys, new_values
+                else:
+                    keys = torch.cat([keys, new_keys], dim=1)
+                    values = [torch.cat(pair, dim=1) for pair in zip(values, new_values, strict=True)]
+        return [propagated[i] for i in range(len(feats))]
+
+
+def load_spynet_weights(spynet: SpyNet, path: str) -> None:
+    """Load SPyNet weights from a file with official (``basic_module.l.basic_module.k.conv``) or our names.
+
+    Accepts a bare state dict or one under ``state_dict``, with or without a ``spynet.`` prefix.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state = {spynet_official_to_ours(k.removeprefix("spynet.")): v for k, v in state.items()}
+    spynet.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Released checkpoint names
+# ---------------------------------------------------------------------------------------------------
+
+# Official prefix -> ours (official names with the ``generator.`` prefix already stripped).
+_OFFICIAL_TO_OURS = (
+    ("feat_extractor.", "feature_extractor."),
+    ("LTAM.", "trajectory_attention."),
+    ("resblocks.", "propagation."),
+    ("upsample1.upsample_conv.", "upsample.upsample1."),
+    ("upsample2.upsample_conv.", "upsample.upsample2."),
+    ("conv_hr.", "upsample.conv_hr."),
+    ("conv_last.", "upsample.conv_last."),
+)
+
+
+def _rename(key: str, table: Sequence[tuple[str, str]]) -> str:
+    for old, new in table:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def convert_official_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Released TTVSR generator state dict (``generator.`` stripped) -> this module's names."""
+    return {
+        "spynet." + spynet_official_to_ours(k[len("spynet.") :])
+        if k.startswith("spynet.")
+        else _rename(k, _OFFICIAL_TO_OURS): v
+        for k, v in sd.items()
+    }
+
+
+def to_official_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """This module's state dict -> the released generator's names (without ``generator.``)."""
+    ours_to_official = [(new, old) for old, new in _OFFICIAL_TO_OURS]
+    return {
+        "spynet." + spynet_ours_to_official(k[len("spynet.") :])
+        if k.startswith("spynet.")
+        else _rename(k, ours_to_official): v
+        for k, v in sd.items()
+    }
