@@ -82,7 +82,11 @@ def flow_warp(
     # Sample in at least float32 even under bf16 autocast: a bf16 grid is off by ~0.5 px at a width of 320.
     dtype = torch.promote_types(torch.promote_types(x.dtype, grid.dtype), torch.float32)
     warped = F.grid_sample(
-        x.to(dtype), grid.to(dtype), mode=interpolation, padding_mode=padding_mode, align_corners=align_corners
+        x.to(dtype),
+        grid.to(dtype),
+        mode=interpolation,
+        padding_mode=padding_mode,
+        align_corners=align_corners,
     )
     return warped.to(x.dtype)
 
