@@ -1,0 +1,95 @@
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vsr_models import build_model
+from vsr_models.profile import count_parameters, flops_per_frame, main
+
+TTVSR_TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
+VSRT_TINY = {
+    "num_frames": 3,
+    "depth": 1,
+    "mid_channels": 8,
+    "spatial_size": 16,
+    "patch_size": 4,
+    "num_extract_blocks": 1,
+    "num_reconstruct_blocks": 1,
+    "num_ffn_blocks": 1,
+}
+
+
+class PerFrameConv(nn.Module):
+    """x4 by one 3x3 conv (3 -> 48) and a pixel shuffle: 48 * 3 * 9 multiply-adds per LR pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 48, 3, padding=1)
+
+    def forward(self, lr):
+        return nn.functional.pixel_shuffle(self.conv(lr.flatten(0, 1)), 4).unflatten(0, lr.shape[:2])
+
+
+def test_flops_per_frame_counts_two_flops_per_multiply_add():
+    assert flops_per_frame(PerFrameConv(), (12, 20), frames=3) == 2 * 48 * 3 * 9 * 12 * 20
+
+
+def test_count_parameters_matches_the_released_ttvsr():
+    with torch.device("meta"):
+        model = build_model("ttvsr")
+    assert count_parameters(model) == 6_773_615
+    model.spynet.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == 6_773_615 - count_parameters(model.spynet)
+
+
+def test_meta_device_count_equals_the_count_of_a_real_run():
+    cpu_model = build_model("ttvsr", **TTVSR_TINY)
+    with torch.device("meta"):
+        meta_model = build_model("ttvsr", **TTVSR_TINY, reuse_mirror_flows=False)
+    cpu = flops_per_frame(cpu_model, (64, 64), frames=3)
+    assert cpu > 0
+    assert flops_per_frame(meta_model, (64, 64), frames=3) == cpu
+
+
+def test_vsrt_is_profiled_through_tiles_and_sliding_windows():
+    with torch.device("meta"):
+        model = build_model("vsrt", **VSRT_TINY)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, 3, 16, 16, device="meta"))
+    window = counter.get_total_flops()
+    # 28x40 LR with 16x16 tiles, overlap 4: 2 x 3 tiles; 5 frames in windows of 3 with overlap 0: 2 windows
+    assert flops_per_frame(model, (28, 40), frames=5, chunk_overlap=0) == pytest.approx(6 * 2 * window / 5)
+    # the default sliding window (overlap 2) runs windows starting at 0, 1, 2
+    assert flops_per_frame(model, (28, 40), frames=5) == pytest.approx(6 * 3 * window / 5)
+
+
+def test_cli_prints_parameters_and_flops_of_a_tiny_config(capsys):
+    overrides = [f"--set={k}={v}" for k, v in TTVSR_TINY.items()]
+    main(["--arch", "ttvsr", "--size", "64x64", "--frames", "4", *overrides])
+    out = capsys.readouterr().out
+    with torch.device("meta"):
+        model = build_model("ttvsr", **TTVSR_TINY, reuse_mirror_flows=False)
+    assert f"parameters: {count_parameters(model):,}" in out
+    flops = float(re.search(r"FLOPs per frame: [\d.]+ T \(([\d.e+]+);", out)[1])
+    assert flops == pytest.approx(flops_per_frame(model, (64, 64), frames=4), rel=1e-3)
+    assert f"MACs per frame: {flops / 2e12:.4f} T" in out
+    assert "'num_propagation_blocks': 1" in out
+
+
+def test_cli_rejects_bad_sizes_and_unknown_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["--arch", "ttvsr", "--size", "180by320"])
+    assert "size must be HxW" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown vsrt config key.*blocks"):
+        main(["--arch", "vsrt", "--set", "blocks=3"])
+
+
+def test_module_help_runs_as_a_script():
+    result = subprocess.run(
+        [sys.executable, "-m", "vsr_models.profile", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--arch" in result.stdout and "--size" in result.stdout and "--set" in result.stdout
