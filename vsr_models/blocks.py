@@ -74,16 +74,17 @@ def flow_warp(
     if x.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"flow_warp: image size {tuple(x.shape[-2:])} != flow size {tuple(flow.shape[-2:])}")
     h, w = x.shape[-2:]
-    coords = pixel_grid(h, w, flow.device, flow.dtype) + flow
+    # Build the grid and sample in at least float32, whatever x and flow hold (bf16 autocast, a bf16
+    # model): bf16 stores integers exactly only up to 256, so a bf16 grid moves pixels of wider frames.
+    dtype = torch.promote_types(torch.promote_types(x.dtype, flow.dtype), torch.float32)
+    coords = pixel_grid(h, w, flow.device, dtype) + flow.to(dtype)
     # grid_sample wants (n, h, w, 2) in [-1, 1]; align_corners=True maps pixel 0 -> -1, w-1 -> 1.
     grid_x = 2.0 * coords[:, 0] / max(w - 1, 1) - 1.0
     grid_y = 2.0 * coords[:, 1] / max(h - 1, 1) - 1.0
     grid = torch.stack((grid_x, grid_y), dim=-1)
-    # Sample in at least float32 even under bf16 autocast: a bf16 grid is off by ~0.5 px at a width of 320.
-    dtype = torch.promote_types(torch.promote_types(x.dtype, grid.dtype), torch.float32)
     warped = F.grid_sample(
         x.to(dtype),
-        grid.to(dtype),
+        grid,
         mode=interpolation,
         padding_mode=padding_mode,
         align_corners=align_corners,

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -89,36 +90,46 @@ def _infer_vsrt_config(official: Mapping[str, Tensor]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build one network family and translate its released checkpoints."""
+    """How to build one network family and translate its released checkpoints.
+
+    ``model_file`` is the family's module; by the package's contract it provides
+    ``convert_official_state_dict`` (released names -> ours) and ``to_official_state_dict``.
+    """
 
     name: str
+    model_file: ModuleType
     model_class: type[nn.Module]
     config_class: type
-    convert_official: Callable[[StateDict], StateDict]
-    to_official: Callable[[StateDict], StateDict]
     infer_config: Callable[[Mapping[str, Tensor]], dict[str, Any]]
     release: str  # the released file layout, for error messages
 
+    def convert_official(self, sd: StateDict) -> StateDict:
+        return self.model_file.convert_official_state_dict(sd)
+
+    def to_official(self, sd: StateDict) -> StateDict:
+        return self.model_file.to_official_state_dict(sd)
+
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "ttvsr": Architecture(
-        name="ttvsr",
-        model_class=ttvsr.TTVSR,
-        config_class=ttvsr.TTVSRConfig,
-        convert_official=ttvsr.convert_official_state_dict,
-        to_official=ttvsr.to_official_state_dict,
-        infer_config=_infer_ttvsr_config,
-        release="mmediting: {'state_dict': {'generator.<name>': tensor}, 'meta': ...}",
-    ),
-    "vsrt": Architecture(
-        name="vsrt",
-        model_class=vsrt.VSRTransformer,
-        config_class=vsrt.VSRTConfig,
-        convert_official=vsrt.convert_official_state_dict,
-        to_official=vsrt.to_official_state_dict,
-        infer_config=_infer_vsrt_config,
-        release="BasicSR: {'params': {<name>: tensor}} (and maybe 'params_ema')",
-    ),
+    spec.name: spec
+    for spec in (
+        Architecture(
+            "ttvsr",
+            ttvsr,
+            ttvsr.TTVSR,
+            ttvsr.TTVSRConfig,
+            _infer_ttvsr_config,
+            release="mmediting: {'state_dict': {'generator.<name>': tensor}, 'meta': ...}",
+        ),
+        Architecture(
+            "vsrt",
+            vsrt,
+            vsrt.VSRTransformer,
+            vsrt.VSRTConfig,
+            _infer_vsrt_config,
+            release="BasicSR: {'params': {<name>: tensor}} (and maybe 'params_ema')",
+        ),
+    )
 }
 
 # Config fields that only say how to initialise weights: meaningless (and maybe a missing path) when
@@ -235,7 +246,9 @@ def _mismatches(expected: StateDict, found: StateDict, name: Callable[[str], str
 
 # -- the authors' released checkpoints -------------------------------------------------------------
 
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict")  # tried in this order when key=None
+# Tried in this order when key=None. "params" before "params_ema": the released VSR-Transformer test
+# loads BasicSR's default param_key "params", so that is what its published numbers were scored with.
+_WRAPPER_KEYS = ("params", "params_ema", "state_dict")
 _PREFIXES = ("generator.", "module.")
 
 
@@ -319,8 +332,8 @@ def import_official(
         path: the released file (``.pth``).
         arch: ``'ttvsr'`` or ``'vsrt'``.
         key: the top-level entry holding the weights. By default the first present of
-            ``'params_ema'`` (BasicSR's EMA weights, what it evaluates when a model keeps them),
-            ``'params'`` and ``'state_dict'``, else the file is taken as a bare state dict.
+            ``'params'`` (what the released VSR-Transformer test loads, BasicSR's default),
+            ``'params_ema'`` and ``'state_dict'``, else the file is taken as a bare state dict.
         **overrides: config fields. Fields readable from the file (block counts, channels, and for
             VSR-Transformer ``depth``, ``spatial_size`` and ``num_frames``, the latter assumed equal to
             ``depth`` as in both releases) are inferred when not given, so the Vimeo-90K 7-frame
@@ -348,7 +361,9 @@ def import_official(
     problems = _official_problems(spec, model, official)
     if problems:
         fits = [
-            f"arch={other.name!r} with {_describe(c)}" for other, c in _fitting(official) if other != spec
+            f"arch={other.name!r} with {_describe(c)}"
+            for other, c in _fitting(official)
+            if (other, c) != (spec, config)  # e.g. the file fits this arch without the overrides
         ]
         raise IncompatibleCheckpointError(
             f"{path} does not fit {found}; expected layout {spec.release}:\n"

@@ -9,8 +9,10 @@ Both networks were trained on small crops of short sequences; this module runs t
   tile of a row or column is shifted back to end at the border.
 - :func:`chunked_forward` cuts a long sequence into overlapping temporal windows and takes every
   output frame from the window in which it is most central, so a recurrent model (TTVSR) sees
-  context on both sides and memory stays bounded. With ``overlap = chunk - 1`` it is the sliding
-  window a fixed-length model (VSR-Transformer, ``num_frames``) needs.
+  context on both sides and memory stays bounded.
+- :func:`centred_forward` gives every output frame its own window of a fixed-length model's
+  ``num_frames`` frames, centred on it and padded past the sequence ends as the released
+  VSR-Transformer test pads them (:func:`centred_window`); the centre output is kept.
 - :func:`pad_to_multiple` pads frames (reflect, or replicate where the frame is too small to
   reflect) to a size the model accepts (TTVSR: multiples of its 4x4 token size, at least 64x64)
   and the output is cropped back.
@@ -112,21 +114,6 @@ def pad_to_multiple(lr: Tensor, multiple: int, min_size: int = 0) -> tuple[Tenso
 def crop_output(sr: Tensor, size: tuple[int, int], scale: int) -> Tensor:
     """Crop ``(..., H', W')`` output of padded input back to ``(scale * h, scale * w)``."""
     return sr[..., : scale * size[0], : scale * size[1]]
-
-
-def _reflect_indices(length: int, total: int) -> tuple[list[int], int]:
-    """Frame indices padding a ``length``-frame sequence to ``total`` by reflection at both ends.
-
-    Returns the indices and the position of frame 0 among them (frames 0..length-1 follow in order).
-    """
-    front = (total - length) // 2
-    period = max(2 * (length - 1), 1)
-
-    def reflect(i: int) -> int:
-        i %= period
-        return i if i < length else period - i
-
-    return [reflect(i) for i in range(-front, total - front)], front
 
 
 # -- running the model -----------------------------------------------------------------------------
@@ -312,14 +299,75 @@ def chunked_forward(
     Returns:
         ``(n, t, c', H, W)`` float32 on ``lr``'s device.
     """
-    windows = most_central_windows(lr.shape[1], chunk, overlap)
+    t = lr.shape[1]
+    windows = [
+        (list(range(start, min(start + chunk, t))), [(frame, frame - start) for frame in frames])
+        for start, frames in most_central_windows(t, chunk, overlap)
+    ]
+    return _run_windows(model, lr, windows, progress)
+
+
+def centred_window(frame: int, length: int, window: int) -> list[int]:
+    """The ``window`` frame indices fed to a fixed-length model for output ``frame`` (at ``window // 2``).
+
+    Inside the sequence these are the frame's neighbours. Past an end, an odd window is padded like
+    BasicSR's ``reflection_circle`` (the released VSR-Transformer test for REDS4 and Vid4): output 0
+    of a 5-frame window is fed ``[4, 3, 0, 1, 2]``, output ``t-1`` is fed
+    ``[t-3, t-2, t-1, t-4, t-5]``. Where that has too few frames (even windows, sequences shorter than
+    the window) the sequence is mirrored at its ends instead (``[1, 0, 1]`` for output 0 of 2 frames).
+    """
+    half, last = window // 2, length - 1
+    circle = window % 2 == 1 and length >= window
+    period = max(2 * last, 1)
+
+    def index(i: int) -> int:
+        if not circle:  # mirror: ..., 2, 1, [0, 1, ..., last], last - 1, ...
+            i %= period
+            return i if i <= last else period - i
+        if i < 0:
+            return frame + half - i
+        if i > last:
+            return frame - half - (i - last)
+        return i
+
+    return [index(i) for i in range(frame - half, frame - half + window)]
+
+
+def centred_forward(model: Forward, lr: Tensor, window: int, progress: Progress | None = None) -> Tensor:
+    """Super-resolve every frame as the centre of its own ``window``-frame input (:func:`centred_window`).
+
+    How the released VSR-Transformer test runs its fixed-length model: one call per output frame,
+    keeping only the centre frame's output.
+
+    Args:
+        model: maps ``(n, window, c, h, w)`` to ``(n, window, c', H, W)``.
+        lr: ``(n, t, c, h, w)``, any ``t >= 1``.
+        window: frames per model call.
+        progress: called with (frames done, frames total).
+
+    Returns:
+        ``(n, t, c', H, W)`` float32 on ``lr``'s device.
+    """
+    t = lr.shape[1]
+    windows = [(centred_window(frame, t, window), [(frame, window // 2)]) for frame in range(t)]
+    return _run_windows(model, lr, windows, progress)
+
+
+def _run_windows(
+    model: Forward,
+    lr: Tensor,
+    windows: list[tuple[list[int], list[tuple[int, int]]]],
+    progress: Progress | None,
+) -> Tensor:
+    """Run ``model`` on ``lr[:, indices]`` per window; output frame ``f`` is window position ``p`` for (f, p) kept."""
     output: Tensor | None = None
     with _evaluating(model):
-        for done, (start, frames) in enumerate(windows, 1):
-            sr = _call(model, lr[:, start : start + chunk])
+        for done, (indices, kept) in enumerate(windows, 1):
+            sr = _call(model, lr[:, indices])
             if output is None:
                 output = torch.zeros(lr.shape[0], lr.shape[1], *sr.shape[2:], device=lr.device)
-            output[:, frames] = sr[:, [f - start for f in frames]].float()
+            frames, positions = zip(*kept, strict=True)
+            output[:, list(frames)] = sr[:, list(positions)].float()
             if progress is not None:
                 progress(done, len(windows))
     return output
@@ -349,27 +397,29 @@ def super_resolve(
       defaults to ``tile // 4`` (16 for 64x64 tiles).
     - ``chunk``: temporal windows (:func:`chunked_forward`) with ``chunk_overlap`` frames shared
       (default ``chunk // 4``). For a fixed-length model (``config.num_frames``) the chunk is
-      ``num_frames`` and the default overlap ``num_frames - 1``: a sliding window in which every
-      output frame is as central as possible (passing another ``chunk`` is an error); shorter
-      sequences are padded by reflection in time.
+      ``num_frames`` (passing another is an error) and, unless ``chunk_overlap`` is given, every
+      output frame is the centre of its own window (:func:`centred_forward`), as the released
+      VSR-Transformer test runs it.
     - Runs under ``torch.no_grad`` in eval mode on the model's device; returns on ``lr``'s device.
 
     Args:
         model: the network (or any :data:`Forward`).
         lr: ``(n, t, 3, h, w)`` LR frames in [0, 1].
-        progress: called with (done, total) per temporal window when chunking, else per tile batch.
+        progress: called with (done, total) per temporal window when windowing, else per tile batch.
 
     Returns:
         ``(n, t, 3, scale*h, scale*w)``.
     """
     constraints = input_constraints(model)
-    if constraints.spatial_size is not None:
-        if tile not in (None, constraints.spatial_size):
-            raise ValueError(
-                f"{type(model).__name__} only accepts {constraints.spatial_size}x{constraints.spatial_size} "
-                f"LR patches, so tile must be {constraints.spatial_size} (got {tile})"
-            )
-        tile = constraints.spatial_size
+    size = constraints.spatial_size
+    tile = _fixed_by_model(model, "tile", tile, size, f"only accepts {size}x{size} LR patches")
+    chunk = _fixed_by_model(
+        model,
+        "chunk",
+        chunk,
+        constraints.num_frames,
+        f"runs on windows of num_frames={constraints.num_frames}",
+    )
     if tile is not None and overlap is None:
         overlap = tile // 4
     if tile is not None and (tile % constraints.multiple or tile < constraints.min_size):
@@ -388,20 +438,21 @@ def super_resolve(
             sr = tiled_forward(model, frames, tile, overlap, scale, tile_batch, report)
         return crop_output(sr, size, scale)
 
-    t = lr.shape[1]
-    if constraints.num_frames is not None:
-        if chunk not in (None, constraints.num_frames):
-            raise ValueError(
-                f"{type(model).__name__} runs on windows of num_frames={constraints.num_frames} frames, "
-                f"so chunk must be {constraints.num_frames} (got {chunk})"
-            )
-        chunk = constraints.num_frames
-        chunk_overlap = chunk - 1 if chunk_overlap is None else chunk_overlap
     with _evaluating(model):
         if chunk is None:
             return spatial(lr, progress)
-        if t < chunk and constraints.num_frames is not None:
-            indices, first = _reflect_indices(t, chunk)
-            return chunked_forward(lambda x: spatial(x, None), lr[:, indices], chunk)[:, first : first + t]
+        if constraints.num_frames is not None and (chunk_overlap is None or lr.shape[1] < chunk):
+            return centred_forward(lambda x: spatial(x, None), lr, chunk, progress)
         chunk_overlap = chunk // 4 if chunk_overlap is None else chunk_overlap
         return chunked_forward(lambda x: spatial(x, None), lr, chunk, chunk_overlap, progress)
+
+
+def _fixed_by_model(
+    model: Forward, name: str, requested: int | None, required: int | None, why: str
+) -> int | None:
+    """``required`` where the model fixes the value (``requested`` must then be None or equal), else ``requested``."""
+    if required is None:
+        return requested
+    if requested not in (None, required):
+        raise ValueError(f"{type(model).__name__} {why}, so {name} must be {required} (got {requested})")
+    return required

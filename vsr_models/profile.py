@@ -8,10 +8,10 @@ report multiply-adds (MACs) as "FLOPs", so both are printed.
 
 The network runs through :func:`vsr_models.inference.super_resolve`, i.e. exactly as for a real
 video: TTVSR on the whole frames; VSR-Transformer, whose layer norms fix the LR patch at 64x64, on
-overlapping tiles and, for sequences longer than ``num_frames``, a sliding temporal window in which
-every output frame is computed ``num_frames`` times (pass ``chunk_overlap=0`` to count
-non-overlapping windows instead). The count is the total divided by the number of output frames,
-so it includes the cost of tile overlap and window recomputation.
+overlapping tiles and one ``num_frames`` window centred on every output frame, as its released test
+runs it (pass ``chunk_overlap=0`` to count non-overlapping windows instead). The count is the total
+divided by the number of output frames, so it includes the cost of tile overlap and window
+recomputation.
 
 By default everything runs on the ``meta`` device: shapes only, no arithmetic, so even a
 VSR-Transformer profile at 180x320 takes seconds on a laptop.

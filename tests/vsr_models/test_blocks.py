@@ -46,3 +46,11 @@ def test_upsample_head_and_base_are_x4():
     assert base.shape == (1, 3, 20, 24)
     # bilinear with align_corners False preserves a constant image
     torch.testing.assert_close(upsample_base(torch.full((1, 3, 4, 4), 0.3)), torch.full((1, 3, 16, 16), 0.3))
+
+
+def test_flow_warp_of_a_bfloat16_flow_keeps_exact_pixel_coordinates():
+    # bfloat16 holds integers exactly only up to 256: a grid built in it would move columns 257.. by a pixel
+    x = torch.rand(1, 1, 2, 320).to(torch.bfloat16)
+    out = flow_warp(x, torch.zeros(1, 2, 2, 320, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, x)

@@ -121,12 +121,12 @@ def test_vsrt_basicsr_checkpoint_imports_losslessly(tmp_path):
         assert torch.equal(imported(lr), model.eval()(lr))
 
 
-def test_params_ema_is_preferred_and_key_selects_another_entry(tmp_path):
+def test_params_are_preferred_as_the_released_test_loads_them_and_key_selects_another_entry(tmp_path):
     plain, ema = build_model("vsrt", **VSRT_SMALL), build_model("vsrt", **VSRT_SMALL)
-    torch.save({"params": _official(plain, "vsrt"), "params_ema": _official(ema, "vsrt")}, tmp_path / "v.pth")
+    torch.save({"params_ema": _official(ema, "vsrt"), "params": _official(plain, "vsrt")}, tmp_path / "v.pth")
     small = {"patch_size": 4, "num_frames": 3}
-    _assert_same_weights(import_official(tmp_path / "v.pth", "vsrt", **small), ema)
-    _assert_same_weights(import_official(tmp_path / "v.pth", "vsrt", key="params", **small), plain)
+    _assert_same_weights(import_official(tmp_path / "v.pth", "vsrt", **small), plain)
+    _assert_same_weights(import_official(tmp_path / "v.pth", "vsrt", key="params_ema", **small), ema)
     with pytest.raises(
         IncompatibleCheckpointError, match=r"no entry 'state_dict'.*\['params', 'params_ema'\]"
     ):
@@ -194,6 +194,9 @@ def test_wrong_arch_or_overrides_are_reported_with_what_would_fit(tmp_path):
     ) as info:
         import_official(tmp_path / "vsrt.pth", "vsrt", depth=3, patch_size=4)
     assert "missing (" in str(info.value) and "transformer.layers.2.0.fn.norm.weight" in str(info.value)
+    # a wrong override on the right arch: the message names the config the file does fit
+    with pytest.raises(IncompatibleCheckpointError, match=fits.replace("(", r"\(")):
+        import_official(tmp_path / "ttvsr.pth", "ttvsr", num_propagation_blocks=3)
 
 
 def test_unreadable_or_missing_files_fail_clearly(tmp_path):

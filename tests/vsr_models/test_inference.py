@@ -9,6 +9,7 @@ from torch import nn
 
 from vsr_models.inference import (
     blend_profile,
+    centred_window,
     chunked_forward,
     input_constraints,
     most_central_windows,
@@ -193,6 +194,14 @@ def test_chunked_forward_of_a_per_frame_model_equals_the_direct_forward():
     assert {shape[1] for shape in model.calls[1:]} == {4}
 
 
+def test_chunked_forward_of_a_sequence_shorter_than_a_chunk_runs_once_on_all_of_it():
+    model, lr = ConvSR(), _frames(1, 3, 3, 12, 12)
+    with torch.no_grad():
+        expected = model(lr)
+    torch.testing.assert_close(chunked_forward(model, lr, chunk=5, overlap=1), expected)
+    assert [shape[1] for shape in model.calls] == [3, 3]
+
+
 def test_chunked_forward_keeps_overlap_frames_from_the_window_where_they_are_central():
     # output of a window = position of the frame in that window, so the result shows which window was used
     def position(lr):
@@ -230,7 +239,21 @@ def test_pad_to_multiple_reflects_and_keeps_the_original_size():
     assert torch.equal(tiny, torch.ones(1, 1, 1, 4, 4))
 
 
-def test_fixed_size_model_is_tiled_automatically_with_a_central_sliding_window():
+def test_centred_windows_pad_the_ends_like_the_released_reflection_circle():
+    # BasicSR generate_frame_indices(..., padding='reflection_circle'), used by the released VSRT test
+    assert centred_window(50, 100, 5) == [48, 49, 50, 51, 52]
+    assert centred_window(0, 100, 5) == [4, 3, 0, 1, 2]
+    assert centred_window(1, 100, 5) == [4, 0, 1, 2, 3]
+    assert centred_window(98, 100, 5) == [96, 97, 98, 99, 95]
+    assert centred_window(99, 100, 5) == [97, 98, 99, 96, 95]
+    assert centred_window(0, 7, 7) == [6, 5, 4, 0, 1, 2, 3]
+    # too few frames for the circle: mirrored at the ends
+    assert centred_window(0, 2, 3) == [1, 0, 1]
+    assert centred_window(1, 2, 3) == [0, 1, 0]
+    assert centred_window(0, 1, 3) == [0, 0, 0]
+
+
+def test_fixed_size_model_is_tiled_automatically_and_every_frame_is_a_window_centre():
     model = FixedSizeSR()
     assert input_constraints(model).spatial_size == 16
     lr = _frames(1, 6, 3, 20, 30)
@@ -239,17 +262,17 @@ def test_fixed_size_model_is_tiled_automatically_with_a_central_sliding_window()
     position = (sr - F.interpolate(lr.flatten(0, 1), scale_factor=SCALE).unflatten(0, (1, 6))).mean(
         dim=(2, 3, 4)
     )
-    # window of 3: first frame from position 0, last from 2, all others central (1)
-    torch.testing.assert_close(position.flatten(), torch.tensor([0.0, 1, 1, 1, 1, 2]))
+    # window of 3: every frame, the first and last included, comes from the centre position (1)
+    torch.testing.assert_close(position.flatten(), torch.ones(6))
     with pytest.raises(ValueError, match="tile must be 16"):
         super_resolve(model, lr, tile=32)
     with pytest.raises(ValueError, match="chunk must be 3"):
         super_resolve(model, lr, chunk=4)
 
 
-@pytest.mark.parametrize(("num_frames", "positions"), [(2, [0.0, 1.0]), (1, [1.0])])
+@pytest.mark.parametrize(("num_frames", "positions"), [(2, [1.0, 1.0]), (1, [1.0])])
 def test_sequences_shorter_than_a_fixed_window_are_padded_by_reflection_in_time(num_frames, positions):
-    # 2 frames are fed as [0, 1, 0] and 1 frame as [0, 0, 0] (centred): the outputs come from those positions
+    # 2 frames are fed as [1, 0, 1] and [0, 1, 0], 1 frame as [0, 0, 0]: each output is a window centre
     model = FixedSizeSR()
     lr = _frames(1, num_frames, 3, 16, 16)
     sr = super_resolve(model, lr)
@@ -296,7 +319,9 @@ def test_super_resolve_tiles_vsrt_frames_and_windows_long_sequences():
     sr = super_resolve(model, lr, tile_batch=8)
     assert sr.shape == (1, 4, 3, 80, 112)
     assert set(calls) == {(4, 3, 3, 16, 16)}  # 2x2 tiles per call, one call per window
-    assert len(calls) == 2  # windows starting at frames 0 and 1
+    assert len(calls) == 4  # one window centred on each frame
     with torch.no_grad():
-        first_window = tiled_forward(model, lr[:, :3], tile=16, overlap=4)
-    torch.testing.assert_close(sr[:, :2], first_window[:, :2])
+        first = tiled_forward(model, lr[:, [2, 0, 1]], tile=16, overlap=4)  # reflection_circle at the start
+        second = tiled_forward(model, lr[:, :3], tile=16, overlap=4)
+    torch.testing.assert_close(sr[:, 0], first[:, 1])
+    torch.testing.assert_close(sr[:, 1], second[:, 1])
