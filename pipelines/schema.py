@@ -1,0 +1,89 @@
+"""The one place that defines how prepared clips are stored: the Parquet schema and the frame codec.
+
+A prepared dataset (``docs/data_format.md``) is a folder of Parquet shards, one row per clip. Frames are
+lossless uint8 RGB: every frame is its raw ``(h, w, 3)`` C-order byte buffer compressed on its own with
+zstd, so a reader decompresses only the frames it needs (a 50-frame window of a 100-frame clip, the
+centre frame of a septuplet) and the compression work runs in parallel in the Ray tasks that prepare
+the clips rather than in the single process that writes the shards. The frame columns are therefore
+stored with Parquet compression off; every other column uses Parquet's zstd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+# Bump when a change makes old shards unreadable by this code; the manifest records it.
+FORMAT_VERSION = 1
+
+FRAME_CODEC = "zstd"
+DEFAULT_ZSTD_LEVEL = 3
+
+FRAME_COLUMNS = ("hr_frames", "lr_frames")
+
+CLIP_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        # Where the frames came from, relative to the source root (clip folder or video file).
+        pa.field("source", pa.string(), nullable=False),
+        # Index of the first frame within the source (non-zero when a long video is cut into clips).
+        pa.field("frame_start", pa.int32(), nullable=False),
+        pa.field("num_frames", pa.int32(), nullable=False),
+        pa.field("scale", pa.int32(), nullable=False),
+        pa.field("hr_height", pa.int32(), nullable=False),
+        pa.field("hr_width", pa.int32(), nullable=False),
+        pa.field("lr_height", pa.int32(), nullable=False),
+        pa.field("lr_width", pa.int32(), nullable=False),
+        # Original file names of the frames (video sources: the frame index as 8 digits).
+        pa.field("frame_names", pa.list_(pa.string()), nullable=False),
+        # One zstd-compressed (h, w, 3) uint8 RGB buffer per frame.
+        pa.field("hr_frames", pa.list_(pa.large_binary()), nullable=False),
+        pa.field("lr_frames", pa.list_(pa.large_binary()), nullable=False),
+    ],
+    metadata={"ray_vsr.format_version": str(FORMAT_VERSION), "ray_vsr.frame_codec": FRAME_CODEC},
+)
+
+# Arguments for pyarrow.parquet.ParquetWriter: one clip per row group (written one at a time), zstd on
+# the small columns, none on the frames (already zstd), no dictionary for the frame bytes.
+PARQUET_WRITER_OPTIONS = {
+    "compression": {name: ("none" if name in FRAME_COLUMNS else "zstd") for name in CLIP_SCHEMA.names},
+    "use_dictionary": [name for name in CLIP_SCHEMA.names if name not in FRAME_COLUMNS],
+    "write_statistics": ["clip_id", "split", "num_frames"],
+}
+
+
+def encode_frames(frames: np.ndarray, level: int = DEFAULT_ZSTD_LEVEL) -> list[bytes]:
+    """Compress ``frames (t, h, w, 3) uint8`` into one zstd buffer per frame."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"encode_frames: expected (t, h, w, 3) uint8, got {frames.shape} {frames.dtype}")
+    codec = pa.Codec(FRAME_CODEC, compression_level=level)
+    return [codec.compress(np.ascontiguousarray(frame), asbytes=True) for frame in frames]
+
+
+def decode_frames(
+    encoded: Sequence[bytes | pa.Buffer] | pa.Array,
+    height: int,
+    width: int,
+    indices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Decompress frames ``indices`` (all when None) of one clip into ``(t, h, w, 3)`` uint8."""
+    codec = pa.Codec(FRAME_CODEC)
+    size = height * width * 3
+    chosen = range(len(encoded)) if indices is None else indices
+    out = np.empty((len(chosen), height, width, 3), dtype=np.uint8)
+    for i, index in enumerate(chosen):
+        buffer = encoded[index]
+        if isinstance(buffer, pa.Scalar):
+            buffer = buffer.as_buffer()
+        out[i] = np.frombuffer(codec.decompress(buffer, decompressed_size=size), dtype=np.uint8).reshape(
+            height, width, 3
+        )
+    return out
+
+
+def clip_table(rows: Sequence[dict]) -> pa.Table:
+    """Rows (dicts with the :data:`CLIP_SCHEMA` fields) as a table with exactly that schema."""
+    return pa.Table.from_pylist(list(rows), schema=CLIP_SCHEMA)

@@ -1,0 +1,549 @@
+"""Video sources: find the clips of a dataset on disk and decode their frames (DESIGN.md, data flow 1).
+
+Layouts understood (``layout='auto'`` detects them, in this order):
+
+- ``vimeo``: Vimeo-90K septuplets, ``sequences/<a>/<b>/im1.png..im7.png`` listed by ``sep_trainlist.txt``
+  (split ``train``) and ``sep_testlist.txt`` (split ``val``, i.e. Vimeo-90K-T).
+- ``reds``: REDS, ``train_sharp/<clip>/<frame>.png`` (also under ``train/``); REDS4 (clips 000, 011,
+  015, 020) is the ``val`` split. The official ``val_sharp`` clips, when present, join as 240-269, the
+  numbering BasicSR uses when it merges them into the training set.
+- ``folders``: Vid4 / UDM10 style, one folder of frames per clip; clip folders may sit inside split folders
+  named ``train``, ``val`` or ``test`` (the sample dataset does).
+- ``frames``: one folder of frames, a single clip.
+- ``videos``: video files (mp4, avi, mkv, mov, webm), the folder's tree or one file; decoded with decord.
+
+Discovery (this module's :func:`discover`) runs in the driver and only reads image headers and file
+sizes; decoding (:func:`decode_frame_clip`, :func:`probe_video`, :func:`decode_video_clip`) runs inside
+Ray tasks. Every mistake in the dataset's structure is a :class:`DataError`; a single unreadable input is
+an :class:`UnreadableInput` (a ``DataError`` too), which preparation quarantines unless ``strict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LAYOUTS = ("auto", "reds", "vimeo", "folders", "frames", "videos")
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm"})
+SPLIT_FOLDERS = ("train", "val", "test")
+
+# REDS4: the four REDS training clips every paper holds out for validation.
+REDS4_CLIPS = ("000", "011", "015", "020")
+# BasicSR renumbers REDS's official validation clips 000-029 to 240-269 when merging them in.
+REDS_VAL_SHARP_OFFSET = 240
+
+# Inputs smaller than this in total are fingerprinted by content, larger ones by size and mtime.
+CONTENT_FINGERPRINT_LIMIT = 64 * 2**20
+
+
+class DataError(ValueError):
+    """The dataset on disk is not usable as given; the message names the path and the fix."""
+
+
+class UnreadableInput(DataError):
+    """One input file (an image or a video) cannot be decoded; preparation quarantines it."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):  # Ray pickles exceptions raised in tasks; keep both fields
+        return type(self), (self.path, self.reason)
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What identifies one input file's version: its path relative to the source root, size, mtime."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class SourceItem:
+    """One clip folder or one video file of a source, before it is cut into clips.
+
+    ``split`` is the split the layout implies (REDS4, Vimeo lists, split folders) or None.
+    Frame items carry their frame files and frame size; videos learn theirs in :func:`probe_video`.
+    """
+
+    item_id: str
+    kind: str  # 'frames' | 'video'
+    source: str  # relative to the source root
+    path: str  # absolute: the clip folder or the video file
+    split: str | None = None
+    frame_paths: list[str] = field(default_factory=list)
+    frame_size: tuple[int, int] | None = None  # (h, w)
+    files: list[FileStat] = field(default_factory=list)
+
+
+@dataclass
+class Quarantined:
+    """An input left out of the prepared dataset, and why."""
+
+    input: str
+    reason: str
+
+
+@dataclass
+class DiscoveredSource:
+    root: Path
+    layout: str
+    items: list[SourceItem]
+    quarantined: list[Quarantined]
+
+
+# ----------------------------------------------------------------------------------------------------
+# layout detection
+
+
+def natural_key(name: str) -> list:
+    """'im10.png' after 'im9.png': digits compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
+
+
+def _videos_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def _reds_clip_roots(root: Path) -> list[tuple[Path, int]]:
+    """REDS clip-folder parents found under ``root`` with the id offset of each (val_sharp: 240)."""
+    found = []
+    for name, offset in (("train_sharp", 0), ("val_sharp", REDS_VAL_SHARP_OFFSET)):
+        if root.name == name:
+            found.append((root, offset))
+        for candidate in (root / name, root / name.split("_")[0] / name):
+            if candidate.is_dir():
+                found.append((candidate, offset))
+    return found
+
+
+def detect_layout(root: Path) -> str:
+    """Name the layout of ``root`` (see the module docstring), or raise :class:`DataError`."""
+    if root.is_file():
+        if root.suffix.lower() in VIDEO_EXTENSIONS:
+            return "videos"
+        raise DataError(
+            f"{root}: not a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}); "
+            "pass a video, or a folder of clips, frames or videos"
+        )
+    if (root / "sequences").is_dir() and any(
+        (root / name).is_file() for name in ("sep_trainlist.txt", "sep_testlist.txt")
+    ):
+        return "vimeo"
+    if _reds_clip_roots(root):
+        return "reds"
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise DataError(f"{root}: the source folder is empty; point --source at the dataset's folder")
+    if _images_in(root):
+        return "frames"
+    subdirs = _subdirs(root)
+    if any(_images_in(d) for d in subdirs):
+        return "folders"
+    split_folders = subdirs and all(d.name in SPLIT_FOLDERS for d in subdirs)
+    if split_folders and any(_images_in(clip) for d in subdirs for clip in _subdirs(d)):
+        return "folders"
+    if _videos_under(root):
+        return "videos"
+    found = ", ".join(sorted(p.name for p in entries)[:8])
+    raise DataError(
+        f"{root}: unknown dataset layout (found: {found}). Expected one of: REDS (train_sharp/<clip>/*.png), "
+        "Vimeo-90K (sequences/ + sep_trainlist.txt), folders of frame folders (optionally inside "
+        "train/val/test), a folder of frames, or video files. Point --source at such a folder or pass "
+        "--layout explicitly."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# discovery
+
+
+def _stat(path: Path, root: Path) -> FileStat:
+    st = path.stat()
+    return FileStat(str(path.relative_to(root)), st.st_size, st.st_mtime_ns)
+
+
+def _frame_item(
+    item_id: str, frame_paths: list[Path], root: Path, where: Path, split: str | None
+) -> SourceItem | Quarantined:
+    """Read every frame's header: a clip of mixed frame sizes is a DataError, an unreadable one is quarantined."""
+    from PIL import Image
+
+    if not frame_paths:
+        raise DataError(f"{where}: the clip folder holds no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    sizes: dict[tuple[int, int], list[str]] = {}
+    for path in frame_paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception as err:  # PIL raises many types for a broken header
+            return Quarantined(str(path), f"unreadable image header ({type(err).__name__}: {err})")
+        sizes.setdefault((height, width), []).append(path.name)
+    if len(sizes) > 1:
+        described = "; ".join(
+            f"{h}x{w}: {names[0]} (+{len(names) - 1} more)" for (h, w), names in sizes.items()
+        )
+        raise DataError(
+            f"{where}: frames of different sizes within one clip ({described}). Resize them to one size "
+            "or move the odd frames into their own clip folder."
+        )
+    return SourceItem(
+        item_id=item_id,
+        kind="frames",
+        source=str(where.relative_to(root)) if where != root else ".",
+        path=str(where),
+        split=split,
+        frame_paths=[str(p) for p in frame_paths],
+        frame_size=next(iter(sizes)),
+        files=[_stat(p, root) for p in frame_paths],
+    )
+
+
+def _read_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path, str | None]]:
+    """(item id, frame files, clip folder, implied split) for the frame layouts."""
+    if layout == "frames":
+        return [(root.name, _images_in(root), root, None)]
+    if layout == "vimeo":
+        entries = []
+        for list_name, split in (("sep_trainlist.txt", "train"), ("sep_testlist.txt", "val")):
+            for rel in _read_list(root / list_name):
+                folder = root / "sequences" / rel
+                if not folder.is_dir():
+                    raise DataError(
+                        f"{folder}: listed in {root / list_name} but missing; restore it or remove the line"
+                    )
+                entries.append((rel.replace("/", "_"), _images_in(folder), folder, split))
+        return entries
+    if layout == "reds":
+        entries = []
+        for clip_root, offset in _reds_clip_roots(root):
+            for folder in _subdirs(clip_root):
+                clip_id = f"{int(folder.name) + offset:03d}" if folder.name.isdigit() else folder.name
+                split = "val" if clip_id in REDS4_CLIPS else "train"
+                entries.append((clip_id, _images_in(folder), folder, split))
+        return entries
+    if layout == "folders":
+        entries = []
+        for folder in _subdirs(root):
+            if folder.name in SPLIT_FOLDERS and not _images_in(folder):
+                entries.extend((clip.name, _images_in(clip), clip, folder.name) for clip in _subdirs(folder))
+            else:
+                entries.append((folder.name, _images_in(folder), folder, None))
+        return entries
+    raise AssertionError(layout)
+
+
+def discover(source: str | Path, layout: str = "auto") -> DiscoveredSource:
+    """List the clips (frame layouts) or video files of ``source``; decode nothing.
+
+    Raises:
+        DataError: missing or empty source, unknown layout, duplicate clip ids, mixed frame sizes in a clip.
+    """
+    root = Path(source).expanduser().resolve()
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not root.exists():
+        raise DataError(f"{root}: the source does not exist; check --source")
+    if layout == "auto":
+        layout = detect_layout(root)
+    items: list[SourceItem] = []
+    quarantined: list[Quarantined] = []
+    if layout == "videos":
+        videos = [root] if root.is_file() else _videos_under(root)
+        base = root.parent if root.is_file() else root
+        for video in videos:
+            rel = video.relative_to(base)
+            top = rel.parts[0] if len(rel.parts) > 1 else None
+            items.append(
+                SourceItem(
+                    item_id=str(rel.with_suffix("")).replace(os.sep, "_"),
+                    kind="video",
+                    source=str(rel),
+                    path=str(video),
+                    split=top if top in SPLIT_FOLDERS else None,
+                    files=[_stat(video, base)],
+                )
+            )
+    else:
+        for item_id, frames, folder, split in _discover_items(root, layout):
+            found = _frame_item(item_id, frames, root, folder, split)
+            (quarantined if isinstance(found, Quarantined) else items).append(found)
+    if not items and not quarantined:
+        raise DataError(f"{root}: no clips found for layout '{layout}'; check --source and --layout")
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.item_id in seen:
+            raise DataError(
+                f"{root}: two inputs map to the clip id '{item.item_id}' ({seen[item.item_id]} and "
+                f"{item.source}); rename one of them"
+            )
+        seen[item.item_id] = item.source
+    return DiscoveredSource(root=root, layout=layout, items=items, quarantined=quarantined)
+
+
+def fingerprint(root: Path, files: list[FileStat]) -> dict:
+    """Identify the source's version: content sha256 for small inputs, else sha256 of paths+sizes+mtimes."""
+    files = sorted(files, key=lambda f: f.path)
+    total = sum(f.size for f in files)
+    digest = hashlib.sha256()
+    base = root.parent if root.is_file() else root
+    if total <= CONTENT_FINGERPRINT_LIMIT:
+        method = "content"
+        for f in files:
+            digest.update(f"{f.path}\0".encode())
+            digest.update((base / f.path).read_bytes())
+    else:
+        method = "stat"
+        for f in files:
+            digest.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode())
+    return {"method": method, "sha256": digest.hexdigest(), "files": len(files), "bytes": total}
+
+
+# ----------------------------------------------------------------------------------------------------
+# decoding (runs inside Ray tasks)
+
+
+def decode_frame_clip(frame_paths: list[str]) -> np.ndarray:
+    """Decode image files into ``(t, h, w, 3)`` uint8 RGB; a broken file raises :class:`UnreadableInput`."""
+    from PIL import Image
+
+    frames = []
+    for path in frame_paths:
+        try:
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except Exception as err:
+            raise UnreadableInput(path, f"cannot decode image ({type(err).__name__}: {err})") from None
+    return np.stack(frames)
+
+
+def container_truncation(path: str | Path) -> str | None:
+    """Why the file is shorter than its container header says it is (a cut-off copy), or None.
+
+    Checks the top-level size fields of RIFF (AVI), ISO BMFF (MP4, MOV) and EBML (MKV, WebM); decoders
+    often play such a file without error and silently return fewer frames.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(64)
+        if head[:4] == b"RIFF" and len(head) >= 8:
+            declared = struct.unpack("<I", head[4:8])[0] + 8
+            return (
+                None
+                if size >= declared
+                else f"truncated: RIFF header declares {declared} bytes, file has {size}"
+            )
+        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+            offset = 0
+            while offset + 8 <= size:
+                f.seek(offset)
+                box = f.read(16)
+                box_size = struct.unpack(">I", box[:4])[0]
+                if box_size == 1 and len(box) >= 16:
+                    box_size = struct.unpack(">Q", box[8:16])[0]
+                elif box_size == 0:  # extends to the end of the file
+                    return None
+                if box_size < 8:
+                    return f"corrupt: MP4 box at byte {offset} declares size {box_size}"
+                if offset + box_size > size:
+                    kind = box[4:8].decode("latin-1")
+                    return f"truncated: MP4 box '{kind}' ends at byte {offset + box_size}, file has {size}"
+                offset += box_size
+            return None
+        if head[:4] == b"\x1a\x45\xdf\xa3":
+            return _ebml_truncation(f, size)
+    return None
+
+
+def _read_vint(f, keep_marker: bool) -> tuple[int, int, bool] | None:
+    """One EBML variable-length integer: (value, length, all value bits set)."""
+    first = f.read(1)
+    if not first:
+        return None
+    length = 1
+    while length <= 8 and not first[0] & (0x80 >> (length - 1)):
+        length += 1
+    if length > 8:
+        return None
+    rest = f.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    value = first[0] if keep_marker else first[0] & (0xFF >> length)
+    for byte in rest:
+        value = (value << 8) | byte
+    unknown = not keep_marker and value == (1 << (7 * length)) - 1
+    return value, length, unknown
+
+
+def _ebml_truncation(f, size: int) -> str | None:
+    """Matroska/WebM: the EBML header, then a Segment whose declared size must fit in the file."""
+    f.seek(0)
+    for expected in (0x1A45DFA3, 0x18538067):  # EBML header, Segment
+        start = f.tell()
+        element = _read_vint(f, keep_marker=True)
+        length = _read_vint(f, keep_marker=False)
+        if element is None or length is None:
+            return f"truncated: incomplete EBML element at byte {start}"
+        if element[0] != expected:
+            return None
+        data_start = f.tell()
+        if length[2]:  # unknown size (live streams): nothing to compare
+            return None
+        if data_start + length[0] > size:
+            return (
+                f"truncated: EBML element at byte {start} ends at {data_start + length[0]}, file has {size}"
+            )
+        if expected == 0x1A45DFA3:
+            f.seek(data_start + length[0])
+    return None
+
+
+@dataclass
+class VideoProbe:
+    num_frames: int  # as the container reports it
+    fps: float
+    frame_size: tuple[int, int]
+    warnings: list[str]
+    # Every frame has a timestamp and they increase: only then does seeking land on the right frame
+    # (decord lands one frame early in opencv-doc's Megamind*.avi, whose frames mostly lack one).
+    seekable: bool = True
+
+
+def _open_video(path: str):
+    from decord import VideoReader, cpu
+
+    # One decoding thread per reader: Ray already runs one task per CPU.
+    return VideoReader(path, ctx=cpu(0), num_threads=1)
+
+
+def timing_warnings(timestamps: np.ndarray, fps: float) -> list[str]:
+    """Compare frame start times (seconds, as decord reports them) with the container's nominal rate."""
+    n = len(timestamps)
+    if fps <= 0:
+        return ["the container reports no frame rate"]
+    out = []
+    valid = timestamps >= 0  # decord reports frames without a presentation time as huge negatives
+    if not valid.all():
+        out.append(f"{int((~valid).sum())} of {n} frames carry no timestamp")
+    index = np.nonzero(valid)[0]
+    if len(index) > 1:
+        drift = (timestamps[index] - timestamps[index[0]]) * fps - (index - index[0])
+        worst = float(np.abs(drift).max())
+        if worst > 1.0:
+            out.append(
+                f"frame timestamps disagree with the nominal {fps:.3f} fps by up to {worst:.1f} frames "
+                f"({worst / fps:.2f} s)"
+            )
+    return out
+
+
+def probe_video(path: str) -> VideoProbe:
+    """Open a video, read its frame count, rate, size and timestamps; decode only the first frame."""
+    truncated = container_truncation(path)
+    if truncated:
+        raise UnreadableInput(path, truncated)
+    try:
+        reader = _open_video(path)
+        num_frames = len(reader)
+        first = reader.next().asnumpy() if num_frames else None
+    except Exception as err:
+        raise UnreadableInput(path, f"cannot open the video ({type(err).__name__}: {err})") from None
+    if first is None:
+        raise UnreadableInput(path, "the container holds no frames")
+    fps = float(reader.get_avg_fps())
+    timestamps = reader.get_frame_timestamp(range(num_frames))[:, 0]
+    seekable = bool((timestamps >= 0).all() and (np.diff(timestamps) > 0).all())
+    return VideoProbe(num_frames, fps, first.shape[:2], timing_warnings(timestamps, fps), seekable)
+
+
+def frame_anomaly_warnings(frames: np.ndarray, frame_start: int = 0) -> list[str]:
+    """Repeated identical frames, and frames far from both neighbours (damaged or out of order).
+
+    A frame ``i`` is an outlier when it differs from each neighbour by more than twice what the
+    neighbours differ from each other (mean absolute difference, grey levels, on a 4x subsampled grid).
+    """
+    out = []
+    repeated = [
+        frame_start + i + 1 for i in range(len(frames) - 1) if np.array_equal(frames[i], frames[i + 1])
+    ]
+    if repeated:
+        out.append(f"{len(repeated)} repeated identical frames (at {_first_few(repeated)})")
+    if len(frames) >= 3:
+        small = frames[:, ::4, ::4].astype(np.int16)
+        step = np.abs(np.diff(small, axis=0)).mean(axis=(1, 2, 3))
+        skip = np.abs(small[2:] - small[:-2]).mean(axis=(1, 2, 3))
+        nearest = np.minimum(step[:-1], step[1:])
+        outliers = np.nonzero((nearest > 2 * np.maximum(skip, 0.5)) & (nearest > 1.0))[0] + 1
+        if len(outliers):
+            where = _first_few([frame_start + int(i) for i in outliers])
+            out.append(
+                f"{len(outliers)} frames differ from both neighbours far more than the neighbours differ "
+                f"from each other (damaged or out-of-order frames, at {where})"
+            )
+    return out
+
+
+def _first_few(indices: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit])
+    return shown + (", ..." if len(indices) > limit else "")
+
+
+def decode_video_clip(
+    path: str, frame_start: int, num_frames: int, seekable: bool = True
+) -> tuple[np.ndarray, list[str]]:
+    """Decode frames ``[frame_start, frame_start + num_frames)`` in order; ``(t, h, w, 3)`` uint8 + warnings.
+
+    Frames are read one by one so that a container over-reporting its length ends the clip early (with a
+    warning) instead of failing it. Unless ``seekable`` (see :class:`VideoProbe`), the frames before the
+    clip are decoded and dropped, so that clips of one video join without a frame lost or repeated.
+    """
+    try:
+        reader = _open_video(path)
+        if frame_start and seekable:
+            reader.seek_accurate(frame_start)
+        elif frame_start:
+            for _ in range(frame_start):
+                reader.next()
+        frames = []
+        for _ in range(num_frames):
+            try:
+                frames.append(reader.next().asnumpy())
+            except StopIteration:
+                break
+    except Exception as err:
+        raise UnreadableInput(path, f"cannot decode frames ({type(err).__name__}: {err})") from None
+    if not frames:
+        raise UnreadableInput(path, f"no frame decodes from frame {frame_start} on")
+    warnings = []
+    if len(frames) < num_frames:
+        warnings.append(
+            f"decoded {len(frames)} of the {num_frames} frames its container reports from frame {frame_start}"
+        )
+    clip = np.stack(frames)
+    return clip, warnings + frame_anomaly_warnings(clip, frame_start)

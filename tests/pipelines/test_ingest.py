@@ -1,0 +1,189 @@
+"""Training and validation ingestion from prepared shards, on a real local Ray."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_frame_dataset
+
+from pipelines.degradations import degrade
+from pipelines.ingest import (
+    CropDraw,
+    CropSpec,
+    apply_crop,
+    draw_crop,
+    iter_val_clips,
+    make_train_batch_iterator,
+    mirror_extend,
+    sample_rng,
+    train_dataset,
+)
+from pipelines.prepare import PrepareConfig, prepare_dataset
+from pipelines.sources import DataError, decode_frame_clip
+
+NUM_FRAMES, LR_PATCH, SCALE = 4, 8, 4
+_PREPARED: dict = {}
+
+
+@pytest.fixture
+def prepared(ray_local, tmp_path_factory):
+    """Train clips a, b, c (10 frames, HR 64x72, LR 16x18, BI x4) and val clip val_a (6 frames); built once."""
+    if "dir" not in _PREPARED:
+        root = tmp_path_factory.mktemp("ingest")
+        source = make_frame_dataset(root / "src", {"a": 10, "b": 10, "c": 10, "val_a": 6}, size=(64, 72))
+        prepare_dataset(PrepareConfig(source=str(source), output=str(root / "prepared"), shard_size=2))
+        _PREPARED["dir"], _PREPARED["source"] = root / "prepared", source
+    return _PREPARED["dir"]
+
+
+@contextlib.contextmanager
+def ordered():
+    """Ray Data delivers rows in plan order (set before the Dataset is created), so runs compare row by row."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order = before
+
+
+def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **kwargs):
+    with ordered():
+        spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=seed) if crop_in_ray_data else None
+        ds = train_dataset(data_dir, crop=spec)
+        iterator = make_train_batch_iterator(
+            ds.iterator(),
+            lr_patch=LR_PATCH,
+            num_frames=NUM_FRAMES,
+            batch_size=batch_size,
+            scale=SCALE,
+            seed=seed,
+            **kwargs,
+        )
+        try:
+            return [next(iterator) for _ in range(count)]
+        finally:
+            iterator.close()
+
+
+def _cached(name, data_dir, **kwargs):
+    """Two batches of 3 from 3 training clips: one per epoch (each test would otherwise re-run Ray Data)."""
+    if name not in _PREPARED:
+        _PREPARED[name] = _batches(data_dir, 2, **kwargs)
+    return _PREPARED[name]
+
+
+def test_batches_have_the_training_shapes_and_range(prepared):
+    batch = _cached("in_ray_data", prepared)[0]
+    assert set(batch) == {"lr", "gt"}
+    assert batch["lr"].shape == (3, NUM_FRAMES, 3, LR_PATCH, LR_PATCH)
+    assert batch["gt"].shape == (3, NUM_FRAMES, 3, LR_PATCH * SCALE, LR_PATCH * SCALE)
+    for frames in batch.values():
+        assert frames.dtype == torch.float32
+        assert frames.min() >= 0.0 and frames.max() <= 1.0 and frames.std() > 0.05
+
+
+def test_lr_and_gt_crops_stay_aligned_under_augmentation(prepared):
+    """BI of the GT crop equals the LR crop away from the crop border (the kernel reaches 2 LR pixels)."""
+    batches = _cached("in_ray_data", prepared)
+    gt = torch.cat([b["gt"] for b in batches]).mul(255).round().to(torch.uint8)
+    lr = torch.cat([b["lr"] for b in batches]).mul(255).round().to(torch.uint8)
+    relowered = degrade(gt, "BI", SCALE)
+    inner = (..., slice(2, -2), slice(2, -2))
+    assert torch.equal(relowered[inner], lr[inner])
+    # The same check fails for a GT shifted by a single LR pixel, so it does see misalignment.
+    shifted = degrade(gt[..., SCALE:, :].contiguous(), "BI", SCALE)
+    assert not torch.equal(shifted[..., 1:-1, 2:-2], lr[..., 2:-2, 2:-2])
+
+
+def test_crops_in_ray_data_and_in_the_worker_are_the_same_draws(prepared):
+    """Both places seed each sample with (seed, epoch, clip id, draw), so two runs agree batch for batch."""
+    in_ray_data = _cached("in_ray_data", prepared)
+    in_worker = _cached("in_worker", prepared, crop_in_ray_data=False)
+    for a, b in zip(in_ray_data, in_worker, strict=True):
+        assert torch.equal(a["lr"], b["lr"]) and torch.equal(a["gt"], b["gt"])
+    # The second batch is the second epoch: new crops of the same clips.
+    assert not torch.equal(in_ray_data[0]["lr"], in_ray_data[1]["lr"])
+
+
+def test_draws_cover_positions_and_each_augmentation_half_the_time():
+    spec = CropSpec(NUM_FRAMES, LR_PATCH)
+    draws = [draw_crop(sample_rng(0, 0, "clip", i), 10, (16, 18), spec) for i in range(400)]
+    assert {d.frame_start for d in draws} == set(range(7))
+    assert {d.top for d in draws} == set(range(9)) and {d.left for d in draws} == set(range(11))
+    for flag in ("flip_h", "flip_v", "transpose", "reverse"):
+        assert 0.4 < np.mean([getattr(d, flag) for d in draws]) < 0.6
+    plain = draw_crop(
+        sample_rng(0, 0, "clip", 0), 10, (16, 18), CropSpec(NUM_FRAMES, LR_PATCH, augment=False)
+    )
+    assert not (plain.flip_h or plain.flip_v or plain.transpose or plain.reverse)
+    assert draw_crop(sample_rng(0, 0, "clip", 0), 3, (16, 18), spec) is None  # too few frames
+    assert draw_crop(sample_rng(1, 0, "clip", 0), 10, (16, 18), spec) != draws[0]  # another seed
+
+
+def test_apply_crop_flips_transposes_and_reverses():
+    frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    draw = CropDraw(0, 1, 1, flip_h=True, flip_v=False, transpose=True, reverse=True)
+    out = apply_crop(frames, draw, patch=2, factor=1)
+    expected = frames[::-1, 1:3, 1:3][:, :, ::-1].transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(out, expected)
+    hr = apply_crop(np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2), draw, patch=2, factor=2)
+    np.testing.assert_array_equal(hr[:, ::2, ::2], expected)  # HR crop = the LR crop, twice the size
+
+
+def test_mirror_extension():
+    x = torch.arange(7.0).view(1, 7, 1, 1, 1)
+    once = mirror_extend(x)
+    assert once.flatten().tolist() == [0, 1, 2, 3, 4, 5, 6, 6, 5, 4, 3, 2, 1, 0]
+    twice = mirror_extend(x, times=2)  # TTVSR's 28 frames for a Vimeo-90K septuplet
+    assert twice.shape[1] == 28 and torch.equal(twice[:, 14:], once)
+    (batch,) = _batches_for_mirror()
+    assert batch["lr"].shape[1] == 2 * NUM_FRAMES and torch.equal(
+        batch["lr"][:, NUM_FRAMES:], batch["lr"][:, :NUM_FRAMES].flip(1)
+    )
+
+
+def _batches_for_mirror():
+    return (
+        _batches(_PREPARED["dir"], 1, mirror_extend=True)
+        if "dir" in _PREPARED
+        else pytest.skip("needs prepared")
+    )
+
+
+def test_validation_yields_whole_clips_matching_the_source(prepared):
+    clips = list(iter_val_clips(prepared))
+    assert [c[0] for c in clips] == ["val_a"]
+    _, lr, gt = clips[0]
+    assert lr.shape == (1, 6, 3, 16, 18) and gt.shape == (1, 6, 3, 64, 72)
+    source = decode_frame_clip(sorted(str(p) for p in (_PREPARED["source"] / "val" / "val_a").iterdir()))
+    expected = torch.from_numpy(source).permute(0, 3, 1, 2).float().div(255)[None]
+    assert torch.equal(gt, expected)
+
+
+def test_crop_shape_mismatch_is_a_clear_error(prepared):
+    ds = train_dataset(prepared, crop=CropSpec(2, LR_PATCH))
+    iterator = make_train_batch_iterator(
+        ds.iterator(), lr_patch=LR_PATCH, num_frames=NUM_FRAMES, batch_size=1
+    )
+    with pytest.raises(DataError, match="give train_dataset's CropSpec the same num_frames"):
+        next(iterator)
+
+
+def test_clips_too_short_for_the_window_are_a_clear_error(prepared):
+    iterator = make_train_batch_iterator(
+        train_dataset(prepared).iterator(), num_frames=50, lr_patch=8, batch_size=1
+    )
+    with pytest.raises(DataError, match="no clip with at least 50 frames"):
+        next(iterator)
+
+
+def test_unknown_split_names_the_known_ones(prepared):
+    with pytest.raises(DataError, match=r"no split 'test' .*splits: train, val"):
+        train_dataset(prepared, "test")
