@@ -45,9 +45,9 @@ from pipelines.sources import (
     decode_video_clip,
     discover,
     fingerprint,
-    natural_key,
     probe_video,
 )
+from pipelines.video_io import natural_key
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"

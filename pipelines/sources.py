@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_files, open_video
+
 LAYOUTS = ("auto", "reds", "vimeo", "folders", "frames", "videos")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm"})
 SPLIT_FOLDERS = ("train", "val", "test")
 
 # REDS4: the four REDS training clips every paper holds out for validation.
@@ -106,16 +105,6 @@ class DiscoveredSource:
 # layout detection
 
 
-def natural_key(name: str) -> list:
-    """'im10.png' after 'im9.png': digits compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _images_in(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(
         (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
@@ -123,7 +112,7 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _videos_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
 
 
 def _reds_clip_roots(root: Path) -> list[tuple[Path, int]]:
@@ -141,10 +130,10 @@ def _reds_clip_roots(root: Path) -> list[tuple[Path, int]]:
 def detect_layout(root: Path) -> str:
     """Name the layout of ``root`` (see the module docstring), or raise :class:`DataError`."""
     if root.is_file():
-        if root.suffix.lower() in VIDEO_EXTENSIONS:
+        if root.suffix.lower() in VIDEO_SUFFIXES:
             return "videos"
         raise DataError(
-            f"{root}: not a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}); "
+            f"{root}: not a video file ({', '.join(sorted(VIDEO_SUFFIXES))}); "
             "pass a video, or a folder of clips, frames or videos"
         )
     if (root / "sequences").is_dir() and any(
@@ -156,13 +145,13 @@ def detect_layout(root: Path) -> str:
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise DataError(f"{root}: the source folder is empty; point --source at the dataset's folder")
-    if _images_in(root):
+    if image_files(root):
         return "frames"
     subdirs = _subdirs(root)
-    if any(_images_in(d) for d in subdirs):
+    if any(image_files(d) for d in subdirs):
         return "folders"
     split_folders = subdirs and all(d.name in SPLIT_FOLDERS for d in subdirs)
-    if split_folders and any(_images_in(clip) for d in subdirs for clip in _subdirs(d)):
+    if split_folders and any(image_files(clip) for d in subdirs for clip in _subdirs(d)):
         return "folders"
     if _videos_under(root):
         return "videos"
@@ -191,7 +180,7 @@ def _frame_item(
     from PIL import Image
 
     if not frame_paths:
-        raise DataError(f"{where}: the clip folder holds no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"{where}: the clip folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
     sizes: dict[tuple[int, int], list[str]] = {}
     for path in frame_paths:
         try:
@@ -227,7 +216,7 @@ def _read_list(path: Path) -> list[str]:
 def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path, str | None]]:
     """(item id, frame files, clip folder, implied split) for the frame layouts."""
     if layout == "frames":
-        return [(root.name, _images_in(root), root, None)]
+        return [(root.name, image_files(root), root, None)]
     if layout == "vimeo":
         entries = []
         for list_name, split in (("sep_trainlist.txt", "train"), ("sep_testlist.txt", "val")):
@@ -237,7 +226,7 @@ def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path
                     raise DataError(
                         f"{folder}: listed in {root / list_name} but missing; restore it or remove the line"
                     )
-                entries.append((rel.replace("/", "_"), _images_in(folder), folder, split))
+                entries.append((rel.replace("/", "_"), image_files(folder), folder, split))
         return entries
     if layout == "reds":
         entries = []
@@ -245,15 +234,15 @@ def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path
             for folder in _subdirs(clip_root):
                 clip_id = f"{int(folder.name) + offset:03d}" if folder.name.isdigit() else folder.name
                 split = "val" if clip_id in REDS4_CLIPS else "train"
-                entries.append((clip_id, _images_in(folder), folder, split))
+                entries.append((clip_id, image_files(folder), folder, split))
         return entries
     if layout == "folders":
         entries = []
         for folder in _subdirs(root):
-            if folder.name in SPLIT_FOLDERS and not _images_in(folder):
-                entries.extend((clip.name, _images_in(clip), clip, folder.name) for clip in _subdirs(folder))
+            if folder.name in SPLIT_FOLDERS and not image_files(folder):
+                entries.extend((clip.name, image_files(clip), clip, folder.name) for clip in _subdirs(folder))
             else:
-                entries.append((folder.name, _images_in(folder), folder, None))
+                entries.append((folder.name, image_files(folder), folder, None))
         return entries
     raise AssertionError(layout)
 
@@ -435,13 +424,6 @@ class VideoProbe:
     seekable: bool = True
 
 
-def _open_video(path: str):
-    from decord import VideoReader, cpu
-
-    # One decoding thread per reader: Ray already runs one task per CPU.
-    return VideoReader(path, ctx=cpu(0), num_threads=1)
-
-
 def timing_warnings(timestamps: np.ndarray, fps: float) -> list[str]:
     """Compare frame start times (seconds, as decord reports them) with the container's nominal rate."""
     n = len(timestamps)
@@ -469,7 +451,7 @@ def probe_video(path: str) -> VideoProbe:
     if truncated:
         raise UnreadableInput(path, truncated)
     try:
-        reader = _open_video(path)
+        reader = open_video(path)
         num_frames = len(reader)
         first = reader.next().asnumpy() if num_frames else None
     except Exception as err:
@@ -524,7 +506,7 @@ def decode_video_clip(
     clip are decoded and dropped, so that clips of one video join without a frame lost or repeated.
     """
     try:
-        reader = _open_video(path)
+        reader = open_video(path)
         if frame_start and seekable:
             reader.seek_accurate(frame_start)
         elif frame_start:

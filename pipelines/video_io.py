@@ -80,9 +80,25 @@ def is_video_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def _natural_key(path: Path) -> list[int | str]:
-    """Sort ``frame2.png`` before ``frame10.png``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+def natural_key(name: str) -> list[int | str]:
+    """Sort ``frame2.png`` before ``frame10.png``: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, in natural name order."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def open_video(path: str | Path):
+    """A decord ``VideoReader`` with one decoding thread (Ray already runs one task per CPU).
+
+    Create it in the process that decodes (a Ray task), never in the driver.
+    """
+    import decord
+
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 
 class DecordReader:
@@ -93,7 +109,7 @@ class DecordReader:
 
         self.path = path
         try:
-            self._video = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+            self._video = open_video(path)
             num_frames = len(self._video)
             height, width = self._video[0].shape[:2] if num_frames else (0, 0)
         except (RuntimeError, decord.DECORDError) as error:
@@ -126,9 +142,7 @@ class FolderReader:
 
     def __init__(self, path: Path):
         self.path = path
-        self.files = sorted(
-            (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key
-        )
+        self.files = image_files(path)
         if not self.files:
             raise VideoError(
                 f"folder {path} holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))}); pass a video file "
