@@ -48,6 +48,19 @@ class SpyNet(nn.Module):
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
+    @torch.no_grad()
+    def start_from_zero_flow(self) -> None:
+        """Zero each level's last conv so the untrained network predicts no motion.
+
+        The released recipes start from pretrained SPyNet weights. Without them, a randomly initialised
+        SPyNet warps features by arbitrary flows, which the rest of the network must first learn to ignore;
+        starting from zero flow means "no alignment yet", and the flow is learned from there.
+        """
+        for level in self.basic_module:
+            last = level.layers[-1]
+            last.weight.zero_()
+            last.bias.zero_()
+
     def _pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised image pyramid, coarsest level first."""
         levels = [(x - self.mean) / self.std]

@@ -46,3 +46,15 @@ def test_parameter_count_and_official_names_round_trip():
     }
     assert {spynet_official_to_ours(k) for k in official} == ours
     assert {spynet_official_to_ours(spynet_ours_to_official(k)) for k in ours} == ours
+
+
+def test_start_from_zero_flow_predicts_no_motion_but_still_learns():
+    net = SpyNet()
+    ref, supp = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    assert net(ref, supp).abs().max() > 0  # random weights: arbitrary flow
+    net.start_from_zero_flow()
+    flow = net(ref, supp)
+    assert flow.abs().max() == 0
+    flow.sum().backward()  # a dummy objective: the last convs still receive gradient
+    assert all(level.layers[-1].bias.grad is not None for level in net.basic_module)
+    assert net.basic_module[-1].layers[-1].weight.grad.abs().sum() > 0
