@@ -31,22 +31,45 @@ def opencv_video(name: str) -> Path:
     return require_file(OPENCV_DATA / name, "apt-get install -y opencv-doc")
 
 
-@pytest.fixture
-def ray_local():
-    """A real single-node Ray cluster, started once and reused by every test that asks for it.
+# A fresh local cluster (address="local": never one a developer started with `ray start`), with four
+# logical CPUs on a 2-core machine so Ray Train workers and Ray Data tasks do not starve each other.
+RAY_INIT = {
+    "address": "local",
+    "num_cpus": 4,
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "configure_logging": False,
+}
 
-    Four logical CPUs on a 2-core machine so Ray Train workers and Ray Data tasks do not starve each other.
-    Tests that need their own (multi-node) cluster call ``ray.shutdown()`` first; the next test that asks
-    for this fixture starts a fresh local cluster.
-    """
+
+def ensure_ray():
+    """Start the shared local Ray cluster unless one is running; tests that need their own (multi-node)
+    cluster call ``ray.shutdown()`` first, and the next test that needs Ray starts a fresh one."""
     import ray
 
     if not ray.is_initialized():
-        # address="local": always a fresh cluster, never one a developer started with `ray start`.
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
+        ray.init(**RAY_INIT)
     return ray
+
+
+@pytest.fixture
+def ray_local():
+    """A real single-node Ray cluster, started once and reused by every test that asks for it."""
+    return ensure_ray()
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared_dataset(tmp_path_factory) -> Path:
+    """Two training clips and one validation clip of 8 frames, 256x256 HR / 64x64 LR, prepared (BI x4)
+    by the real pipeline; shared by the training, tuning and job tests."""
+    from pipelines.prepare import PrepareConfig, prepare_dataset
+    from pipelines.sample import render_sample_dataset
+
+    ensure_ray()
+    root = tmp_path_factory.mktemp("tiny")
+    source = render_sample_dataset(root / "src", num_train_clips=2, num_val_clips=1, num_frames=8)
+    prepare_dataset(PrepareConfig(source=str(source), output=str(root / "prepared")))
+    return root / "prepared"
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
+from pipelines.tracking import mlflow_client
+
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "infra" / "local_cluster.sh"
@@ -77,7 +79,6 @@ def sample_data(tmp_path_factory):
 
 
 def test_submitted_training_job_logs_and_registers_on_mlflow_server(sample_data, cluster, tmp_path):
-    from mlflow import MlflowClient
 
     from pipelines.infer import load_model
 
@@ -114,7 +115,7 @@ def test_submitted_training_job_logs_and_registers_on_mlflow_server(sample_data,
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     assert "succeeded" in job.stdout + job.stderr
 
-    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    client = mlflow_client(mlflow_uri)
     experiment = client.get_experiment_by_name("ray-vsr-test")
     (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'submitted'")
     assert run.info.status == "FINISHED"

@@ -1,0 +1,264 @@
+"""Evaluation on whole held-out clips against bicubic upsampling, with the benchmark conventions.
+
+Scores follow ``reference/README.md``: per-frame PSNR / SSIM on uint8-quantised frames (RGB for
+REDS4 and the sample dataset, the MATLAB Y channel for the BD benchmarks), averaged per clip, clips
+averaged (:class:`vsr_models.metrics.MetricAggregator`). Vimeo-90K-T scores only each septuplet's
+centre frame. The bicubic baseline is MATLAB's ``imresize(lr, 4, 'bicubic')``
+(:func:`pipelines.degradations.imresize_bicubic`), the row "Bicubic" of the papers' tables.
+
+Used by the training loop (periodic validation, sharded over Ray Train workers) and by
+``jobs/evaluate.py`` for a checkpoint or a registered model (``models:/ttvsr@champion``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipelines.config import ConfigError, add_config_args, load_config
+from pipelines.degradations import imresize_bicubic
+from vsr_models.inference import super_resolve
+from vsr_models.metrics import MetricAggregator, MetricSummary, frame_metrics
+
+ValClip = tuple[str, Tensor, Tensor]
+"""``(clip_id, lr (1, t, 3, h, w), gt (1, t, 3, H, W))`` as :func:`pipelines.ingest.iter_val_clips` yields."""
+ClipCallback = Callable[[str, Tensor, Tensor, Tensor], None]
+"""Called as ``on_clip(clip_id, bicubic, sr, gt)`` with ``(t, 3, H, W)`` frames of each scored clip."""
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """Per-frame scores of one clip, for the model and for bicubic upsampling (plain floats: picklable)."""
+
+    clip_id: str
+    psnr: list[float]
+    ssim: list[float]
+    bicubic_psnr: list[float]
+    bicubic_ssim: list[float]
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Dataset and per-clip means for the model and the bicubic baseline, on one channel."""
+
+    channel: str
+    model: MetricSummary
+    bicubic: MetricSummary
+
+    def metrics(self) -> dict[str, float]:
+        """Flat dataset means for logging: ``psnr``, ``ssim``, ``bicubic_psnr``, ``bicubic_ssim``."""
+        return {
+            "psnr": self.model.psnr,
+            "ssim": self.model.ssim,
+            "bicubic_psnr": self.bicubic.psnr,
+            "bicubic_ssim": self.bicubic.ssim,
+        }
+
+    def table(self) -> str:
+        """A plain-text table: one row per clip and the mean, channel in the header."""
+        channel = self.channel.upper()
+        header = (
+            f"{'clip':<24} {'frames':>6}  {'bicubic PSNR/SSIM':>18}  {'model PSNR/SSIM':>18}  ({channel})"
+        )
+        rows = [header, "-" * len(header)]
+        for clip_id, scores in self.model.clips.items():
+            base = self.bicubic.clips[clip_id]
+            rows.append(
+                f"{clip_id:<24} {scores.num_frames:>6}  {base.psnr:>9.2f} / {base.ssim:.4f}  "
+                f"{scores.psnr:>9.2f} / {scores.ssim:.4f}"
+            )
+        rows.append("-" * len(header))
+        rows.append(
+            f"{'mean':<24} {self.model.num_frames:>6}  {self.bicubic.psnr:>9.2f} / {self.bicubic.ssim:.4f}  "
+            f"{self.model.psnr:>9.2f} / {self.model.ssim:.4f}"
+        )
+        return "\n".join(rows)
+
+
+def bicubic_upscale(lr: Tensor, scale: int) -> Tensor:
+    """MATLAB bicubic x``scale`` of ``(..., 3, h, w)`` frames in [0, 1], clamped back to [0, 1]."""
+    return imresize_bicubic(lr, float(scale)).clamp_(0, 1)
+
+
+def image_strip(bicubic: Tensor, sr: Tensor, gt: Tensor) -> np.ndarray:
+    """``bicubic | output | ground truth`` of one ``(3, H, W)`` frame, side by side: ``(H, 3W, 3)`` uint8."""
+    strip = torch.cat([bicubic, sr, gt], dim=-1).clamp(0, 1)
+    return (strip * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def score_clips(
+    model: nn.Module,
+    clips: Iterable[ValClip],
+    *,
+    channel: str = "rgb",
+    crop_border: int = 0,
+    centre_frame_only: bool = False,
+    max_frames: int | None = None,
+    chunk: int | None = None,
+    on_clip: ClipCallback | None = None,
+) -> list[ClipScores]:
+    """Super-resolve each clip whole (``super_resolve`` tiles / chunks as the model needs) and score it.
+
+    The scale is read from the shapes (GT width over LR width). Runs on the model's device; scores on
+    the CPU in float64. ``max_frames`` keeps the first frames of each clip (cheaper periodic validation).
+    """
+    device = next(model.parameters()).device
+    results = []
+    for clip_id, lr, gt in clips:
+        if max_frames is not None:
+            lr, gt = lr[:, :max_frames], gt[:, :max_frames]
+        scale = gt.shape[-1] // lr.shape[-1]
+        sr = super_resolve(model, lr.to(device), chunk=chunk, scale=scale)[0].float().cpu()
+        gt, bicubic = gt[0].float().cpu(), bicubic_upscale(lr[0].float().cpu(), scale)
+        if centre_frame_only:
+            centre = slice(lr.shape[1] // 2, lr.shape[1] // 2 + 1)
+            sr, gt, bicubic = sr[centre], gt[centre], bicubic[centre]
+        psnr, ssim = frame_metrics(sr, gt, crop_border, channel)
+        bicubic_psnr, bicubic_ssim = frame_metrics(bicubic, gt, crop_border, channel)
+        results.append(
+            ClipScores(clip_id, psnr.tolist(), ssim.tolist(), bicubic_psnr.tolist(), bicubic_ssim.tolist())
+        )
+        if on_clip is not None:
+            on_clip(clip_id, bicubic, sr, gt)
+    return results
+
+
+def summarise(scores: Iterable[ClipScores], channel: str) -> EvaluationReport:
+    """Aggregate clip scores (possibly gathered from several workers) like the benchmark tables."""
+    model, bicubic = MetricAggregator(), MetricAggregator()
+    for clip in sorted(scores, key=lambda c: c.clip_id):
+        model.add(clip.clip_id, clip.psnr, clip.ssim)
+        bicubic.add(clip.clip_id, clip.bicubic_psnr, clip.bicubic_ssim)
+    return EvaluationReport(channel, model.summary(), bicubic.summary())
+
+
+def every_nth(
+    clips: Iterable[ValClip], rank: int, world_size: int, limit: int | None = None
+) -> Iterator[ValClip]:
+    """The clips with index ``i % world_size == rank`` among the first ``limit``: one worker's share."""
+    for index, clip in enumerate(clips):
+        if limit is not None and index >= limit:
+            return
+        if index % world_size == rank:
+            yield clip
+
+
+def evaluate(
+    model: nn.Module,
+    data_dir: str | Path,
+    *,
+    split: str = "val",
+    channel: str = "rgb",
+    crop_border: int = 0,
+    centre_frame_only: bool = False,
+    max_clips: int | None = None,
+    chunk: int | None = None,
+) -> EvaluationReport:
+    """Evaluate ``model`` on every clip of ``split`` of a prepared dataset against bicubic upsampling."""
+    from pipelines.ingest import iter_val_clips
+
+    clips = every_nth(iter_val_clips(str(data_dir), split=split), 0, 1, max_clips)
+    scores = score_clips(
+        model,
+        clips,
+        channel=channel,
+        crop_border=crop_border,
+        centre_frame_only=centre_frame_only,
+        chunk=chunk,
+    )
+    if not scores:
+        raise ValueError(f"{data_dir}: split {split!r} has no clips to evaluate")
+    return summarise(scores, channel)
+
+
+def load_model(source: str, tracking_uri: str | None = None) -> nn.Module:
+    """A network from a registry / run URI (``models:/ttvsr@champion``), a training checkpoint folder
+    (``runs/<name>/checkpoint_...``) or a ``model.pt`` file written by ``vsr_models.save_checkpoint``."""
+    if "://" in source or source.startswith(("models:", "runs:")):
+        from pipelines.tracking import load_model as load_logged_model
+
+        return load_logged_model(source, tracking_uri)
+    from vsr_models import load_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no model at {source}: pass models:/<name>@<alias>, a checkpoint folder holding model.pt, "
+            "or a model.pt file"
+        )
+    return load_checkpoint(path)
+
+
+@dataclass
+class EvaluationConfig:
+    """What ``jobs/evaluate.py`` scores: a model on one split of a prepared dataset."""
+
+    model: str = "models:/ttvsr@champion"  # registry / run URI, checkpoint folder or model.pt
+    data: str = "data/sample"  # prepared dataset folder (manifest.json + shards/)
+    split: str = "val"
+    channel: Literal["rgb", "y"] = "rgb"  # REDS4 / sample: rgb; Vid4, UDM10, Vimeo-90K-T (BD): y
+    crop_border: int = 0
+    centre_frame_only: bool = False
+    max_clips: int | None = None
+    chunk: int | None = None  # temporal window for long clips on small memory
+    tracking_uri: str | None = None  # for models:/ and runs:/ URIs; default as in training
+
+
+def run_evaluation(cfg: EvaluationConfig) -> EvaluationReport:
+    """Load ``cfg.model`` and evaluate it on ``cfg.data`` / ``cfg.split`` against bicubic."""
+    if not (Path(cfg.data) / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"no prepared dataset at {cfg.data} (no manifest.json); prepare one with "
+            f"`python jobs/prepare_data.py --dataset sample --output {cfg.data}` or point --data at one"
+        )
+    model = load_model(cfg.model, cfg.tracking_uri)
+    return evaluate(
+        model,
+        cfg.data,
+        split=cfg.split,
+        channel=cfg.channel,
+        crop_border=cfg.crop_border,
+        centre_frame_only=cfg.centre_frame_only,
+        max_clips=cfg.max_clips,
+        chunk=cfg.chunk,
+    )
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """Command-line entry of ``jobs/evaluate.py``: print the per-clip table against bicubic."""
+    parser = add_config_args(
+        argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
+    parser.add_argument(
+        "--model", help="models:/<name>@<alias>, runs:/<id>/model, checkpoint folder or model.pt"
+    )
+    parser.add_argument("--data", help="prepared dataset folder")
+    parser.add_argument("--split", help="split to score (default val)")
+    parser.add_argument("--channel", choices=["rgb", "y"], help="score on RGB or the MATLAB Y channel")
+    parser.add_argument("--mlflow-uri", help="MLflow tracking URI for models:/ and runs:/ URIs")
+    args = parser.parse_args(argv)
+    flags = {
+        "model": args.model,
+        "data": args.data,
+        "split": args.split,
+        "channel": args.channel,
+        "tracking_uri": args.mlflow_uri,
+    }
+    overrides = list(args.overrides) + [
+        f"{key}={value!r}" for key, value in flags.items() if value is not None
+    ]
+    try:
+        report = run_evaluation(load_config(EvaluationConfig, args.config, overrides))
+    except (ConfigError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+    print(report.table())
+    return 0

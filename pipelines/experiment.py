@@ -1,0 +1,267 @@
+"""Typed experiment configs: what one training run of TTVSR or VSR-Transformer is made of.
+
+A YAML file under ``configs/`` loads into :class:`TTVSRExperiment` or :class:`VSRTExperiment` with
+:func:`pipelines.config.load_config`; every field can be overridden with ``--set section.key=value``.
+The defaults are the released recipes (``reference/README.md``):
+
+- TTVSR (Sec. 4.1 of the paper, mmediting config): Charbonnier loss (eps 1e-12, mean), Adam
+  (0.9, 0.99), lr 2e-4 with SPyNet at 0.125x and frozen for the first 5,000 iterations, cosine
+  annealing to 1e-7 over 400k iterations, 50-frame sequences of 64x64 LR crops.
+- VSR-Transformer (Sec. 4.1, BasicSR config) differs in :class:`VSRTExperiment`: 5 frames, Charbonnier
+  sum, cosine restarts every 300k iterations with weights 1, 0.5, 0.5, 0.5.
+
+The command-line flags every training job shares (``--num-workers``, ``--gpus``, ``--name``, ...) are
+added here too, so ``jobs/train_*.py`` stay three lines long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pipelines.config import ConfigError, add_config_args, load_config
+from vsr_models.ttvsr import TTVSRConfig
+from vsr_models.vsrt import VSRTConfig
+
+
+@dataclass
+class DataSection:
+    """The prepared dataset (``jobs/prepare_data.py`` output) and the training crops drawn from it."""
+
+    path: str = "data/reds_bi"  # folder holding manifest.json and shards/
+    train_split: str = "train"
+    val_split: str = "val"
+    num_frames: int = 50  # frames per training sequence
+    lr_patch: int = 64  # LR crop side; the GT crop is scale x larger (256 for x4)
+    batch_size: int = 1  # sequences per worker per iteration
+    samples_per_clip: int = (
+        1  # crops drawn from each clip per epoch (more: fewer epoch restarts on tiny sets)
+    )
+    mirror_extend: bool = False  # feed x + reversed(x), as the recurrent models do on Vimeo-90K
+
+
+@dataclass
+class OptimSection:
+    """Adam with a separate SPyNet parameter group (TTVSR Sec. 4.1: flow net at 0.125x, frozen first)."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    spynet_lr_mult: float = 0.125
+    fix_spynet_iters: int = 5000  # SPyNet has requires_grad False for iterations [0, fix_spynet_iters)
+    grad_clip_norm: float | None = None  # clip the global gradient norm when set
+
+
+@dataclass
+class ScheduleSection:
+    """Cosine annealing with warm restarts: period i restarts at ``restart_weights[i]`` x the base lr."""
+
+    periods: list[int] = field(default_factory=lambda: [400_000])
+    restart_weights: list[float] = field(default_factory=lambda: [1.0])
+    eta_min: float = 1e-7
+
+    def __post_init__(self) -> None:
+        if len(self.periods) != len(self.restart_weights):
+            raise ValueError(
+                f"schedule.periods ({self.periods}) and schedule.restart_weights ({self.restart_weights}) "
+                "must have the same length"
+            )
+        if not self.periods or min(self.periods) < 1:
+            raise ValueError(f"schedule.periods must be positive iteration counts, got {self.periods}")
+
+
+@dataclass
+class LossSection:
+    """Charbonnier loss sqrt((x - y)^2 + eps) (TTVSR Eq. 9)."""
+
+    eps: float = 1e-12
+    reduction: Literal["mean", "sum"] = "mean"
+
+
+@dataclass
+class TrainSection:
+    """The iteration-based schedule of one run."""
+
+    total_iters: int = 400_000
+    log_every: int = 100  # loss / lr / throughput to MLflow and the console
+    val_every: int = 5000  # validation on whole held-out clips
+    checkpoint_every: int = 5000
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU always runs fp32
+
+    def __post_init__(self) -> None:
+        for name in ("total_iters", "log_every", "val_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ValSection:
+    """How validation scores whole clips (the benchmark conventions of ``reference/README.md``)."""
+
+    channel: Literal["rgb", "y"] = "rgb"  # REDS4: RGB; Vid4 / UDM10 / Vimeo-90K-T (BD): Y
+    crop_border: int = 0
+    centre_frame_only: bool = False  # Vimeo-90K-T scores only the centre frame of each septuplet
+    max_clips: int | None = None  # cap the clips scored during training (None: all)
+    max_frames: int | None = None  # cap the frames per clip during training (None: all)
+    chunk: int | None = None  # temporal window for long clips (vsr_models.inference.super_resolve)
+    num_image_strips: int = 2  # bicubic | output | ground truth PNGs logged per validation
+
+
+@dataclass
+class ScalingSection:
+    """Ray Train workers (one DDP process each)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0  # leave Ray Data at least one CPU on small machines
+    torch_threads: int | None = None  # intra-op threads per worker (None: Ray's default, cpus_per_worker)
+
+
+@dataclass
+class RunSection:
+    """Where the run lives: its name (re-running a name resumes it), storage and Ray cluster."""
+
+    name: str = "ttvsr"
+    storage_path: str = "runs"  # checkpoints under <storage_path>/<name>/; shared storage for multi-node
+    address: str | None = None  # Ray cluster address; None starts (or joins) a local one
+    num_to_keep: int = 2  # checkpoints kept on storage
+    max_failures: int = 3  # worker failures recovered from the last checkpoint
+
+
+@dataclass
+class TrackingSection:
+    """MLflow: where runs are recorded and under which name the final model is registered."""
+
+    uri: str | None = (
+        None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (artifacts in ./mlartifacts)
+    )
+    experiment: str = "ray-vsr"
+    registered_model: str = "ttvsr"
+    champion_alias: str = "champion"
+
+
+@dataclass
+class Experiment:
+    """Everything but the network; :class:`TTVSRExperiment` / :class:`VSRTExperiment` add ``model``."""
+
+    arch: ClassVar[str]
+
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    loss: LossSection = field(default_factory=LossSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    val: ValSection = field(default_factory=ValSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    run: RunSection = field(default_factory=RunSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+
+    def model_overrides(self) -> dict:
+        """Keyword arguments for ``vsr_models.build_model(self.arch, **...)``."""
+        return dataclasses.asdict(self.model)  # type: ignore[attr-defined]
+
+
+@dataclass
+class TTVSRExperiment(Experiment):
+    """A TTVSR training run; the defaults are the released REDS recipe."""
+
+    arch: ClassVar[str] = "ttvsr"
+    model: TTVSRConfig = field(default_factory=TTVSRConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.lr_patch % self.model.token_size:
+            raise ValueError(
+                f"data.lr_patch ({self.data.lr_patch}) must be a multiple of model.token_size "
+                f"({self.model.token_size}): TTVSR cuts frames into token_size x token_size tokens"
+            )
+
+
+@dataclass
+class VSRTExperiment(Experiment):
+    """A VSR-Transformer training run; the defaults are the released REDS recipe."""
+
+    arch: ClassVar[str] = "vsrt"
+    model: VSRTConfig = field(default_factory=VSRTConfig)
+    data: DataSection = field(default_factory=lambda: DataSection(num_frames=5, batch_size=4))
+    optim: OptimSection = field(default_factory=lambda: OptimSection(fix_spynet_iters=5000))
+    schedule: ScheduleSection = field(
+        default_factory=lambda: ScheduleSection(periods=[300_000] * 4, restart_weights=[1.0, 0.5, 0.5, 0.5])
+    )
+    loss: LossSection = field(default_factory=lambda: LossSection(reduction="sum"))
+    train: TrainSection = field(default_factory=lambda: TrainSection(total_iters=1_200_000))
+    run: RunSection = field(default_factory=lambda: RunSection(name="vsrt"))
+    tracking: TrackingSection = field(default_factory=lambda: TrackingSection(registered_model="vsrt"))
+
+    def __post_init__(self) -> None:
+        # The layer norms carry learned (c, spatial_size, spatial_size) weights and the positional
+        # encoding is built for num_frames (reference/README.md), so crops must match both exactly.
+        if self.data.lr_patch != self.model.spatial_size:
+            raise ValueError(
+                f"data.lr_patch ({self.data.lr_patch}) must equal model.spatial_size ({self.model.spatial_size})"
+            )
+        if self.data.num_frames != self.model.num_frames:
+            raise ValueError(
+                f"data.num_frames ({self.data.num_frames}) must equal model.num_frames ({self.model.num_frames})"
+            )
+
+
+EXPERIMENTS: dict[str, type[Experiment]] = {"ttvsr": TTVSRExperiment, "vsrt": VSRTExperiment}
+
+
+def add_experiment_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--config``/``--set`` plus the flags every training job shares (each overrides one config field)."""
+    add_config_args(parser)
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers (scaling.num_workers)")
+    parser.add_argument(
+        "--gpus", type=int, help="train on N GPUs: N workers with one GPU each (scaling.use_gpu, num_workers)"
+    )
+    parser.add_argument("--address", help="Ray cluster address (run.address); default: start a local Ray")
+    parser.add_argument(
+        "--mlflow-uri",
+        help="MLflow tracking URI (tracking.uri); default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    )
+    parser.add_argument("--name", help="run name (run.name); running a name again resumes that run")
+    parser.add_argument(
+        "--storage-path", help="where checkpoints go (run.storage_path); shared storage for multi-node"
+    )
+    return parser
+
+
+def experiment_from_args(cls: type[Experiment], args: argparse.Namespace) -> Experiment:
+    """Load ``--config`` with ``--set`` overrides, then apply the shared flags on top."""
+    overrides = list(args.overrides)
+    if args.gpus is not None:
+        if args.gpus < 1:
+            raise ConfigError(f"--gpus must be at least 1, got {args.gpus}")
+        if args.num_workers not in (None, args.gpus):
+            raise ConfigError(
+                f"--gpus {args.gpus} runs one worker per GPU; it contradicts --num-workers {args.num_workers}"
+            )
+        overrides += ["scaling.use_gpu=true", f"scaling.num_workers={args.gpus}"]
+    flags = {
+        "scaling.num_workers": args.num_workers,
+        "run.address": args.address,
+        "tracking.uri": args.mlflow_uri,
+        "run.name": args.name,
+        "run.storage_path": args.storage_path,
+    }
+    # --set parses values as YAML; a name such as "001" or "true" must stay a string.
+    overrides += [
+        f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+        for key, value in flags.items()
+        if value is not None
+    ]
+    return load_config(cls, args.config, overrides)
+
+
+def resolve_paths(cfg: Experiment) -> Experiment:
+    """Absolute data and storage paths, so Ray workers (other processes, maybe other cwd) find them."""
+    data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve()))
+    storage = cfg.run.storage_path
+    if "://" not in storage:  # s3://, gs://, ... are already absolute
+        storage = str(Path(storage).expanduser().resolve())
+    return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, storage_path=storage))

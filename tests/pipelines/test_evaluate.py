@@ -1,0 +1,112 @@
+"""Evaluation against bicubic on whole clips: scores, channels, sharding, the table, model loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipelines.degradations import imresize_bicubic
+from pipelines.evaluate import (
+    EvaluationConfig,
+    bicubic_upscale,
+    every_nth,
+    image_strip,
+    load_model,
+    run_evaluation,
+    score_clips,
+    summarise,
+)
+from vsr_models import build_model, save_checkpoint
+
+
+class BicubicModel(nn.Module):
+    """A stand-in network that answers with MATLAB bicubic x4: it must score exactly like the baseline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))  # score_clips reads the device from a parameter
+
+    def forward(self, lr):
+        return bicubic_upscale(lr, 4)
+
+
+def make_clips(count: int, frames: int = 3, seed: int = 0):
+    """``(clip_id, lr, gt)`` of smooth random frames, LR made with MATLAB bicubic /4 (BI)."""
+    generator = torch.Generator().manual_seed(seed)
+    clips = []
+    for i in range(count):
+        coarse = torch.rand(frames, 3, 16, 16, generator=generator)
+        gt = torch.nn.functional.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)
+        lr = imresize_bicubic(gt, 0.25).clamp(0, 1)
+        clips.append((f"clip{i}", lr[None], gt[None]))
+    return clips
+
+
+def test_image_strip_is_bicubic_output_and_ground_truth_side_by_side():
+    frames = [torch.full((3, 4, 5), v) for v in (0.0, 0.5, 1.0)]
+    strip = image_strip(*frames)
+    assert strip.shape == (4, 15, 3) and strip.dtype.name == "uint8"
+    assert (strip[:, :5] == 0).all() and (strip[:, 5:10] == 128).all() and (strip[:, 10:] == 255).all()
+
+
+def test_a_bicubic_model_scores_exactly_the_bicubic_baseline():
+    report = summarise(score_clips(BicubicModel(), make_clips(2)), "rgb")
+    assert report.model.psnr == report.bicubic.psnr and report.model.ssim == report.bicubic.ssim
+    assert list(report.model.clips) == ["clip0", "clip1"]
+    assert report.model.clips["clip0"].num_frames == 3
+    assert 20 < report.bicubic.psnr < 60 and 0.5 < report.bicubic.ssim <= 1
+
+
+def test_centre_frame_only_and_max_frames_select_the_scored_frames():
+    clips = make_clips(1, frames=7)
+    report = summarise(score_clips(BicubicModel(), clips, centre_frame_only=True), "y")
+    assert report.model.clips["clip0"].num_frames == 1
+    report = summarise(score_clips(BicubicModel(), clips, max_frames=2), "y")
+    assert report.model.clips["clip0"].num_frames == 2
+
+
+def test_y_channel_scores_differ_from_rgb_and_the_table_says_which():
+    clips = make_clips(2)
+    rgb = summarise(score_clips(BicubicModel(), clips, channel="rgb"), "rgb")
+    y = summarise(score_clips(BicubicModel(), clips, channel="y"), "y")
+    assert y.bicubic.psnr != pytest.approx(rgb.bicubic.psnr, abs=1e-3)
+    header, _, first, second, _, mean = y.table().splitlines()
+    assert "(Y)" in header
+    assert first.split()[:2] == ["clip0", "3"] and second.split()[:2] == ["clip1", "3"]
+    assert mean.split() == [
+        "mean",
+        "6",
+        f"{y.bicubic.psnr:.2f}",
+        "/",
+        f"{y.bicubic.ssim:.4f}",
+        f"{y.model.psnr:.2f}",
+        "/",
+        f"{y.model.ssim:.4f}",
+    ]
+
+
+def test_clips_shared_over_workers_merge_to_the_single_worker_result():
+    clips = make_clips(3)
+    assert [c[0] for c in every_nth(clips, 0, 2)] == ["clip0", "clip2"]
+    assert [c[0] for c in every_nth(clips, 1, 2)] == ["clip1"]
+    assert [c[0] for c in every_nth(clips, 0, 1, limit=2)] == ["clip0", "clip1"]
+    shards = [score_clips(BicubicModel(), every_nth(clips, rank, 2)) for rank in (1, 0)]
+    merged = summarise([c for shard in shards for c in shard], "rgb")
+    assert merged == summarise(score_clips(BicubicModel(), clips), "rgb")
+
+
+def test_a_checkpoint_folder_or_file_loads_and_a_missing_one_says_what_to_pass(tmp_path):
+    model = build_model("ttvsr", mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1)
+    save_checkpoint(model, tmp_path / "checkpoint_00000006" / "model.pt")
+    for source in (tmp_path / "checkpoint_00000006", tmp_path / "checkpoint_00000006" / "model.pt"):
+        loaded = load_model(str(source))
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value)
+    with pytest.raises(FileNotFoundError, match="models:/<name>@<alias>"):
+        load_model(str(tmp_path / "nothing"))
+
+
+def test_evaluating_without_a_prepared_dataset_names_the_prepare_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="jobs/prepare_data.py --dataset sample"):
+        run_evaluation(EvaluationConfig(model=str(tmp_path), data=str(tmp_path / "missing")))

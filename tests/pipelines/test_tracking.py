@@ -1,0 +1,110 @@
+"""MLflow tracking and registry on a real SQLite store: run lookup by name, params, champion alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.tracking import (
+    RunTracker,
+    artifact_root,
+    find_run,
+    load_model,
+    mlflow_client,
+    promote_champion,
+    register_model,
+    resolve_tracking_uri,
+)
+from vsr_models import build_model
+
+
+def test_default_store_is_sqlite_in_the_working_folder_with_artifacts_beside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_tracking_uri(None)
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # absolute: Ray workers run elsewhere
+    assert artifact_root(uri) == str(tmp_path / "mlartifacts")
+    assert artifact_root("http://head:5000") is None  # a server decides itself
+
+
+def test_flag_beats_environment_beats_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert resolve_tracking_uri(None) == "http://tracking:5000"
+    assert resolve_tracking_uri(f"sqlite:///{tmp_path}/x.db") == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_a_run_is_found_again_by_name_and_keeps_its_first_params(mlflow_uri, tmp_path):
+    first = RunTracker.start(mlflow_uri, "exp", "ttvsr_a", tags={"arch": "ttvsr"})
+    first.log_params({"optim.lr": 2e-4, "schedule.periods": [10, 20]})
+    first.log_metrics({"loss": 0.5}, step=1)
+    first.finish("FAILED")
+    assert RunTracker.start(mlflow_uri, "exp", "other").run_id != first.run_id
+
+    again = RunTracker.start(mlflow_uri, "exp", "ttvsr_a")
+    assert again.run_id == first.run_id == find_run(mlflow_uri, "exp", "ttvsr_a")
+    again.log_params({"optim.lr": 1e-4, "train.total_iters": 6})  # a resumed run may not rewrite a param
+    again.log_metrics({"loss": 0.25, "val/psnr": float("nan")}, step=2)
+
+    run = mlflow_client(mlflow_uri).get_run(first.run_id)
+    assert run.info.status == "RUNNING"
+    assert run.data.params == {"optim.lr": "0.0002", "schedule.periods": "[10, 20]", "train.total_iters": "6"}
+    assert again.metric_history("loss") == [(1, 0.5), (2, 0.25)]
+    assert again.metric_history("val/psnr") == []  # non-finite values are not logged
+    experiment = mlflow_client(mlflow_uri).get_experiment_by_name("exp")
+    assert Path(experiment.artifact_location.removeprefix("file://")) == tmp_path / "mlartifacts"
+
+
+def test_inactive_tracker_logs_nothing(mlflow_uri):
+    run_id = RunTracker.start(mlflow_uri, "exp", "quiet").run_id
+    other_rank = RunTracker.attach(mlflow_uri, run_id, active=False)
+    other_rank.log_metrics({"loss": 1.0}, step=1)
+    other_rank.log_params({"a": 1})
+    other_rank.finish("FAILED")
+    run = mlflow_client(mlflow_uri).get_run(run_id)
+    assert run.data.metrics == {} and run.data.params == {} and run.info.status == "RUNNING"
+
+
+def test_champion_alias_moves_only_to_a_better_validation_psnr(mlflow_uri):
+    client = mlflow_client(mlflow_uri)
+    client.create_registered_model("ttvsr")
+    versions = []
+    for psnr in (30.0, 29.5, 30.5):
+        version = client.create_model_version("ttvsr", source="file:///nowhere/model").version
+        client.set_model_version_tag("ttvsr", version, "val_psnr", str(psnr))
+        versions.append((version, promote_champion(mlflow_uri, "ttvsr", version, psnr, "champion")))
+    (v1, first), (_, worse), (v3, better) = versions
+    assert first.is_champion and first.champion_version == v1
+    assert not worse.is_champion and worse.champion_version == v1 and worse.champion_psnr == 30.0
+    assert better.is_champion and client.get_model_version_by_alias("ttvsr", "champion").version == v3
+
+
+def test_registered_model_loads_back_by_alias_and_runs_on_any_frame_size(mlflow_uri):
+    torch.manual_seed(0)
+    model = build_model("ttvsr", mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1)
+    tracker = RunTracker.start(mlflow_uri, "exp", "register")
+    example = np.random.default_rng(0).random((1, 3, 3, 64, 64), dtype=np.float32)
+    registered = register_model(
+        tracker,
+        model,
+        registered_model="tiny",
+        input_example=example,
+        val_metrics={"psnr": 27.0, "ssim": 0.8},
+    )
+    assert registered.is_champion and registered.uri == "models:/tiny/1"
+    version = mlflow_client(mlflow_uri).get_model_version("tiny", "1")
+    assert version.tags["val_psnr"] == "27.0" and version.tags["val_ssim"] == "0.8"
+
+    loaded = load_model("models:/tiny@champion", mlflow_uri)
+    lr = torch.rand(1, 2, 3, 68, 72)  # not the example's shape: the model is not traced for one size
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(lr), model(lr))
+
+
+def test_loading_an_unregistered_model_names_it(mlflow_uri):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="nonexistent"):
+        load_model("models:/nonexistent@champion", mlflow_uri)

@@ -1,0 +1,123 @@
+"""The released optimisation recipe, without Ray: parameter groups, SPyNet freezing, cosine restarts,
+and the checkpoint round trip a resumed worker relies on."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.experiment import OptimSection, ScheduleSection
+from pipelines.train import (
+    CosineRestartFactor,
+    TrainingState,
+    build_optimizer,
+    build_scheduler,
+    restore_training_checkpoint,
+    save_training_checkpoint,
+    set_spynet_trainable,
+)
+from vsr_models import build_model
+from vsr_models.losses import charbonnier_loss
+
+TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
+
+
+@pytest.fixture
+def tiny_ttvsr():
+    torch.manual_seed(0)
+    return build_model("ttvsr", **TINY)
+
+
+def test_cosine_restarts_follow_the_basicsr_formula():
+    base, eta_min = 2e-4, 1e-7
+    factor = CosineRestartFactor(base, [10, 20], [1.0, 0.5], eta_min)
+    lr = [base * factor(i) for i in range(35)]
+    assert lr[0] == pytest.approx(base)
+    assert lr[5] == pytest.approx(eta_min + (base - eta_min) / 2)  # half way down the first period
+    assert lr[10] == pytest.approx(eta_min + 0.5 * (base - eta_min))  # restart at weight 0.5
+    assert lr[20] == pytest.approx(eta_min + 0.5 * (base - eta_min) / 2)
+    assert lr[29] == pytest.approx(eta_min + 0.5 * (base - eta_min) * (1 + math.cos(math.pi * 19 / 20)) / 2)
+    assert lr[30:] == pytest.approx([eta_min] * 5)  # after the last period
+    assert all(a >= b for a, b in zip(lr[:10], lr[1:10]))  # monotone within a period
+
+
+def test_spynet_group_gets_an_eighth_of_the_lr_and_both_anneal_to_the_same_eta_min(tiny_ttvsr):
+    optimizer = build_optimizer(tiny_ttvsr, OptimSection(lr=2e-4))
+    network, spynet = optimizer.param_groups
+    assert (network["name"], spynet["name"]) == ("network", "spynet")
+    spynet_ids = {id(p) for p in tiny_ttvsr.spynet.parameters()}
+    assert {id(p) for p in spynet["params"]} == spynet_ids
+    assert len(network["params"]) + len(spynet["params"]) == len(list(tiny_ttvsr.parameters()))
+    assert optimizer.defaults["betas"] == (0.9, 0.99)
+
+    scheduler = build_scheduler(optimizer, ScheduleSection(periods=[4], restart_weights=[1.0], eta_min=1e-7))
+    assert (network["lr"], spynet["lr"]) == pytest.approx((2e-4, 2.5e-5))
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert network["lr"] == pytest.approx(1e-7 + (2e-4 - 1e-7) / 2)
+    assert spynet["lr"] == pytest.approx(1e-7 + (2.5e-5 - 1e-7) / 2)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert (network["lr"], spynet["lr"]) == pytest.approx((1e-7, 1e-7))
+
+
+def test_frozen_spynet_is_not_updated_and_the_rest_is(tiny_ttvsr):
+    optimizer = build_optimizer(tiny_ttvsr, OptimSection(lr=1e-3))
+    before = {k: v.clone() for k, v in tiny_ttvsr.state_dict().items()}
+    lr, gt = torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 3, 256, 256)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        charbonnier_loss(tiny_ttvsr(lr), gt).backward()
+        optimizer.step()
+
+    set_spynet_trainable(tiny_ttvsr, False)
+    step()
+    after = tiny_ttvsr.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(k.startswith("spynet.") for k in changed)
+    assert not any(p.grad is not None for p in tiny_ttvsr.spynet.parameters())
+
+    set_spynet_trainable(tiny_ttvsr, True)
+    frozen_spynet = {k: v.clone() for k, v in tiny_ttvsr.spynet.state_dict().items()}
+    step()
+    assert any(not torch.equal(v, tiny_ttvsr.spynet.state_dict()[k]) for k, v in frozen_spynet.items())
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_schedule_and_rng(tiny_ttvsr, tmp_path):
+    optim, schedule = OptimSection(lr=1e-3), ScheduleSection(periods=[10], restart_weights=[1.0])
+    optimizer = build_optimizer(tiny_ttvsr, optim)
+    scheduler = build_scheduler(optimizer, schedule)
+    lr, gt = torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 3, 256, 256)
+    for _ in range(3):
+        optimizer.zero_grad()
+        charbonnier_loss(tiny_ttvsr(lr), gt).backward()
+        optimizer.step()
+        scheduler.step()
+    state = TrainingState(iteration=3, mlflow_run_id="abc", val_metrics={"psnr": 25.0})
+    save_training_checkpoint(tmp_path, 0, tiny_ttvsr, optimizer, scheduler, state)
+    expected_draws = (torch.rand(3), np.random.rand(3), random.random())
+
+    torch.manual_seed(123)
+    fresh = build_model("ttvsr", **TINY)
+    fresh_optimizer = build_optimizer(fresh, optim)
+    fresh_scheduler = build_scheduler(fresh_optimizer, schedule)
+    restored = restore_training_checkpoint(tmp_path, 0, fresh, fresh_optimizer, fresh_scheduler)
+
+    assert restored == state
+    for key, value in tiny_ttvsr.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+    assert fresh_scheduler.last_epoch == 3
+    assert [g["lr"] for g in fresh_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    first = next(iter(optimizer.state.values()))
+    torch.testing.assert_close(next(iter(fresh_optimizer.state.values()))["exp_avg"], first["exp_avg"])
+    # the RNG continues where the checkpointed worker's stopped
+    assert torch.equal(torch.rand(3), expected_draws[0])
+    assert np.array_equal(np.random.rand(3), expected_draws[1])
+    assert random.random() == expected_draws[2]
