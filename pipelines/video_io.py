@@ -4,7 +4,7 @@ Frames cross this boundary as uint8 ``(t, h, w, 3)`` RGB arrays; :mod:`pipelines
 them to the project's float ``(n, t, c, h, w)`` layout.
 
 - Reading: video files are decoded with decord (one thread per reader, created by the process
-  that uses it: ``/work/shared/notes/ray_mlflow.md``); a folder holds one image per frame in
+  that uses it: ``shared/notes/ray_mlflow.md``); a folder holds one image per frame in
   name order (the Vid4 / UDM10 / REDS layout).
 - Writing: decord cannot encode, so videos are written with PyAV: FFV1 (lossless RGB) in
   ``.mkv`` / ``.avi``, H.264 at a low constant rate factor (visually lossless, 4:2:0, plays

@@ -19,7 +19,7 @@ from vsr_models import (
     vsrt,
 )
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # the released tensor lists
 TTVSR_SMALL = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 2}
 VSRT_SMALL = {
     "num_frames": 3,
