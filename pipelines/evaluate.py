@@ -13,7 +13,7 @@ Used by the training loop (periodic validation, sharded over Ray Train workers) 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -139,17 +139,6 @@ def summarise(scores: Iterable[ClipScores], channel: str) -> EvaluationReport:
     return EvaluationReport(channel, model.summary(), bicubic.summary())
 
 
-def every_nth(
-    clips: Iterable[ValClip], rank: int, world_size: int, limit: int | None = None
-) -> Iterator[ValClip]:
-    """The clips with index ``i % world_size == rank`` among the first ``limit``: one worker's share."""
-    for index, clip in enumerate(clips):
-        if limit is not None and index >= limit:
-            return
-        if index % world_size == rank:
-            yield clip
-
-
 def evaluate(
     model: nn.Module,
     data_dir: str | Path,
@@ -164,10 +153,9 @@ def evaluate(
     """Evaluate ``model`` on every clip of ``split`` of a prepared dataset against bicubic upsampling."""
     from pipelines.ingest import iter_val_clips
 
-    clips = every_nth(iter_val_clips(str(data_dir), split=split), 0, 1, max_clips)
     scores = score_clips(
         model,
-        clips,
+        iter_val_clips(str(data_dir), split=split, max_clips=max_clips),
         channel=channel,
         crop_border=crop_border,
         centre_frame_only=centre_frame_only,
@@ -180,22 +168,15 @@ def evaluate(
 
 def load_model(source: str, tracking_uri: str | None = None) -> nn.Module:
     """A network from a registry / run URI (``models:/ttvsr@champion``), a training checkpoint folder
-    (``runs/<name>/checkpoint_...``) or a ``model.pt`` file written by ``vsr_models.save_checkpoint``."""
-    if "://" in source or source.startswith(("models:", "runs:")):
-        from pipelines.tracking import load_model as load_logged_model
+    (``runs/<name>/checkpoint_...``) or a ``model.pt`` file (:func:`pipelines.infer.load_model`).
 
-        return load_logged_model(source, tracking_uri)
-    from vsr_models import load_checkpoint
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        pipelines.infer.ModelLoadError: an MLflow URI that does not resolve.
+    """
+    from pipelines.infer import load_model as load_network
 
-    path = Path(source)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no model at {source}: pass models:/<name>@<alias>, a checkpoint folder holding model.pt, "
-            "or a model.pt file"
-        )
-    return load_checkpoint(path)
+    return load_network(source, tracking_uri=tracking_uri)
 
 
 @dataclass
@@ -256,9 +237,12 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     overrides = list(args.overrides) + [
         f"{key}={value!r}" for key, value in flags.items() if value is not None
     ]
+    from pipelines.infer import ModelLoadError
+    from pipelines.sources import DataError
+
     try:
         report = run_evaluation(load_config(EvaluationConfig, args.config, overrides))
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     print(report.table())
     return 0

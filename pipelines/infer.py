@@ -136,7 +136,8 @@ def load_model(
     """The network named by ``model``, in eval mode on ``device``.
 
     Args:
-        model: an ``nn.Module``; a path to this project's checkpoint (``vsr_models.save_checkpoint``)
+        model: an ``nn.Module``; a path to this project's checkpoint (``vsr_models.save_checkpoint``) or
+            to a training checkpoint folder holding one (``model.pt``)
             or, with ``arch``, to an authors' released checkpoint; or an MLflow model URI
             (``models:/ttvsr@champion``, ``models:/ttvsr/3``, ``runs:/<run id>/model``).
         arch: ``ttvsr`` | ``vsrt``: read ``model`` as an official release of that architecture.
@@ -153,6 +154,8 @@ def load_model(
         network = model
     elif arch is not None:
         network = vsr_models.import_official(model, arch)
+    elif Path(model).is_dir():  # a training checkpoint folder (pipelines.train writes model.pt there)
+        network = vsr_models.load_checkpoint(Path(model) / "model.pt")
     elif Path(model).exists():
         network = vsr_models.load_checkpoint(model)
     elif _URI.match(str(model)):

@@ -322,19 +322,34 @@ def _collate(samples: list[tuple[np.ndarray, np.ndarray]], mirror: bool) -> dict
 
 
 def iter_val_clips(
-    data_dir: str | Path, split: str = "val", *, verify: bool = True
+    data_dir: str | Path,
+    split: str = "val",
+    *,
+    verify: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    max_clips: int | None = None,
 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """Whole clips ``(clip_id, lr (1, t, 3, h, w), gt (1, t, 3, H, W))`` float in [0, 1], in id order.
 
-    Reads the shards directly with pyarrow (no Ray): validation sets are small and run on one process.
+    Of the first ``max_clips`` clips, only those with index ``i % world_size == rank`` are yielded (one
+    validation worker's share); the others are skipped before their frames are decompressed, so
+    sharding the validation over workers also shares its decoding. Reads the shards directly with
+    pyarrow (no Ray): validation sets are small.
     """
     import pyarrow.parquet as pq
 
     manifest = load_manifest(data_dir, verify=verify)
+    index = 0
     for path in manifest.shard_paths(split):
         parquet = pq.ParquetFile(path)
         for group in range(parquet.num_row_groups):
             for row, lr_frames, hr_frames in _rows(parquet.read_row_group(group, columns=READ_COLUMNS)):
+                if max_clips is not None and index >= max_clips:
+                    return
+                index += 1
+                if (index - 1) % world_size != rank:
+                    continue
                 lr = decode_frames(lr_frames, row["lr_height"], row["lr_width"])
                 gt = decode_frames(hr_frames, row["hr_height"], row["hr_width"])
                 yield row["clip_id"], _to_float(lr[None]), _to_float(gt[None])

@@ -197,6 +197,11 @@ class RegisteredVersion:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    def describe(self) -> str:
+        """One summary line: ``registered models:/ttvsr/3 (champion)`` or who stays champion."""
+        alias = "champion" if self.is_champion else f"champion stays v{self.champion_version}"
+        return f"registered {self.uri} ({alias})"
+
 
 def _signature(input_example: np.ndarray):
     """Frames of any batch, length and size: only the channel axis is fixed."""

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from pipelines.config import ConfigError, config_to_dict, flatten
-from pipelines.evaluate import every_nth, image_strip, score_clips, summarise
+from pipelines.evaluate import image_strip, score_clips, summarise
 from pipelines.experiment import (
     Experiment,
     OptimSection,
@@ -289,8 +289,14 @@ def validate(
             strips.append((clip_id, image_strip(bicubic[centre], sr[centre], gt[centre])))
 
     # verify=False: run_training checked every shard's sha256 once before training started.
-    val_clips = iter_val_clips(cfg.data.path, split=cfg.data.val_split, verify=False)
-    clips = every_nth(val_clips, rank, world_size, cfg.val.max_clips)
+    clips = iter_val_clips(
+        cfg.data.path,
+        split=cfg.data.val_split,
+        verify=False,
+        rank=rank,
+        world_size=world_size,
+        max_clips=cfg.val.max_clips,
+    )
     scores = score_clips(
         model,
         clips,
@@ -476,12 +482,7 @@ class TrainingSummary:
                 f"(bicubic {self.val_metrics['bicubic_psnr']:.2f} dB / {self.val_metrics['bicubic_ssim']:.4f})"
             )
         if self.registered is not None:
-            alias = (
-                "champion"
-                if self.registered.is_champion
-                else f"champion stays v{self.registered.champion_version}"
-            )
-            lines.append(f"registered {self.registered.uri} ({alias})")
+            lines.append(self.registered.describe())
         return "\n".join(lines)
 
 

@@ -399,12 +399,7 @@ class SearchSummary:
             f"MLflow run {self.best.mlflow_run_id} (parent {self.parent_run_id} in {self.tracking_uri})",
         ]
         if self.registered is not None:
-            alias = (
-                "champion"
-                if self.registered.is_champion
-                else f"champion stays v{self.registered.champion_version}"
-            )
-            lines.append(f"registered {self.registered.uri} ({alias})")
+            lines.append(self.registered.describe())
         lines += ["", "best config:", dump_config(self.best_config)]
         return "\n".join(lines)
 

@@ -167,6 +167,22 @@ def test_validation_yields_whole_clips_matching_the_source(prepared):
     assert torch.equal(gt, expected)
 
 
+def test_validation_share_decodes_only_its_own_clips(prepared, monkeypatch):
+    import pipelines.ingest as ingest
+
+    decoded = []
+    real_decode = ingest.decode_frames
+    monkeypatch.setattr(ingest, "decode_frames", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    everything = [c[0] for c in iter_val_clips(prepared, "train", verify=False)]
+    assert everything == ["a", "b", "c"] and len(decoded) == 6  # LR and GT of each clip
+    decoded.clear()
+    shares = [[c[0] for c in iter_val_clips(prepared, "train", rank=r, world_size=2)] for r in (0, 1)]
+    assert shares == [["a", "c"], ["b"]] and len(decoded) == 6  # each clip decoded by one worker only
+    decoded.clear()
+    assert [c[0] for c in iter_val_clips(prepared, "train", rank=1, world_size=2, max_clips=1)] == []
+    assert decoded == []
+
+
 def test_crop_shape_mismatch_is_a_clear_error(prepared):
     ds = train_dataset(prepared, crop=CropSpec(2, LR_PATCH))
     iterator = make_train_batch_iterator(
