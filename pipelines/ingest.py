@@ -59,6 +59,9 @@ class CropSpec:
     seed: int = 0
     augment: bool = True  # flips, transpose, temporal reverse (each p=0.5)
     samples_per_clip: int = 1  # crops drawn from each clip per epoch
+    # Number of the first epoch. A resumed run passes the iteration it resumes from: a run has seen at
+    # most one epoch per iteration, so its new epochs draw crops it has not drawn before.
+    first_epoch: int = 0
 
 
 def sample_rng(seed: int, epoch: int, clip_id: str, draw: int) -> np.random.Generator:
@@ -149,7 +152,7 @@ def _crop_stage(table: pa.Table, spec: CropSpec, scale: int) -> dict:
     from ray.data import DataContext
 
     # Ray Data counts the completed executions of a dataset; each training epoch is one execution.
-    epoch = getattr(DataContext.get_current(), "_execution_idx", 0)
+    epoch = spec.first_epoch + getattr(DataContext.get_current(), "_execution_idx", 0)
     ids, lrs, gts = [], [], []
     for row, lr_frames, hr_frames in _rows(table):
         for draw in range(spec.samples_per_clip):

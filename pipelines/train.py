@@ -211,6 +211,15 @@ def read_training_state(directory: Path) -> dict[str, Any]:
     return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def latest_checkpoint_iteration(run_dir: Path) -> int:
+    """The iteration of the newest complete checkpoint under a run's storage folder (0 if none)."""
+    iterations = [
+        int(read_training_state(state.parent)["iteration"])
+        for state in run_dir.glob(f"checkpoint_*/{STATE_FILE}")
+    ]
+    return max(iterations, default=0)
+
+
 def restore_training_checkpoint(
     directory: Path, rank: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
 ) -> TrainingState:
@@ -545,7 +554,11 @@ def run_training(
 
     init_ray(cfg.run.address)
     # Crops are drawn in Ray Data tasks (off the training workers' CPUs), seeded by (seed, epoch, clip).
-    crop = CropSpec(cfg.data.num_frames, cfg.data.lr_patch, cfg.train.seed, True, cfg.data.samples_per_clip)
+    # A resumed run starts its epoch numbering past what it has seen (Ray Data counts from 0 again).
+    first_epoch = latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name)
+    crop = CropSpec(
+        cfg.data.num_frames, cfg.data.lr_patch, cfg.train.seed, True, cfg.data.samples_per_clip, first_epoch
+    )
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,

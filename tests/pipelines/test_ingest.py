@@ -112,6 +112,21 @@ def test_crops_in_ray_data_and_in_the_worker_are_the_same_draws(prepared):
     assert not torch.equal(in_ray_data[0]["lr"], in_ray_data[1]["lr"])
 
 
+def test_first_epoch_shifts_the_crop_stream(prepared):
+    """A resumed run (first_epoch = its checkpoint's iteration) draws new crops, not epoch 0's again."""
+    import pyarrow.parquet as pq
+
+    from pipelines.ingest import _crop_stage
+    from pipelines.prepare import load_manifest
+
+    table = pq.read_table(load_manifest(prepared).shard_paths("train")[0])
+    first = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3), SCALE)
+    again = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3), SCALE)
+    resumed = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3, first_epoch=5), SCALE)
+    assert np.array_equal(first["lr"], again["lr"])
+    assert not np.array_equal(first["lr"], resumed["lr"])
+
+
 def test_draws_cover_positions_and_each_augmentation_half_the_time():
     spec = CropSpec(NUM_FRAMES, LR_PATCH)
     draws = [draw_crop(sample_rng(0, 0, "clip", i), 10, (16, 18), spec) for i in range(400)]

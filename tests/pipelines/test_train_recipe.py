@@ -16,6 +16,7 @@ from pipelines.train import (
     TrainingState,
     build_optimizer,
     build_scheduler,
+    latest_checkpoint_iteration,
     restore_training_checkpoint,
     save_training_checkpoint,
     set_spynet_trainable,
@@ -121,3 +122,18 @@ def test_checkpoint_round_trip_restores_weights_optimizer_schedule_and_rng(tiny_
     assert torch.equal(torch.rand(3), expected_draws[0])
     assert np.array_equal(np.random.rand(3), expected_draws[1])
     assert random.random() == expected_draws[2]
+
+
+def test_a_resumed_run_numbers_its_crop_epochs_past_its_last_checkpoint(tiny_ttvsr, tmp_path):
+    optimizer = build_optimizer(tiny_ttvsr, OptimSection())
+    scheduler = build_scheduler(optimizer, ScheduleSection(periods=[10], restart_weights=[1.0]))
+    run_dir = tmp_path / "run"
+    assert latest_checkpoint_iteration(run_dir) == 0  # a new run
+    for iteration in (4, 8):
+        folder = run_dir / f"checkpoint_{iteration:08d}"
+        folder.mkdir(parents=True)
+        save_training_checkpoint(
+            folder, 0, tiny_ttvsr, optimizer, scheduler, TrainingState(iteration=iteration)
+        )
+    (run_dir / "checkpoint_tmp_partial").mkdir()  # no training_state.pt: not a complete checkpoint
+    assert latest_checkpoint_iteration(run_dir) == 8
