@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from pipelines.config import ConfigError, add_config_args, load_config
 from pipelines.degradations import imresize_bicubic
+from pipelines.ingest import mirror_extend
 from vsr_models.inference import super_resolve
 from vsr_models.metrics import MetricAggregator, MetricSummary, frame_metrics
 
@@ -100,6 +101,7 @@ def score_clips(
     channel: str = "rgb",
     crop_border: int = 0,
     centre_frame_only: bool = False,
+    mirror_times: int = 0,
     max_frames: int | None = None,
     chunk: int | None = None,
     on_clip: ClipCallback | None = None,
@@ -107,7 +109,8 @@ def score_clips(
     """Super-resolve each clip whole (``super_resolve`` tiles / chunks as the model needs) and score it.
 
     The scale is read from the shapes (GT width over LR width). Runs on the model's device; scores on
-    the CPU in float64. ``max_frames`` keeps the first frames of each clip (cheaper periodic validation).
+    the CPU in float64. ``max_frames`` keeps the first frames of each clip (cheaper periodic validation);
+    ``mirror_times`` feeds each clip mirrored (see :func:`super_resolve_mirrored`).
     """
     device = next(model.parameters()).device
     results = []
@@ -115,7 +118,11 @@ def score_clips(
         if max_frames is not None:
             lr, gt = lr[:, :max_frames], gt[:, :max_frames]
         scale = gt.shape[-1] // lr.shape[-1]
-        sr = super_resolve(model, lr.to(device), chunk=chunk, scale=scale)[0].float().cpu()
+        sr = (
+            super_resolve_mirrored(model, lr.to(device), mirror_times, chunk=chunk, scale=scale)[0]
+            .float()
+            .cpu()
+        )
         gt, bicubic = gt[0].float().cpu(), bicubic_upscale(lr[0].float().cpu(), scale)
         if centre_frame_only:
             centre = slice(lr.shape[1] // 2, lr.shape[1] // 2 + 1)
@@ -128,6 +135,19 @@ def score_clips(
         if on_clip is not None:
             on_clip(clip_id, bicubic, sr, gt)
     return results
+
+
+def super_resolve_mirrored(model: nn.Module, lr: torch.Tensor, mirror_times: int, **kwargs) -> torch.Tensor:
+    """``super_resolve`` of ``lr`` (n, t, 3, h, w) mirror-extended ``mirror_times`` times, each frame's
+    outputs averaged over its copies: the Vimeo-90K-T protocol of the recurrent models (TTVSR: 7 -> 28)."""
+    if not mirror_times:
+        return super_resolve(model, lr, **kwargs)
+    sr = super_resolve(model, mirror_extend(lr, mirror_times), **kwargs)
+    positions = mirror_extend(torch.arange(lr.shape[1]).view(1, -1), mirror_times)[0]  # frame of each slot
+    copies = torch.zeros(lr.shape[1], positions.numel(), dtype=sr.dtype, device=sr.device)
+    copies[positions, torch.arange(positions.numel())] = 1.0
+    copies /= copies.sum(dim=1, keepdim=True)
+    return torch.einsum("fs,nschw->nfchw", copies, sr)
 
 
 def summarise(scores: Iterable[ClipScores], channel: str) -> EvaluationReport:
@@ -147,6 +167,7 @@ def evaluate(
     channel: str = "rgb",
     crop_border: int = 0,
     centre_frame_only: bool = False,
+    mirror_times: int = 0,
     max_clips: int | None = None,
     chunk: int | None = None,
 ) -> EvaluationReport:
@@ -159,6 +180,7 @@ def evaluate(
         channel=channel,
         crop_border=crop_border,
         centre_frame_only=centre_frame_only,
+        mirror_times=mirror_times,
         chunk=chunk,
     )
     if not scores:
@@ -189,6 +211,7 @@ class EvaluationConfig:
     channel: Literal["rgb", "y"] = "rgb"  # REDS4 / sample: rgb; Vid4, UDM10, Vimeo-90K-T (BD): y
     crop_border: int = 0
     centre_frame_only: bool = False
+    mirror_times: int = 0  # Vimeo-90K-T with TTVSR: 2 (7 -> 28 frames, outputs averaged over copies)
     max_clips: int | None = None
     chunk: int | None = None  # temporal window for long clips on small memory
     tracking_uri: str | None = None  # for models:/ and runs:/ URIs; default as in training
@@ -209,6 +232,7 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationReport:
         channel=cfg.channel,
         crop_border=cfg.crop_border,
         centre_frame_only=cfg.centre_frame_only,
+        mirror_times=cfg.mirror_times,
         max_clips=cfg.max_clips,
         chunk=cfg.chunk,
     )

@@ -40,7 +40,9 @@ class DataSection:
     samples_per_clip: int = (
         1  # crops drawn from each clip per epoch (more: fewer epoch restarts on tiny sets)
     )
-    mirror_extend: bool = False  # feed x + reversed(x), as the recurrent models do on Vimeo-90K
+    mirror_times: int = (
+        0  # append the reversed sequence this many times (Vimeo-90K: TTVSR feeds 7 -> 28 frames, 2)
+    )
 
 
 @dataclass
@@ -105,6 +107,9 @@ class ValSection:
     channel: Literal["rgb", "y"] = "rgb"  # REDS4: RGB; Vid4 / UDM10 / Vimeo-90K-T (BD): Y
     crop_border: int = 0
     centre_frame_only: bool = False  # Vimeo-90K-T scores only the centre frame of each septuplet
+    # Feed each clip mirrored this many times and average every frame's outputs over its copies
+    # (Vimeo-90K-T: TTVSR flips the septuplet twice, to 28 frames).
+    mirror_times: int = 0
     max_clips: int | None = None  # cap the clips scored during training (None: all)
     max_frames: int | None = None  # cap the frames per clip during training (None: all)
     chunk: int | None = None  # temporal window for long clips (vsr_models.inference.super_resolve)

@@ -250,7 +250,7 @@ def make_train_batch_iterator(
     batch_size: int = 1,
     scale: int = 4,
     seed: int = 0,
-    mirror_extend: bool = False,
+    mirror_times: int = 0,
     augment: bool = True,
     samples_per_clip: int = 1,
     shuffle_buffer: int = 0,
@@ -262,7 +262,8 @@ def make_train_batch_iterator(
     ``shard`` is a Ray ``DataIterator`` (``ray.train.get_dataset_shard('train')``) over
     :func:`train_dataset` rows; it is iterated epoch after epoch for an iteration-based schedule.
     Rows that are already crops are checked against ``lr_patch``/``num_frames``/``scale`` and collated;
-    whole clips are cropped here with the same draws the Ray Data stage would make. ``shuffle_buffer``
+    whole clips are cropped here with the same draws the Ray Data stage would make. ``mirror_times``
+    appends the reversed sequence that many times (2: TTVSR's 28 frames from a Vimeo-90K septuplet). ``shuffle_buffer``
     > 0 shuffles samples through a buffer seeded by ``(seed, epoch, worker rank)``.
     """
     spec = CropSpec(num_frames, lr_patch, seed, augment, samples_per_clip)
@@ -284,7 +285,7 @@ def make_train_batch_iterator(
                     sample = buffer.pop(int(shuffler.integers(len(buffer))))
                 pending.append(sample)
                 if len(pending) == batch_size:
-                    yield _collate(pending, mirror_extend)
+                    yield _collate(pending, mirror_times)
                     pending = []
         if drawn == 0:  # would otherwise loop forever without yielding
             raise DataError(
@@ -316,11 +317,11 @@ def _samples(batch: dict, spec: CropSpec, scale: int, epoch: int) -> Iterator[tu
                 yield sample
 
 
-def _collate(samples: list[tuple[np.ndarray, np.ndarray]], mirror: bool) -> dict[str, torch.Tensor]:
+def _collate(samples: list[tuple[np.ndarray, np.ndarray]], mirror_times: int) -> dict[str, torch.Tensor]:
     lr = _to_float(np.stack([s[0] for s in samples]))
     gt = _to_float(np.stack([s[1] for s in samples]))
-    if mirror:
-        lr, gt = mirror_extend(lr), mirror_extend(gt)
+    if mirror_times:
+        lr, gt = mirror_extend(lr, mirror_times), mirror_extend(gt, mirror_times)
     return {"lr": lr, "gt": gt}
 
 

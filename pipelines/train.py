@@ -312,6 +312,7 @@ def validate(
         channel=cfg.val.channel,
         crop_border=cfg.val.crop_border,
         centre_frame_only=cfg.val.centre_frame_only,
+        mirror_times=cfg.val.mirror_times,
         max_frames=cfg.val.max_frames,
         chunk=cfg.val.chunk,
         on_clip=keep_strip if tracker.active else None,
@@ -372,9 +373,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             logger.info("resumed from iteration %d", state.iteration)
 
     train = cfg.train
-    frames_per_step = (
-        cfg.data.batch_size * cfg.data.num_frames * (2 if cfg.data.mirror_extend else 1) * world_size
-    )
+    frames_per_step = cfg.data.batch_size * cfg.data.num_frames * 2**cfg.data.mirror_times * world_size
     # Endless: the shard is iterated epoch after epoch; crops were drawn in Ray Data (see run_training).
     batches = make_train_batch_iterator(
         ray.train.get_dataset_shard("train"),
@@ -383,7 +382,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         batch_size=cfg.data.batch_size,
         scale=loop_config["scale"],
         seed=cfg.train.seed,
-        mirror_extend=cfg.data.mirror_extend,
+        mirror_times=cfg.data.mirror_times,
     )
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and train.precision == "bf16"

@@ -128,3 +128,30 @@ def test_an_unknown_registered_model_is_one_error_line_not_a_traceback(tmp_path,
     # (MLflow logs its store creation to stderr first)
     assert err.splitlines()[-1].startswith("error: cannot load model models:/nosuch@champion")
     assert "Traceback" not in err
+
+
+class _FrameIndexModel(torch.nn.Module):
+    """x4 nearest upsampling plus, on every output, the slot's position in the sequence / 100."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
+
+    def forward(self, lr):
+        up = lr.repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)
+        slot = torch.arange(lr.shape[1], dtype=lr.dtype).view(1, -1, 1, 1, 1) / 100
+        return up + slot + self.anchor
+
+
+def test_mirrored_inference_averages_each_frame_over_its_copies():
+    from pipelines.evaluate import super_resolve_mirrored
+
+    lr = torch.rand(1, 7, 3, 8, 8)
+    model = _FrameIndexModel()
+    plain = super_resolve_mirrored(model, lr, 0)
+    mirrored = super_resolve_mirrored(model, lr, 2)  # 28 slots: frame f sits at f, 13-f, 14+f, 27-f
+    assert mirrored.shape == plain.shape == (1, 7, 3, 32, 32)
+    for frame in range(7):
+        slots = [frame, 13 - frame, 14 + frame, 27 - frame]
+        expected = plain[:, frame] - frame / 100 + sum(slots) / len(slots) / 100
+        torch.testing.assert_close(mirrored[:, frame], expected)

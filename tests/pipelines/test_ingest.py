@@ -166,9 +166,7 @@ def test_mirror_extension():
 
 def _batches_for_mirror():
     return (
-        _batches(_PREPARED["dir"], 1, mirror_extend=True)
-        if "dir" in _PREPARED
-        else pytest.skip("needs prepared")
+        _batches(_PREPARED["dir"], 1, mirror_times=1) if "dir" in _PREPARED else pytest.skip("needs prepared")
     )
 
 
