@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipelines.config import add_config_args, load_config
 from pipelines.video_io import (
     FrameReader,
     FrameWriter,
@@ -487,3 +489,98 @@ def describe(summary: InferSummary) -> str:
         f"{summary.input} -> {summary.output}: {summary.num_frames} frames {w}x{h} -> {sw}x{sh} "
         f"in {summary.seconds:.1f} s ({summary.frames_per_second:.2f} frames/s on {summary.device})"
     )
+
+
+# -- command line (jobs/infer.py) ------------------------------------------------------------------------
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of ``jobs/infer.py``."""
+    parser = argparse.ArgumentParser(
+        prog="jobs/infer.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("input", type=Path, help="video file, folder of frames, or folder of videos")
+    parser.add_argument(
+        "output",
+        type=Path,
+        help=".mkv/.avi (FFV1, lossless), .mp4/.mov (H.264) or a path without suffix (PNG frames); "
+        "for a folder of videos: the output folder",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", help="MLflow model URI (models:/ttvsr@champion) or checkpoint of this project"
+    )
+    source.add_argument("--official", metavar="CKPT", help="authors' released checkpoint (needs --arch)")
+    parser.add_argument("--arch", choices=("ttvsr", "vsrt"), help="architecture of --official")
+    parser.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)"
+    )
+    # Shortcuts for the most used InferConfig fields; --set reaches all of them.
+    parser.add_argument("--tile", type=int, help="LR tile size for spatial tiling (default: whole frames)")
+    parser.add_argument("--chunk", type=int, help="frames per temporal window (default 30)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--scale-check",
+        action="store_true",
+        help="decode the output afterwards and check it has every frame at 4x the input size",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--num-workers", type=int, default=1, help="actors for a folder of videos")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0, help="GPUs per actor for a folder of videos"
+    )
+    parser.add_argument("--address", help="Ray cluster address for a folder of videos (default: local)")
+    parser.add_argument("--suffix", default=".mp4", help="output suffix for a folder of videos ('' for PNG)")
+    return add_config_args(parser)
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """Command-line entry of ``jobs/infer.py``: one video streamed, or a folder of videos on Ray Data."""
+    args = build_parser(description).parse_args(argv)
+    if args.official and not args.arch:
+        print("error: --official needs --arch ttvsr|vsrt", file=sys.stderr)
+        return 2
+    shortcuts = {"tile": args.tile, "chunk": args.chunk, "device": args.device}
+    overrides = args.overrides + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    model = args.model or args.official
+    try:
+        config = load_config(InferConfig, args.config, overrides)
+        if args.input.is_dir() and not is_frame_folder(args.input):
+            if args.address:
+                import ray
+
+                ray.init(address=args.address)
+            summaries = super_resolve_many(
+                args.input,
+                args.output,
+                model,
+                args.num_workers,
+                config=config,
+                suffix=args.suffix,
+                num_gpus_per_worker=args.gpus_per_worker,
+                overwrite=args.overwrite,
+                arch=args.arch,
+                tracking_uri=args.mlflow_uri,
+            )
+        else:
+            summaries = [
+                super_resolve_video(
+                    model,
+                    args.input,
+                    args.output,
+                    **vars(config),
+                    progress=not args.quiet,
+                    overwrite=args.overwrite,
+                    arch=args.arch,
+                    tracking_uri=args.mlflow_uri,
+                )
+            ]
+        for summary in summaries:
+            if args.scale_check:
+                check_output(summary)
+            print(describe(summary))
+    except (OSError, ValueError, InferError) as error:  # ConfigError, VideoError: ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -41,6 +41,7 @@ from pipelines.sources import (
     FileStat,
     SourceItem,
     UnreadableInput,
+    check_source,
     decode_frame_clip,
     decode_video_clip,
     discover,
@@ -960,6 +961,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     args = build_parser(description).parse_args(argv)
     try:
         cfg = config_from_args(args)
+        if cfg.source != SAMPLE_SOURCE:
+            check_source(cfg.source, cfg.layout)  # before starting Ray: a typo fails in a second
         if not ray.is_initialized():
             # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray.
             ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus)

@@ -247,17 +247,23 @@ def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path
     raise AssertionError(layout)
 
 
+def check_source(source: str | Path, layout: str = "auto") -> Path:
+    """The resolved source folder; a :class:`DataError` for a missing path or an unknown layout."""
+    root = Path(source).expanduser().resolve()
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not root.exists():
+        raise DataError(f"{root}: the source does not exist; check --source")
+    return root
+
+
 def discover(source: str | Path, layout: str = "auto") -> DiscoveredSource:
     """List the clips (frame layouts) or video files of ``source``; decode nothing.
 
     Raises:
         DataError: missing or empty source, unknown layout, duplicate clip ids, mixed frame sizes in a clip.
     """
-    root = Path(source).expanduser().resolve()
-    if layout not in LAYOUTS:
-        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if not root.exists():
-        raise DataError(f"{root}: the source does not exist; check --source")
+    root = check_source(source, layout)
     if layout == "auto":
         layout = detect_layout(root)
     items: list[SourceItem] = []

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT, opencv_video
 
 import vsr_models
-from jobs.infer import main
+from pipelines.infer import main
 from pipelines.video_io import FrameWriter, open_frames
 
 
