@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``--config`` and repeatable ``--set`` options every command shares."""
-    parser.add_argument("--config", metavar="FILE", help="YAML experiment config")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument(
         "--set",
         dest="overrides",
