@@ -537,6 +537,7 @@ def run_training(
     register: bool = True,
 ) -> TrainingSummary:
     """Train (or resume) the run ``cfg.run.name`` on Ray Train and register the result in MLflow."""
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -559,6 +560,8 @@ def run_training(
         cfg.data.num_frames, cfg.data.lr_patch, cfg.train.seed, True, cfg.data.samples_per_clip, first_epoch
     )
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
+    # Each epoch is one Ray Data execution with the same plan: do not print it every epoch.
+    ray.data.DataContext.get_current().print_on_execution_start = False
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
