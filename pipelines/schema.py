@@ -82,8 +82,3 @@ def decode_frames(
             height, width, 3
         )
     return out
-
-
-def clip_table(rows: Sequence[dict]) -> pa.Table:
-    """Rows (dicts with the :data:`CLIP_SCHEMA` fields) as a table with exactly that schema."""
-    return pa.Table.from_pylist(list(rows), schema=CLIP_SCHEMA)
