@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.ray-vsr-installed
 PYTEST_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: help venv demo test lint format bench clean
+.PHONY: help venv demo test lint format bench gpu-check clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ray-vsr needs Python 3.11: set PYTHON=/path/to/python3.11")'
@@ -42,6 +43,10 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (figures go to BENCHMARKS.md by hand)
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Needs NVIDIA GPUs and a CUDA build of torch==$(TORCH_VERSION) in $(VENV) (the image's, infra/Dockerfile).
+gpu-check: $(STAMP)  ## GPUs: released TTVSR recipe at full size, 300 iterations + evaluation, < 8 min
+	TORCH_VERSION=$(TORCH_VERSION) PYTHON=$(PY) bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:  ## remove generated data, runs and the MLflow store (keeps .venv)
 	rm -rf data runs mlruns mlartifacts mlflow.db outputs .pytest_cache

@@ -1,7 +1,7 @@
 """Throughput of the BI and BD degradations on 720x1280 frames, one CPU core.
 
 Compares ``pipelines.degradations`` (two dense matmuls per frame, float64) with the straightforward NumPy
-oracles of the test suite (``tests/pipelines/reference_degradations.py``: a per-output-pixel loop for
+oracles of the test suite (``tests/pipelines/data/reference_degradations.py``: a per-output-pixel loop for
 BI, a loop over the 144 kernel taps for BD), in the same run. The oracles are written for clarity, not
 speed, so the ratio says how much the vectorised form buys over the literal transcription of the scripts.
 
@@ -23,10 +23,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pipelines"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pipelines" / "data"))
 from reference_degradations import degrade_bd_reference, degrade_bi_reference  # noqa: E402
 
-from pipelines.degradations import degrade  # noqa: E402
+from pipelines.data.degradations import degrade  # noqa: E402
 
 HEIGHT, WIDTH = 720, 1280
 

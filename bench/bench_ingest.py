@@ -18,9 +18,10 @@ from pathlib import Path
 import ray
 import torch
 
-from pipelines.ingest import CropSpec, make_train_batch_iterator, train_dataset
-from pipelines.prepare import PrepareConfig, prepare_dataset
-from pipelines.sample import render_sample_dataset
+from pipelines.common.ray_session import init_ray
+from pipelines.data.ingest import CropSpec, make_train_batch_iterator, train_dataset
+from pipelines.data.prepare import PrepareConfig, prepare_dataset
+from pipelines.data.sample import render_sample_dataset
 
 NUM_FRAMES, LR_PATCH, SCALE = 50, 64, 4
 
@@ -89,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as tmp:
         source = render_sample_dataset(Path(tmp) / "src", num_frames=60)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        init_ray(num_cpus=args.cpus)
         prepare_dataset(PrepareConfig(source=str(source), output=str(Path(tmp) / "prepared")))
         for per_clip in args.samples_per_clip:
             for crop_in_ray_data, label in ((True, "crops in Ray Data"), (False, "crops in the worker")):

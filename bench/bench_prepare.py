@@ -17,13 +17,14 @@ from pathlib import Path
 
 import ray
 
-from pipelines.prepare import PrepareConfig, prepare_dataset
-from pipelines.sample import render_sample_dataset
+from pipelines.common.ray_session import init_ray
+from pipelines.data.prepare import PrepareConfig, prepare_dataset
+from pipelines.data.sample import render_sample_dataset
 
 
 def run(source: Path, num_cpus: int, degradation: str) -> tuple[float, float, int]:
     """(warm-up seconds, timed seconds, frames) of one CPU count."""
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=num_cpus)
     try:
         with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as timed:
             started = time.perf_counter()

@@ -10,11 +10,21 @@
 #
 # `start` prints shell exports on stdout (everything else goes to stderr), so
 #   eval "$(infra/local_cluster.sh start)"
-#   ray job submit --working-dir . -- python jobs/train_ttvsr.py --config ... --mlflow-uri "$MLFLOW_TRACKING_URI"
+#   ray job submit --working-dir . -- python jobs/train_ttvsr.py --config configs/ttvsr_sample.yaml \
+#       --set data.path="$PWD/data/sample" --storage-path "$PWD/runs" --mlflow-uri "$MLFLOW_TRACKING_URI"
+#   (absolute paths: the job runs in a copy of the working dir)
 #
-# - Head and worker node: `ray start --block`, each in its own session, listening on 127.0.0.1
-#   (Ray itself advertises the machine's address for loopback), with their own temp dirs and with
-#   every fixed default port replaced by a free one, so several clusters (parallel tests) coexist.
+# - Head and worker node: `ray start --block`, each in its own session, with their own temp dirs and
+#   with every fixed default port replaced by a free one, so several clusters (parallel tests) coexist.
+# - Loopback only: every Ray server (GCS, raylets, object managers, workers, dashboard and its agents,
+#   metrics exporters, client server) listens on 127.0.0.1. Plain `ray start --node-ip-address
+#   127.0.0.1` would not do it (Ray 2.60 swaps a loopback node IP for the machine's address and then
+#   listens on all interfaces), so both nodes start through `python -m pipelines.common.ray_session
+#   start ...` (Ray's CLI with that swap turned off, for it and the Ray processes it starts; see its
+#   docstring). Submitted jobs inherit it. Other clients join through the same module:
+#   pipelines.common.ray_session.init_ray (every job does) or `python -m pipelines.common.ray_session
+#   status --address "$RAY_GCS_ADDRESS"`; a plain `ray.init()` / `ray status` from outside dials the
+#   machine's address and finds nothing there.
 # - Token authentication is always on, with a token made for this cluster (Ray 2.60 turns it on for
 #   `ray start --head` whenever ~/.ray/auth_token exists but not for joining nodes or clients; being
 #   explicit makes both cases work). Clients need the exported RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH.
@@ -52,6 +62,8 @@ done
 
 # The project's virtualenv when there is one, else whatever is on PATH.
 if [[ -x "$REPO_ROOT/.venv/bin/ray" ]]; then BIN="$REPO_ROOT/.venv/bin"; else BIN="$(dirname "$(command -v ray)")"; fi
+# `ray ...` that keeps 127.0.0.1 as the node and GCS address (needs the project installed: pip install -e .).
+RAY_CLI=("$BIN/python" -m pipelines.common.ray_session)
 STATE_DIR="$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)"
 ENV_FILE="$STATE_DIR/cluster.env"
 COMPONENTS=(worker head mlflow)
@@ -97,7 +109,8 @@ wait_for() {  # wait_for NAME DESCRIPTION CHECK...: poll CHECK until it succeeds
 alive_nodes() {  # number of alive Ray nodes, asked through Ray's own client (it sends the token)
     RAY_ADDRESS="$GCS_ADDRESS" "$BIN/python" -c '
 import ray
-ray.init(logging_level="ERROR", log_to_driver=False)
+from pipelines.common.ray_session import init_ray
+init_ray()  # joins $RAY_ADDRESS on loopback
 print(sum(node["Alive"] for node in ray.nodes()))' 2>/dev/null | tail -n 1
 }
 
@@ -152,6 +165,10 @@ start() {
     fi
     stop_all  # leftovers of a half-started or crashed cluster
     mkdir -p "$STATE_DIR/logs" "$STATE_DIR/mlflow"
+    if ! "$BIN/python" -c 'import pipelines.common.ray_session' 2>/dev/null; then
+        log "pipelines.common.ray_session is not importable by $BIN/python: pip install -e $REPO_ROOT"
+        exit 1
+    fi
 
     local ports
     read -r -a ports <<<"$(free_ports 7)"
@@ -169,7 +186,8 @@ start() {
     local ray_env=(env PATH="$BIN:$PATH" RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token" RAY_USAGE_STATS_ENABLED=0
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0)
     # Ports Ray otherwise fixes (client server 10001, agent 52365) are taken from the free ones; the
-    # rest (node manager, object manager, workers, metrics) are random when 0 / unset.
+    # rest (node manager, object manager, workers, metrics export) are random when 0 / unset. All of
+    # them, the Prometheus metrics exporters included, bind the node IP 127.0.0.1 (see the header).
     local common=(--block --node-ip-address 127.0.0.1 --num-cpus "$NUM_CPUS" --disable-usage-stats
         --min-worker-port 0 --max-worker-port 0)
 
@@ -180,11 +198,11 @@ start() {
             --backend-store-uri "sqlite:///$STATE_DIR/mlflow/mlflow.db" \
             --artifacts-destination "$STATE_DIR/mlflow/artifacts"
     fi
-    launch head "${ray_env[@]}" "$BIN/ray" start --head "${common[@]}" --port "$GCS_PORT" \
+    launch head "${ray_env[@]}" "${RAY_CLI[@]}" start --head "${common[@]}" --port "$GCS_PORT" \
         --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" --ray-client-server-port "${ports[3]}" \
         --dashboard-agent-listen-port "${ports[4]}" --temp-dir "$RAY_TEMP_ROOT/head"
     wait_for head "Ray head (dashboard http://127.0.0.1:$DASHBOARD_PORT)" http_up "http://127.0.0.1:$DASHBOARD_PORT/api/version"
-    launch worker "${ray_env[@]}" "$BIN/ray" start --address "$GCS_ADDRESS" "${common[@]}" \
+    launch worker "${ray_env[@]}" "${RAY_CLI[@]}" start --address "$GCS_ADDRESS" "${common[@]}" \
         --dashboard-agent-listen-port "${ports[5]}" --temp-dir "$RAY_TEMP_ROOT/worker"
 
     local mlflow_uri=""

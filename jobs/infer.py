@@ -6,13 +6,13 @@
     python jobs/infer.py videos/ out/ --model models:/ttvsr@champion --num-workers 4 --address auto
 
 A folder of video files (or of frame folders) as input runs every sequence on a Ray cluster with
-Ray Data (``pipelines.infer.super_resolve_many``); anything else is one video, streamed window by
-window (``pipelines.infer.super_resolve_video``).
+Ray Data (``pipelines.inference.batch.super_resolve_many``); anything else is one video, streamed window by
+window (``pipelines.inference.video.super_resolve_video``).
 """
 
 import sys
 
-from pipelines.infer import main
+from pipelines.inference.job import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], description=__doc__))

@@ -6,8 +6,8 @@ Examples:
   python jobs/prepare_data.py --source /data/Vid4/GT --output data/vid4_bd --degradation BD \\
       --set splits.default=val
   python jobs/prepare_data.py --source ~/videos --output data/mine --set clip_length=50 --strict
-  ray job submit --working-dir . -- python jobs/prepare_data.py --source /mnt/shared/REDS \\
-      --output /mnt/shared/data/reds_bi
+  ray job submit --working-dir . -- python jobs/prepare_data.py --source /mnt/shared/raw/REDS \\
+      --output /mnt/shared/data/reds_bi      # on a cluster: absolute paths on shared storage
 
 Re-running with the same --output resumes: finished shards are checked and kept. The format is
 described in docs/data_format.md.
@@ -15,7 +15,7 @@ described in docs/data_format.md.
 
 import sys
 
-from pipelines.prepare import main
+from pipelines.data.prepare.job import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], description=__doc__))

@@ -4,15 +4,17 @@ Examples:
   python jobs/train_ttvsr.py --config configs/ttvsr_sample.yaml            # laptop, built-in sample data
   python jobs/train_ttvsr.py --config configs/ttvsr_reds4.yaml --gpus 8     # the released REDS recipe
   ray job submit --working-dir . -- python jobs/train_ttvsr.py --config configs/ttvsr_reds4.yaml \\
-      --gpus 8 --storage-path /mnt/shared/runs --mlflow-uri http://head:5000
+      --gpus 8 --set data.path=/mnt/shared/data/reds_bi --storage-path /mnt/shared/runs \\
+      --mlflow-uri http://<mlflow-host>:5000
 
 Running the same --name again resumes that run from its last checkpoint, in the same MLflow run.
+On a cluster pass absolute paths on shared storage: a submitted job runs in a copy of the working dir.
 """
 
 import sys
 
-from pipelines.experiment import TTVSRExperiment
-from pipelines.train import main
+from pipelines.training.driver import main
+from pipelines.training.experiment import TTVSRExperiment
 
 if __name__ == "__main__":
     sys.exit(main(TTVSRExperiment, sys.argv[1:], description=__doc__))

@@ -8,13 +8,16 @@ Examples:
   python jobs/tune_ttvsr.py --config configs/tune_ttvsr_sample.yaml --num-samples 2 \\
       --set experiment.train.total_iters=100 --set 'search.optim.lr={loguniform: [1e-4, 1e-3]}'
   ray job submit --working-dir . -- python jobs/tune_ttvsr.py --config configs/tune_ttvsr_reds4.yaml \\
-      --set experiment.run.storage_path=/mnt/shared/runs --mlflow-uri http://head:5000
+      --set experiment.data.path=/mnt/shared/data/reds_bi \\
+      --set experiment.run.storage_path=/mnt/shared/runs --mlflow-uri http://<mlflow-host>:5000
+
+On a cluster pass absolute paths on shared storage: a submitted job runs in a copy of the working dir.
 """
 
 import sys
 
-from pipelines.experiment import TTVSRExperiment
-from pipelines.tune import main
+from pipelines.training.experiment import TTVSRExperiment
+from pipelines.tuning.search import main
 
 if __name__ == "__main__":
     sys.exit(main(TTVSRExperiment, sys.argv[1:], description=__doc__))

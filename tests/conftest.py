@@ -47,8 +47,11 @@ def ensure_ray():
     cluster call ``ray.shutdown()`` first, and the next test that needs Ray starts a fresh one."""
     import ray
 
+    from pipelines.common.ray_session import LOOPBACK, _loopback_node_address
+
     if not ray.is_initialized():
-        ray.init(**RAY_INIT)
+        with _loopback_node_address():  # listening on 127.0.0.1 only, as init_ray's local Ray does
+            ray.init(**RAY_INIT, _node_ip_address=LOOPBACK)
     return ray
 
 
@@ -62,8 +65,8 @@ def ray_local():
 def tiny_prepared_dataset(tmp_path_factory) -> Path:
     """Two training clips and one validation clip of 8 frames, 256x256 HR / 64x64 LR, prepared (BI x4)
     by the real pipeline; shared by the training, tuning and job tests."""
-    from pipelines.prepare import PrepareConfig, prepare_dataset
-    from pipelines.sample import render_sample_dataset
+    from pipelines.data.prepare import PrepareConfig, prepare_dataset
+    from pipelines.data.sample import render_sample_dataset
 
     ensure_ray()
     root = tmp_path_factory.mktemp("tiny")
@@ -78,3 +81,35 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """``export KEY=VALUE`` lines -> ``{KEY: VALUE}``."""
+    return dict(
+        line.removeprefix("export ").split("=", 1) for line in text.splitlines() if line.startswith("export ")
+    )
+
+
+LOCAL_CLUSTER_CPUS = 2  # per node
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory):
+    """infra/local_cluster.sh: a Ray head and a worker node on loopback plus an MLflow server (free ports,
+    own state dir), shared by the job-submission and loopback tests; stopped at the end whatever happened.
+    Yields the environment it prints (RAY_ADDRESS, MLFLOW_TRACKING_URI, auth) and its STATE_DIR."""
+    import subprocess
+
+    script = REPO_ROOT / "infra" / "local_cluster.sh"
+    state = tmp_path_factory.mktemp("local_cluster")
+    try:
+        started = subprocess.run(
+            [script, "start", "--state-dir", state, "--num-cpus", str(LOCAL_CLUSTER_CPUS)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert started.returncode == 0, f"local_cluster.sh start failed:\n{started.stderr}"
+        yield parse_exports(started.stdout) | {"STATE_DIR": str(state)}
+    finally:
+        subprocess.run([script, "stop", "--state-dir", state], capture_output=True, timeout=120)

@@ -1,7 +1,7 @@
 """Building blocks shared by TTVSR and VSR-Transformer.
 
-Both released implementations build on the same pieces (``reference/README.md``, "Shared building
-blocks"): residual blocks without batch norm, a stack of them behind an input convolution, backward
+Both released implementations build on the same pieces (``docs/models.md#shared-blocks``):
+residual blocks without batch norm, a stack of them behind an input convolution, backward
 warping by optical flow, and a x4 pixel-shuffle reconstruction head added to a bilinear base.
 """
 
@@ -113,6 +113,32 @@ class UpsampleHead(nn.Module):
         x = self.lrelu(F.pixel_shuffle(self.upsample2(x), 2))
         x = self.lrelu(self.conv_hr(x))
         return self.conv_last(x)
+
+    def forward_channels_last(self, feat: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for channels_last features (the fast paths'), the same numbers.
+
+        feat: (n, c, h, w) channels_last -> residual (n, 3, 4h, 4w) channels_last.
+        """
+        x = self.lrelu(conv_pixel_shuffle(self.upsample1, feat, 2))
+        x = self.lrelu(conv_pixel_shuffle(self.upsample2, x, 2))
+        x = self.lrelu(self.conv_hr(x))
+        return self.conv_last(x)
+
+
+def conv_pixel_shuffle(conv: nn.Conv2d, x: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_shuffle(conv(x), r)`` for channels_last ``x``: (n, c_in, h, w) -> (n, c, r*h, r*w).
+
+    The conv's output channels are reordered (r, r, c) instead of (c, r, r), so that each output pixel's
+    c channels lie side by side in its (h, w, r*r*c) output and the shuffle copies whole runs of them
+    (``pixel_shuffle`` on channels_last moves single values). Same products and sums, same numbers.
+    """
+    c = conv.out_channels // (r * r)
+    weight = conv.weight.unflatten(0, (c, r * r)).transpose(0, 1).flatten(0, 1)
+    bias = conv.bias.view(c, r * r).t().flatten() if conv.bias is not None else None
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    n, _, h, w = y.shape
+    shuffled = y.permute(0, 2, 3, 1).reshape(n, h, w, r, r, c).transpose(2, 3)
+    return shuffled.reshape(n, h * r, w * r, c).permute(0, 3, 1, 2)
 
 
 def upsample_base(lr: torch.Tensor, scale: int = 4) -> torch.Tensor:

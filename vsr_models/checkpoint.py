@@ -1,12 +1,11 @@
-"""The model registry and both checkpoint formats: the authors' releases and this project's own.
+"""Both checkpoint file formats: the authors' releases and this project's own.
 
-- :func:`build_model` makes ``'ttvsr'`` (:class:`~vsr_models.ttvsr.TTVSR`) or ``'vsrt'``
-  (:class:`~vsr_models.vsrt.VSRTransformer`) from its released REDS configuration plus overrides.
-- :func:`import_official` loads a released checkpoint (``reference/README.md``, "Checkpoint files as
-  released"): TTVSR's mmediting file, whose ``state_dict`` holds the generator under ``generator.``,
-  or VSR-Transformer's BasicSR file with ``params`` / ``params_ema``, or a bare state dict. Tensor names
-  are mapped by each model file's ``convert_official_state_dict``; anything that does not fit ends in
-  one :class:`IncompatibleCheckpointError` listing every missing, unexpected and mis-shaped tensor.
+- :func:`import_official` loads a released checkpoint (``docs/models.md#released-checkpoint-files``):
+  TTVSR's mmediting file, whose ``state_dict`` holds the generator under ``generator.``, or
+  VSR-Transformer's BasicSR file with ``params`` / ``params_ema``, or a bare state dict. Tensor names
+  are mapped, and the config read from the file, by the family's hooks
+  (:class:`~vsr_models.registry.ModelFamily`); anything that does not fit ends in one
+  :class:`IncompatibleCheckpointError` listing every missing, unexpected and mis-shaped tensor.
 - :func:`save_checkpoint` / :func:`load_checkpoint` write and read this project's format: the weights
   together with the architecture, its config, the project and torch versions and free ``extra`` data,
   written atomically.
@@ -16,186 +15,35 @@ Every file is read with ``torch.load(weights_only=True)``: no arbitrary objects 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import os
-import re
+import pickle
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vsr_models import ttvsr, vsrt
-
-StateDict = dict[str, Tensor]
+from vsr_models.registry import ARCHITECTURES, ModelFamily, StateDict, get_family, model_arch, model_config
 
 
 class IncompatibleCheckpointError(ValueError):
     """A checkpoint file does not fit the requested architecture / configuration (or is not one)."""
 
 
-# -- registry --------------------------------------------------------------------------------------
+# -- building for loading --------------------------------------------------------------------------
 
 
-def _count_indices(sd: Mapping[str, Tensor], pattern: str) -> int | None:
-    """``1 + max(i)`` over the keys matching ``pattern`` (one ``(\\d+)`` group), ``None`` if none match."""
-    regex = re.compile(pattern)
-    indices = [int(m[1]) for key in sd if (m := regex.match(key))]
-    return max(indices) + 1 if indices else None
+def _build_for_loading(family: ModelFamily, overrides: Mapping[str, Any]) -> nn.Module:
+    """The network on the meta device: shapes only, no random initialisation (see :func:`_load_weights`).
 
-
-def _infer_ttvsr_config(official: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Hyperparameters readable from released TTVSR tensor names and shapes."""
-    found: dict[str, Any] = {
-        "num_extract_blocks": _count_indices(official, r"^feat_extractor\.main\.2\.(\d+)\."),
-        "num_propagation_blocks": _count_indices(official, r"^resblocks\.main\.2\.(\d+)\."),
-    }
-    if "feat_extractor.main.0.weight" in official:
-        found["mid_channels"] = official["feat_extractor.main.0.weight"].shape[0]
-    return {key: value for key, value in found.items() if value is not None}
-
-
-def _infer_vsrt_config(official: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Hyperparameters readable from released VSR-Transformer tensor names and shapes.
-
-    ``num_frames`` is not stored: the positional encoding's ``inv_freq`` only gives
-    ``ceil(num_frames / 6)``. Both released models use ``num_frames == depth`` (5/5 REDS, 7/7 Vimeo),
-    so ``depth`` is taken when it is consistent with ``inv_freq``, else the default when that is.
+    The family's init-only fields are cleared: the weights come from the file.
     """
-    found: dict[str, Any] = {
-        "depth": _count_indices(official, r"^transformer\.layers\.(\d+)\."),
-        "num_extract_blocks": _count_indices(official, r"^feature_extraction\.(\d+)\."),
-        "num_reconstruct_blocks": _count_indices(official, r"^reconstruction\.(\d+)\."),
-        "num_ffn_blocks": _count_indices(
-            official, r"^transformer\.layers\.0\.1\.fn\.fn\.backward_resblocks\.main\.2\.(\d+)\."
-        ),
-    }
-    if "conv_first.weight" in official:
-        found["mid_channels"] = official["conv_first.weight"].shape[0]
-    if (norm := official.get("transformer.layers.0.0.fn.norm.weight")) is not None and norm.dim() == 3:
-        found["spatial_size"] = norm.shape[-1]
-    if (inv_freq := official.get("pos_embedding.penc.inv_freq")) is not None:
-        frequencies = inv_freq.numel()
-        for candidate in (found["depth"], vsrt.VSRTConfig.num_frames):
-            if candidate is not None and -(-candidate // 6) == frequencies:
-                found["num_frames"] = candidate
-                break
-    return {key: value for key, value in found.items() if value is not None}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """How to build one network family and translate its released checkpoints.
-
-    ``model_file`` is the family's module; by the package's contract it provides
-    ``convert_official_state_dict`` (released names -> ours) and ``to_official_state_dict``.
-    """
-
-    name: str
-    model_file: ModuleType
-    model_class: type[nn.Module]
-    config_class: type
-    infer_config: Callable[[Mapping[str, Tensor]], dict[str, Any]]
-    release: str  # the released file layout, for error messages
-
-    def convert_official(self, sd: StateDict) -> StateDict:
-        return self.model_file.convert_official_state_dict(sd)
-
-    def to_official(self, sd: StateDict) -> StateDict:
-        return self.model_file.to_official_state_dict(sd)
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    spec.name: spec
-    for spec in (
-        Architecture(
-            "ttvsr",
-            ttvsr,
-            ttvsr.TTVSR,
-            ttvsr.TTVSRConfig,
-            _infer_ttvsr_config,
-            release="mmediting: {'state_dict': {'generator.<name>': tensor}, 'meta': ...}",
-        ),
-        Architecture(
-            "vsrt",
-            vsrt,
-            vsrt.VSRTransformer,
-            vsrt.VSRTConfig,
-            _infer_vsrt_config,
-            release="BasicSR: {'params': {<name>: tensor}} (and maybe 'params_ema')",
-        ),
-    )
-}
-
-# Config fields that only say how to initialise weights: meaningless (and maybe a missing path) when
-# the weights come from a checkpoint.
-_INIT_ONLY_FIELDS = ("spynet_pretrained",)
-
-
-def _architecture(arch: str) -> Architecture:
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch]
-
-
-def _make_config(spec: Architecture, overrides: Mapping[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(spec.config_class)}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"unknown {spec.name} config key(s) {', '.join(unknown)}; allowed keys: {', '.join(fields)}"
-        )
-    values = dict(overrides)
-    for name, value in values.items():
-        # YAML and JSON give lists where the config holds tuples (e.g. token_scales)
-        if isinstance(value, list) and isinstance(fields[name].default, tuple):
-            values[name] = tuple(value)
-    return spec.config_class(**values)
-
-
-def build_model(arch: str, **overrides: Any) -> nn.Module:
-    """A randomly initialised network with the released REDS configuration and ``overrides``.
-
-    Args:
-        arch: ``'ttvsr'`` (6,773,615 parameters by default) or ``'vsrt'`` (32,564,335).
-        **overrides: fields of :class:`~vsr_models.ttvsr.TTVSRConfig` / :class:`~vsr_models.vsrt.VSRTConfig`.
-
-    Raises:
-        ValueError: unknown architecture or config key (the message lists the allowed ones).
-    """
-    spec = _architecture(arch)
-    return spec.model_class(_make_config(spec, overrides))
-
-
-def model_arch(model: nn.Module) -> str:
-    """The registry name (``'ttvsr'`` / ``'vsrt'``) of a network built by :func:`build_model`."""
-    for spec in ARCHITECTURES.values():
-        if isinstance(model, spec.model_class):
-            return spec.name
-    raise ValueError(f"{type(model).__name__} is not a registered architecture ({sorted(ARCHITECTURES)})")
-
-
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """The config fields of a registered network.
-
-    ``build_model(model_arch(m), **model_config(m))`` rebuilds ``m`` (with fresh weights).
-    """
-    model_arch(model)
-    return dataclasses.asdict(model.config)
-
-
-def _build_for_loading(spec: Architecture, overrides: Mapping[str, Any]) -> nn.Module:
-    """The network on the meta device: shapes only, no random initialisation (see :func:`_load_weights`)."""
-    fields = {f.name for f in dataclasses.fields(spec.config_class)}
-    values = {**overrides, **{name: None for name in _INIT_ONLY_FIELDS if name in fields}}
-    config = _make_config(spec, values)
+    config = family.make_config({**overrides, **dict.fromkeys(family.init_only_fields)})
     with torch.device("meta"):
-        return spec.model_class(config)
+        return family.model_class(config)
 
 
 def _load_weights(model: nn.Module, state_dict: StateDict) -> nn.Module:
@@ -258,7 +106,19 @@ def _load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # corrupt file, or pickled objects weights_only refuses
-        raise IncompatibleCheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        # torch's message spans lines and suggests weights_only=False, which would run the file's code.
+        unpickler = isinstance(error, pickle.UnpicklingError) or "WeightsUnpickler error:" in str(error)
+        reason = "it holds objects other than tensors and plain values" if unpickler else _first_line(error)
+        raise IncompatibleCheckpointError(
+            f"cannot read checkpoint {path}: {reason}. Only tensors and plain values are loaded (never "
+            "pickled code); pass a file written by vsr_models.save_checkpoint / a training checkpoint "
+            "folder, a released checkpoint with --official and --arch, or a models:/ URI"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _unwrap_state_dict(raw: Any, path: Path, key: str | None) -> StateDict:
@@ -288,32 +148,32 @@ def _unwrap_state_dict(raw: Any, path: Path, key: str | None) -> StateDict:
     return dict(sd)
 
 
-def _convert_each(spec: Architecture, official: StateDict) -> tuple[StateDict, list[str]]:
+def _convert_each(family: ModelFamily, official: StateDict) -> tuple[StateDict, list[str]]:
     """Convert released names; if the converter refuses, go name by name to find those it does not know."""
     try:
-        return spec.convert_official(official), []
+        return family.from_official(official), []
     except (ValueError, KeyError):
         pass
     converted, unknown = {}, []
     for name, value in official.items():
         try:
-            converted.update(spec.convert_official({name: value}))
+            converted.update(family.from_official({name: value}))
         except (ValueError, KeyError):
             unknown.append(name)
     return converted, unknown
 
 
-def _official_name(spec: Architecture, ours: str) -> str:
+def _official_name(family: ModelFamily, ours: str) -> str:
     try:
-        return next(iter(spec.to_official({ours: torch.empty(0)})))
+        return next(iter(family.to_official({ours: torch.empty(0)})))
     except (ValueError, KeyError):
         return ours
 
 
-def _official_problems(spec: Architecture, model: nn.Module, official: StateDict) -> list[str]:
+def _official_problems(family: ModelFamily, model: nn.Module, official: StateDict) -> list[str]:
     """Report sections (released names) for a released state dict that does not fit ``model``."""
-    converted, unknown = _convert_each(spec, official)
-    problems = _mismatches(model.state_dict(), converted, lambda ours: _official_name(spec, ours))
+    converted, unknown = _convert_each(family, official)
+    problems = _mismatches(model.state_dict(), converted, lambda ours: _official_name(family, ours))
     if unknown:
         problems.insert(0, _listing("names unknown to the converter", unknown))
     return problems
@@ -348,43 +208,43 @@ def import_official(
             every missing, unexpected and mis-shaped tensor (released names) and what to try.
     """
     path = Path(path)
-    spec = _architecture(arch)
+    family = get_family(arch)
     official = _unwrap_state_dict(_load_file(path), path, key)
-    inferred = spec.infer_config(official)
+    inferred = family.infer_config(official)
     config = {**inferred, **overrides}
     found = f"{arch} with {_describe(config)} (inferred from the file: {_describe(inferred)})"
     try:
-        model = _build_for_loading(spec, config)
+        model = _build_for_loading(family, config)
     except (TypeError, ValueError) as error:
         raise IncompatibleCheckpointError(f"{path}: cannot build {found}: {error}") from error
 
-    problems = _official_problems(spec, model, official)
+    problems = _official_problems(family, model, official)
     if problems:
         fits = [
             f"arch={other.name!r} with {_describe(c)}"
             for other, c in _fitting(official)
-            if (other, c) != (spec, config)  # e.g. the file fits this arch without the overrides
+            if (other, c) != (family, config)  # e.g. the file fits this arch without the overrides
         ]
         raise IncompatibleCheckpointError(
-            f"{path} does not fit {found}; expected layout {spec.release}:\n"
+            f"{path} does not fit {found}; expected layout {family.release}:\n"
             + "\n".join(problems)
             + "\nTry other config overrides, key= ('params', 'params_ema', 'state_dict') or another arch "
             + (f"(the file does fit {fits[0]})." if fits else f"({sorted(ARCHITECTURES)}).")
         )
-    return _load_weights(model, _convert_each(spec, official)[0])
+    return _load_weights(model, _convert_each(family, official)[0])
 
 
-def _fitting(official: StateDict) -> list[tuple[Architecture, dict[str, Any]]]:
+def _fitting(official: StateDict) -> list[tuple[ModelFamily, dict[str, Any]]]:
     """The architectures (with their inferred configs) that a released state dict fits exactly."""
     fitting = []
-    for spec in ARCHITECTURES.values():
-        config = spec.infer_config(official)
+    for family in ARCHITECTURES.values():
+        config = family.infer_config(official)
         try:
-            model = _build_for_loading(spec, config)
+            model = _build_for_loading(family, config)
         except (TypeError, ValueError):
             continue
-        if not _official_problems(spec, model, official):
-            fitting.append((spec, config))
+        if not _official_problems(family, model, official):
+            fitting.append((family, config))
     return fitting
 
 
@@ -466,6 +326,10 @@ def save_checkpoint(
     return path
 
 
+# What load_checkpoint needs from a file, and of which type.
+_REQUIRED_KEYS = {"arch": str, "config": dict, "state_dict": dict}
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw contents of a file written by :func:`save_checkpoint` (see there for the keys)."""
     path = Path(path)
@@ -481,31 +345,54 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{raw.get('ray_vsr_version')}); this ray-vsr {project_version()} reads up to version "
             f"{FORMAT_VERSION}: upgrade ray-vsr"
         )
+    missing = [key for key in _REQUIRED_KEYS if key not in raw]
+    wrong = [key for key, kind in _REQUIRED_KEYS.items() if key in raw and not isinstance(raw[key], kind)]
+    if missing or wrong:
+        raise IncompatibleCheckpointError(
+            f"{path} is a damaged {CHECKPOINT_FORMAT} checkpoint: "
+            + "; ".join(
+                [f"no '{k}'" for k in missing]
+                + [f"'{k}' is not a {_REQUIRED_KEYS[k].__name__}" for k in wrong]
+            )
+            + ". Use another checkpoint of the run, or re-save the network with vsr_models.save_checkpoint"
+        )
     return raw
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", **runtime: Any
+) -> nn.Module:
     """Rebuild the network saved by :func:`save_checkpoint`, in eval mode, on ``map_location``.
+
+    ``runtime``: values for the family's runtime fields (e.g. ``implementation="reference"``,
+    ``max_key_frames=8``) in place of the stored ones; they do not touch the weights.
 
     Raises:
         IncompatibleCheckpointError: not this format, or weights that do not fit the stored config
             (e.g. written by another version of the code; the message lists the tensors).
+        ValueError: a ``runtime`` key that is no runtime field of the checkpoint's family.
     """
     path = Path(path)
     raw = read_checkpoint(path, map_location)
-    spec = _architecture(raw["arch"])
+    family = get_family(raw["arch"])
+    not_runtime = sorted(set(runtime) - set(family.runtime_fields))
+    if not_runtime:
+        raise ValueError(
+            f"{family.name} checkpoints can be loaded with other values of {list(family.runtime_fields)} "
+            f"only, not {not_runtime}"
+        )
     try:
-        model = _build_for_loading(spec, raw["config"])
+        model = _build_for_loading(family, {**raw["config"], **runtime})
     except (TypeError, ValueError) as error:
         raise IncompatibleCheckpointError(
-            f"{path}: cannot rebuild {spec.name} from its stored config (written by ray-vsr "
+            f"{path}: cannot rebuild {family.name} from its stored config (written by ray-vsr "
             f"{raw.get('ray_vsr_version')}, this is {project_version()}): {error}"
         ) from error
     state_dict = raw["state_dict"]
     problems = _mismatches(model.state_dict(), state_dict, str)
     if problems:
         raise IncompatibleCheckpointError(
-            f"{path} does not fit {spec.name} with its stored config (written by ray-vsr "
+            f"{path} does not fit {family.name} with its stored config (written by ray-vsr "
             f"{raw.get('ray_vsr_version')}, this is {project_version()}):\n" + "\n".join(problems)
         )
     return _load_weights(model, state_dict)

@@ -5,7 +5,7 @@ Both networks were trained on small crops of short sequences; this module runs t
 - :func:`tiled_forward` cuts the LR frames into overlapping ``tile x tile`` patches, runs them in
   batches and blends the x``scale`` outputs with a cross-fade window. VSR-Transformer needs it: its
   layer norms carry learned ``(c, 64, 64)`` affine weights, so it only accepts 64x64 LR patches
-  (VSR-Transformer Sec. 3; ``reference/README.md``). Tiles never shrink at the border: the last
+  (VSR-Transformer Sec. 3; ``docs/models.md#vsr-transformer``). Tiles never shrink at the border: the last
   tile of a row or column is shifted back to end at the border.
 - :func:`chunked_forward` cuts a long sequence into overlapping temporal windows and takes every
   output frame from the window in which it is most central, so a recurrent model (TTVSR) sees
@@ -16,7 +16,8 @@ Both networks were trained on small crops of short sequences; this module runs t
 - :func:`pad_to_multiple` pads frames (reflect, or replicate where the frame is too small to
   reflect) to a size the model accepts (TTVSR: multiples of its 4x4 token size, at least 64x64)
   and the output is cropped back.
-- :func:`super_resolve` reads the model's constraints (:func:`input_constraints`) and combines them.
+- :func:`super_resolve` reads the model's constraints (:func:`input_constraints`, an
+  :class:`~vsr_models.registry.InputConstraints`) and combines them.
 
 Blending window (per axis, at a tile edge that is not the frame border): the outer
 ``overlap // 4`` LR pixels get weight 0 and the next ``overlap - 2 * (overlap // 4)`` pixels ramp
@@ -27,15 +28,14 @@ weights summing to 1, and a translation-equivariant model whose receptive radius
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vsr_models.registry import DeclaresInputConstraints, InputConstraints
 
 Forward = Callable[[Tensor], Tensor]
 """Anything mapping LR frames ``(n, t, c, h, w)`` to SR frames ``(n, t, c', s*h, s*w)``."""
@@ -43,38 +43,16 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each model call (tile batch or temporal window)."""
 
 
-@dataclass(frozen=True)
-class InputConstraints:
-    """What a model accepts: ``h``, ``w`` multiples of ``multiple`` and at least ``min_size``; fixed
-    patch size / sequence length where not ``None``."""
-
-    multiple: int = 1
-    min_size: int = 1
-    spatial_size: int | None = None
-    num_frames: int | None = None
-
-
 def input_constraints(model: Forward) -> InputConstraints:
-    """The input constraints a model declares.
+    """The input constraints a model declares with ``input_constraints()``; none for anything else.
 
-    ``MIN_INPUT_MULTIPLE`` and ``MIN_INPUT_SIZE`` are read from the model or else its module
-    (``vsr_models.ttvsr``: 4 and 64), and the multiple is combined with ``model.config.token_size``
-    where the config has one (TTVSR's token grid); a fixed LR patch size and sequence length come
-    from ``model.config.spatial_size`` and ``model.config.num_frames`` (``VSRTConfig``).
-    Anything not declared is unconstrained.
+    Both networks declare theirs (TTVSR: multiples of 4 and of its token size, at least 64x64;
+    VSR-Transformer: ``spatial_size`` x ``spatial_size`` patches in windows of ``num_frames``). A plain
+    callable, or a module without the method, is unconstrained.
     """
-    module = sys.modules.get(type(model).__module__)
-
-    def declared(name: str, default: int) -> int:
-        return int(getattr(model, name, getattr(module, name, default)))
-
-    config = getattr(model, "config", None)
-    return InputConstraints(
-        multiple=math.lcm(declared("MIN_INPUT_MULTIPLE", 1), getattr(config, "token_size", 1)),
-        min_size=declared("MIN_INPUT_SIZE", 1),
-        spatial_size=getattr(config, "spatial_size", None),
-        num_frames=getattr(config, "num_frames", None),
-    )
+    if isinstance(model, DeclaresInputConstraints):
+        return model.input_constraints()
+    return InputConstraints()
 
 
 # -- padding ---------------------------------------------------------------------------------------
@@ -392,11 +370,11 @@ def super_resolve(
 
     - Frames are padded (reflect) to the model's :func:`input_constraints` (TTVSR: multiples of 4,
       at least 64x64) and the output cropped back.
-    - ``tile``: spatial tiling (:func:`tiled_forward`); forced to ``config.spatial_size`` for a
+    - ``tile``: spatial tiling (:func:`tiled_forward`); forced to the constraints' ``spatial_size`` for a
       fixed-size model (VSR-Transformer: 64), where passing another value is an error. ``overlap``
       defaults to ``tile // 4`` (16 for 64x64 tiles).
     - ``chunk``: temporal windows (:func:`chunked_forward`) with ``chunk_overlap`` frames shared
-      (default ``chunk // 4``). For a fixed-length model (``config.num_frames``) the chunk is
+      (default ``chunk // 4``). For a fixed-length model (the constraints' ``num_frames``) the chunk is
       ``num_frames`` (passing another is an error) and, unless ``chunk_overlap`` is given, every
       output frame is the centre of its own window (:func:`centred_forward`), as the released
       VSR-Transformer test runs it.

@@ -1,9 +1,9 @@
 """Training losses.
 
-Both released recipes train with the Charbonnier penalty (TTVSR Sec. 4.1, VSR-Transformer Sec. 4):
+Both released recipes train with the Charbonnier penalty (TTVSR Sec. 3.4, VSR-Transformer supplementary Sec. D):
 ``sqrt((x - y)^2 + eps)``, a differentiable L1. The released implementations put ``eps = 1e-12`` on
 the *squared* error; TTVSR averages it (``reduction='mean'``) and VSR-Transformer sums it
-(``reduction='sum'``), see the reference facts (``shared/reference/README.md``).
+(``reduction='sum'``), see ``docs/models.md#training-recipes``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PSNR and SSIM as the video super-resolution benchmarks compute them.
 
-Conventions (the reference facts (``shared/reference/README.md``), "Evaluation conventions"):
+Conventions (``docs/benchmarks.md#evaluation-conventions``):
 
 - Inputs are float frames ``(..., 3, h, w)`` RGB in [0, 1]. They are first **quantised to uint8
   levels** (``round(clamp(x, 0, 1) * 255)``), because the benchmark scripts score the 8-bit PNGs a

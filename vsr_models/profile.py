@@ -1,6 +1,6 @@
 """Parameters and FLOPs per frame of the networks, as the papers' efficiency tables report them.
 
-TTVSR's Table 5 gives 6.8M parameters and 0.61 TFLOPs per 180x320 LR frame (x4). FLOPs are
+TTVSR's Table 3 gives 6.8M parameters and 0.61 TFLOPs per 180x320 LR frame (x4). FLOPs are
 counted with :class:`torch.utils.flop_counter.FlopCounterMode`, which counts 2 FLOPs per
 multiply-add of convolutions and matrix products (including attention); element-wise operations,
 ``grid_sample`` warps and interpolation are not counted. Video super-resolution papers usually
@@ -16,27 +16,20 @@ recomputation.
 By default everything runs on the ``meta`` device: shapes only, no arithmetic, so even a
 VSR-Transformer profile at 180x320 takes seconds on a laptop.
 
-Usage::
-
-    python -m vsr_models.profile --arch ttvsr --size 180x320 --frames 10
-    python -m vsr_models.profile --arch vsrt --size 180x320 --set depth=3 --chunk-overlap 0
+Command line: ``python jobs/profile_model.py --arch ttvsr --size 180x320 --frames 10``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vsr_models.checkpoint import ARCHITECTURES, build_model, model_config
 from vsr_models.inference import super_resolve
+from vsr_models.registry import build_model, get_family, model_config
 
 # TTVSR compares frame values to detect a mirror-extended input; the meta device has no values.
 # The profiled input is random (never mirrored), so the switch does not change the count.
@@ -62,72 +55,42 @@ def flops_per_frame(model: nn.Module, size: tuple[int, int], frames: int = 10, *
     return counter.get_total_flops() / frames
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 180x320, got {text!r}") from None
-    return h, w
+def profile_report(
+    arch: str,
+    size: tuple[int, int] = (180, 320),
+    frames: int = 10,
+    overrides: dict[str, Any] | None = None,
+    device: str = "meta",
+    chunk_overlap: int | None = None,
+) -> str:
+    """Parameters and FLOPs / MACs per frame of ``build_model(arch, **overrides)`` as printable lines.
 
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set takes key=value, got {text!r}")
-    return key, yaml.safe_load(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vsr_models.profile",
-        description="Print the parameters and FLOPs per frame (FlopCounterMode) of a network.",
-    )
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
-    parser.add_argument("--size", type=_parse_size, default=(180, 320), help="LR frame HxW (default 180x320)")
-    parser.add_argument("--frames", type=int, default=10, help="LR frames in the sequence (default 10)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        type=_parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model config override (repeatable), e.g. --set num_propagation_blocks=30",
-    )
-    parser.add_argument("--chunk-overlap", type=int, default=None, help="temporal window overlap (vsrt)")
-    parser.add_argument(
-        "--device", default="meta", help="meta (count only, default), cpu or cuda (also times the run)"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    overrides = dict(args.overrides)
-    device = torch.device(args.device)
-    if device.type == "meta":
-        fields = {f.name for f in dataclasses.fields(ARCHITECTURES[args.arch].config_class)}
+    ``device='meta'`` counts shapes only (seconds even at 180x320); ``cpu`` / ``cuda`` also time the run.
+    """
+    overrides = dict(overrides or {})
+    target = torch.device(device)
+    if target.type == "meta":
+        fields = get_family(arch).field_names
         overrides = {**{k: v for k, v in _META_OVERRIDES.items() if k in fields}, **overrides}
-    with device:
-        model = build_model(args.arch, **overrides)
-    inference = {} if args.chunk_overlap is None else {"chunk_overlap": args.chunk_overlap}
+    with target:
+        model = build_model(arch, **overrides)
+    inference = {} if chunk_overlap is None else {"chunk_overlap": chunk_overlap}
 
     start = time.perf_counter()
-    flops = flops_per_frame(model, args.size, args.frames, **inference)
-    if device.type == "cuda":
+    flops = flops_per_frame(model, size, frames, **inference)
+    if target.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
 
-    h, w = args.size
-    print(f"arch: {args.arch}")
-    print(f"config: {model_config(model)}")
-    print(f"parameters: {count_parameters(model):,}")
-    print(f"input: {args.frames} LR frames of {h}x{w} -> {4 * h}x{4 * w}")
-    print(f"FLOPs per frame: {flops / 1e12:.4f} T ({flops:.4g}; FlopCounterMode, 2 per multiply-add)")
-    print(f"MACs per frame: {flops / 2e12:.4f} T (what papers' 'FLOPs' usually count, e.g. mmcv get_flops)")
-    if device.type != "meta":
-        print(f"time per frame on {device}: {elapsed / args.frames * 1e3:.1f} ms (includes FLOP counting)")
-
-
-if __name__ == "__main__":
-    main()
+    h, w = size
+    lines = [
+        f"arch: {arch}",
+        f"config: {model_config(model)}",
+        f"parameters: {count_parameters(model):,}",
+        f"input: {frames} LR frames of {h}x{w} -> {4 * h}x{4 * w}",
+        f"FLOPs per frame: {flops / 1e12:.4f} T ({flops:.4g}; FlopCounterMode, 2 per multiply-add)",
+        f"MACs per frame: {flops / 2e12:.4f} T (what papers' 'FLOPs' usually count, e.g. mmcv get_flops)",
+    ]
+    if target.type != "meta":
+        lines.append(f"time per frame on {target}: {elapsed / frames * 1e3:.1f} ms (includes FLOP counting)")
+    return "\n".join(lines)

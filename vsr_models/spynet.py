@@ -1,8 +1,8 @@
 """SPyNet optical flow (Ranjan & Black, CVPR 2017) as used inside TTVSR and VSR-Transformer.
 
-Both released models embed the same 6-level spatial pyramid network (``reference/README.md``,
-"Shared building blocks"): ImageNet-normalised inputs resized up to a multiple of 32, an average-pool
-pyramid, and at each level a five-conv basic module that predicts a residual to the upsampled flow.
+Both released models embed the same 6-level spatial pyramid network (``docs/models.md#spynet``):
+ImageNet-normalised inputs resized up to a multiple of 32, an average-pool pyramid, and at each
+level a five-conv basic module that predicts a residual to the upsampled flow.
 """
 
 from __future__ import annotations
@@ -108,3 +108,14 @@ def spynet_ours_to_official(key: str) -> str:
     """Inverse of :func:`spynet_official_to_ours`."""
     m = _OUR_KEY.match(key)
     return f"basic_module.{m[1]}.basic_module.{int(m[2]) // 2}.conv.{m[3]}" if m else key
+
+
+def load_spynet_weights(spynet: SpyNet, path: str) -> None:
+    """Load SPyNet weights from a file with official (``basic_module.l.basic_module.k.conv``) or our names.
+
+    Accepts a bare state dict or one under ``state_dict``, with or without a ``spynet.`` prefix.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state = {spynet_official_to_ours(k.removeprefix("spynet.")): v for k, v in state.items()}
+    spynet.load_state_dict(state)

@@ -1,7 +1,7 @@
 """TTVSR: Learning Trajectory-Aware Transformer for Video Super-Resolution (Liu et al., CVPR 2022).
 
-The network follows the authors' released implementation (``reference/README.md``, "TTVSR as
-released"), which is what the released checkpoints were trained with:
+The network follows the authors' released implementation (``docs/models.md#ttvsr``), which is what
+the released checkpoints were trained with:
 
 - Flows (SPyNet) between neighbouring LR frames; a mirror-extended input reuses the backward flows,
   reversed, as forward flows.
@@ -24,19 +24,39 @@ buffers grow only at key frames, the similarity over the trajectory is computed 
 (its argmax is not differentiable and the gradient of the max reaches only the selected key), and
 only the selected key and value tokens are gathered with autograd. Outputs and gradients equal the
 released computation.
+
+Two code paths compute this network (``TTVSRConfig.implementation``): :meth:`TTVSR.forward_reference`,
+the straightforward one, each direction frame by frame and every frame reconstructed at the end; and
+the default :func:`vsr_models.ttvsr_fast.forward_fast`, the same computation reorganised for speed
+and memory (both directions as one batch, channels_last, one gather per lookup). Tokens and location
+maps are :mod:`vsr_models.trajectory`'s, shared by both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, pixel_grid, upsample_base
-from vsr_models.spynet import SpyNet, spynet_official_to_ours, spynet_ours_to_official
+from vsr_models import ttvsr_fast
+from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, upsample_base
+from vsr_models.frames import is_mirror_extended
+from vsr_models.registry import InputConstraints, ModelFamily, count_indices, register_family
+from vsr_models.spynet import SpyNet, load_spynet_weights, spynet_official_to_ours, spynet_ours_to_official
+from vsr_models.trajectory import (  # noqa: F401  (re-exported: the paper's concepts, see ARCHITECTURE.md)
+    cross_scale_tokens,
+    gather_tokens,
+    identity_location_map,
+    tokenize,
+    trajectory_rows,
+    untokenize,
+    update_location_maps,
+)
 
 MIN_INPUT_MULTIPLE = 4
 """LR height and width must be multiples of the token size (4 in the released model)."""
@@ -57,6 +77,19 @@ class TTVSRConfig:
     reuse_mirror_flows: on a mirror-extended input, take the forward flows from the backward ones
     (as released) instead of running SPyNet again.
     spynet_pretrained: optional path of SPyNet weights (official or our names) loaded at construction.
+
+    The last four fields choose how the network computes, not its weights (``FAMILY.runtime_fields``):
+    a checkpoint written with any of their values loads with any other.
+
+    implementation: ``"fast"`` (:mod:`vsr_models.ttvsr_fast`) or ``"reference"``
+    (:meth:`TTVSR.forward_reference`, the straightforward transcription of the released forward);
+    both compute the same function (float32 outputs and gradients within 1e-5).
+    compile: ``torch.compile`` the fast path's per-frame propagation step; falls back to eager, with
+    one warning, where compilation is unavailable or fails.
+    checkpoint_propagation: in training, recompute the propagation blocks' activations in backward
+    instead of keeping them (activation checkpointing; fast path): memory for time, long sequences.
+    max_key_frames: keep only the tokens of the last K key frames in each direction (bounded memory
+    for long videos, a limitation the paper itself states); ``None`` keeps all, as released.
     """
 
     mid_channels: int = 64
@@ -67,9 +100,19 @@ class TTVSRConfig:
     key_frame_stride: int = 3
     spynet_pretrained: str | None = None
     reuse_mirror_flows: bool = True
+    implementation: Literal["fast", "reference"] = "fast"
+    compile: bool = False
+    checkpoint_propagation: bool = False
+    max_key_frames: int | None = None
 
     def __post_init__(self) -> None:
         self.token_scales = tuple(self.token_scales)
+        if self.implementation not in ("fast", "reference"):
+            raise ValueError(
+                f"TTVSRConfig: implementation must be 'fast' or 'reference', got {self.implementation!r}"
+            )
+        if self.max_key_frames is not None and self.max_key_frames < 1:
+            raise ValueError(f"TTVSRConfig: max_key_frames must be None or >= 1, got {self.max_key_frames}")
         if self.mid_channels < 1 or self.token_size < 1 or self.key_frame_stride < 1:
             raise ValueError("TTVSRConfig: mid_channels, token_size and key_frame_stride must be >= 1")
         if self.num_extract_blocks < 0 or self.num_propagation_blocks < 0:
@@ -83,102 +126,11 @@ class TTVSRConfig:
                     f"from it by an even number, so that the window is centred on the token"
                 )
 
-
-# ---------------------------------------------------------------------------------------------------
-# Cross-scale feature tokenization (Sec. 3.1)
-# ---------------------------------------------------------------------------------------------------
-
-
-def tokenize(feat: Tensor, token_size: int) -> Tensor:
-    """Cut a feature map into non-overlapping ``token_size`` x ``token_size`` tokens.
-
-    feat: (n, c, h, w) -> tokens (n, h/s * w/s, c*s*s), row-major over the token grid, each token
-    laid out (c, y, x) like ``F.unfold``.
-    """
-    return F.pixel_unshuffle(feat, token_size).flatten(2).transpose(1, 2)
-
-
-def untokenize(tokens: Tensor, size: tuple[int, int], token_size: int) -> Tensor:
-    """Fold tokens back into a feature map: (n, h/s * w/s, c*s*s) -> (n, c, h, w); inverse of tokenize."""
-    h, w = size
-    grid = tokens.transpose(1, 2).unflatten(2, (h // token_size, w // token_size))
-    return F.pixel_shuffle(grid, token_size)
-
-
-def cross_scale_tokens(feat: Tensor, token_size: int, scale: int) -> Tensor:
-    """Tokens of size ``token_size`` cut from ``scale`` x ``scale`` windows (cross-scale tokenization).
-
-    The windows are centred on the ``token_size`` tokens (stride ``token_size``, zero padding
-    ``(scale - token_size) / 2``) and average-pooled down to the token size. The released code tiles
-    the windows side by side into an (h*scale/s, w*scale/s) map, adaptive-average-pools it back to
-    (h, w) and cuts that into tokens; the pooling cells never straddle two windows, so pooling each
-    window on its own gives the same numbers without the tiled map.
-
-    feat: (n, c, h, w) -> tokens (n, h/s * w/s, c*s*s).
-    """
-    if scale == token_size:
-        return tokenize(feat, token_size)
-    n, c = feat.shape[:2]
-    windows = F.unfold(feat, scale, padding=(scale - token_size) // 2, stride=token_size)
-    windows = windows.unflatten(1, (c, scale, scale)).permute(0, 4, 1, 2, 3)  # (n, tokens, c, k, k)
-    pooled = F.adaptive_avg_pool2d(windows.flatten(0, 1), token_size)
-    return pooled.unflatten(0, (n, -1)).flatten(2)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Location maps (Sec. 3.2)
-# ---------------------------------------------------------------------------------------------------
-
-
-def identity_location_map(n: int, token_grid: tuple[int, int], device: torch.device) -> Tensor:
-    """A new location map (Eq. 6 at the key frame itself): every token at its own position.
-
-    Returns (n, 2, h', w') float32 coordinates in token units, channel 0 = x, channel 1 = y.
-    """
-    return pixel_grid(*token_grid, device, torch.float32).expand(n, -1, -1, -1)
-
-
-def update_location_maps(location_maps: Tensor, flow: Tensor, token_size: int) -> Tensor:
-    """Move every trajectory one frame on (Eq. 8: *L^t = S(L^t, O^{T+1})).
-
-    The pixel flow is average-pooled to the token grid and divided by the token size (the motion of
-    a token is the mean motion of its pixels), then every location map is sampled at the positions
-    the flow points to: nearest sampling, so the maps keep integer token coordinates, and border
-    padding, so they stay on the map.
-
-    location_maps: (n, 2K, h/s, w/s), K maps of (x, y) token coordinates; flow: (n, 2, h, w) pixel
-    flow warping the previous frame onto the current one. Returns (n, 2K, h/s, w/s) float32.
-    """
-    token_flow = F.adaptive_avg_pool2d(flow.float(), location_maps.shape[-2:]) / token_size
-    return flow_warp(location_maps.float(), token_flow, interpolation="nearest", padding_mode="border")
-
-
-def trajectory_rows(location_maps: Tensor) -> tuple[Tensor, Tensor]:
-    """Where each trajectory position lies in a token memory of shape (n, K * h'w', d).
-
-    The released code samples the token maps at the location maps with ``grid_sample`` (nearest,
-    zero padding, align_corners True); this is the same lookup as an index: the rounded (x, y) of
-    map k of sample b is row ``(b*K + k) * h'w' + y*w' + x`` of the memory flattened to (n*K*h'w', d),
-    and positions off the map read zeros.
-
-    location_maps: (n, 2K, h', w') -> rows (n, K, h'w') int64, inside (n, K, h'w') bool.
-    """
-    n, _, gh, gw = location_maps.shape
-    coords = location_maps.unflatten(1, (-1, 2)).round()  # (n, K, 2, h', w'), round half to even
-    x, y = coords[:, :, 0], coords[:, :, 1]
-    inside = (x >= 0) & (x <= gw - 1) & (y >= 0) & (y <= gh - 1)
-    position = y.clamp(0, gh - 1) * gw + x.clamp(0, gw - 1)
-    num_maps = coords.shape[1]
-    first_row = torch.arange(n * num_maps, device=coords.device).view(n, num_maps, 1) * (gh * gw)
-    return position.flatten(2).long() + first_row, inside.flatten(2)
-
-
-def gather_tokens(memory: Tensor, rows: Tensor) -> Tensor:
-    """Tokens at ``rows`` of the memory flattened to (n*K*P, d): memory (n, K*P, d), rows (n, ...) -> (n, ..., d).
-
-    ``index_select`` keeps only the index for backward (not the whole memory, as ``gather`` would).
-    """
-    return memory.flatten(0, 1).index_select(0, rows.flatten()).view(*rows.shape, memory.shape[-1])
+    def input_constraints(self) -> InputConstraints:
+        """LR height and width: multiples of the token size (and of 4), at least 64; any length."""
+        return InputConstraints(
+            multiple=math.lcm(MIN_INPUT_MULTIPLE, self.token_size), min_size=MIN_INPUT_SIZE
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,12 +211,6 @@ class TrajectoryAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-def is_mirror_extended(lrs: Tensor) -> bool:
-    """Whether (n, t, c, h, w) frames are a sequence followed by its reverse (t even)."""
-    t = lrs.shape[1]
-    return t % 2 == 0 and torch.equal(lrs[:, : t // 2], lrs[:, t // 2 :].flip(1))
-
-
 class TTVSR(nn.Module):
     """Trajectory-aware Transformer for video super-resolution (x4), as released."""
 
@@ -284,6 +230,10 @@ class TTVSR(nn.Module):
         # reconstruction: backward, extractor and forward features -> x4 residual image
         self.fusion = nn.Conv2d(3 * mid, mid, 1, 1, 0)
         self.upsample = UpsampleHead(mid)
+
+    def input_constraints(self) -> InputConstraints:
+        """The LR inputs this network accepts (:meth:`TTVSRConfig.input_constraints`)."""
+        return self.config.input_constraints()
 
     def check_input_size(self, lrs: Tensor) -> None:
         """Raise ValueError unless lrs is (n, t, 3, h, w) with h, w >= 64 and multiples of the token size."""
@@ -315,7 +265,21 @@ class TTVSR(nn.Module):
         return backward, self.spynet(later, earlier).view(n, t - 1, 2, h, w)
 
     def forward(self, lrs: Tensor) -> Tensor:
-        """lrs: (n, t, 3, h, w) LR frames in [0, 1] -> (n, t, 3, 4h, 4w) SR frames."""
+        """lrs: (n, t, 3, h, w) LR frames in [0, 1] -> (n, t, 3, 4h, 4w) SR frames.
+
+        Runs the path ``config.implementation`` names (it may be changed on a built model).
+        """
+        self.check_input_size(lrs)
+        if self.config.implementation == "fast":
+            return ttvsr_fast.forward_fast(self, lrs)
+        return self.forward_reference(lrs)
+
+    def forward_reference(self, lrs: Tensor) -> Tensor:
+        """The straightforward forward pass, step by step as released; lrs: (n, t, 3, h, w) -> (n, t, 3, 4h, 4w).
+
+        Each direction is propagated on its own, frame by frame, and every frame reconstructed at the
+        end; :func:`vsr_models.ttvsr_fast.forward_fast` computes the same, reorganised for speed.
+        """
         self.check_input_size(lrs)
         n, t = lrs.shape[:2]
         flows_backward, flows_forward = self.compute_flows(lrs)
@@ -339,10 +303,12 @@ class TTVSR(nn.Module):
         feats: t extractor features (n, c, h, w); flows: (n, t-1, 2, h, w), flows[:, k] warps the
         frame visited at step k onto the one visited at step k+1; frame_order: frames in the order
         visited. Every ``key_frame_stride``-th frame visited is a key frame: a trajectory starts there
-        and its tokens join the memory (the last frame visited is never used as one).
+        and its tokens join the memory (the last frame visited is never used as one). With
+        ``max_key_frames`` = K, only the last K key frames' maps and tokens are kept, oldest dropped.
         Returns the propagated features (n, c, h, w), indexed by frame.
         """
         s = self.config.token_size
+        kept = self.config.max_key_frames
         n, c, h, w = feats[0].shape
         frame_order = list(frame_order)
         key_frames = set(frame_order[:-1][:: self.config.key_frame_stride])
@@ -360,6 +326,8 @@ class TTVSR(nn.Module):
                 feat_prop = self.trajectory_attention(feats[i], feat_prop, keys, values, location_maps)
             if i in key_frames:
                 location_maps = torch.cat([location_maps, new_location_map], dim=1)
+                if kept is not None:
+                    location_maps = location_maps[:, -2 * kept :]
 
             feat_prop = self.propagation(torch.cat([feats[i], feat_prop], dim=1))
             propagated[i] = feat_prop
@@ -372,18 +340,10 @@ class TTVSR(nn.Module):
                 else:
                     keys = torch.cat([keys, new_keys], dim=1)
                     values = [torch.cat(pair, dim=1) for pair in zip(values, new_values, strict=True)]
+                if kept is not None:  # tokens of the last ``kept`` key frames, P = new_keys.shape[1] each
+                    keys = keys[:, -kept * new_keys.shape[1] :]
+                    values = [v[:, -kept * new_keys.shape[1] :] for v in values]
         return [propagated[i] for i in range(len(feats))]
-
-
-def load_spynet_weights(spynet: SpyNet, path: str) -> None:
-    """Load SPyNet weights from a file with official (``basic_module.l.basic_module.k.conv``) or our names.
-
-    Accepts a bare state dict or one under ``state_dict``, with or without a ``spynet.`` prefix.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    state = {spynet_official_to_ours(k.removeprefix("spynet.")): v for k, v in state.items()}
-    spynet.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,3 +388,29 @@ def to_official_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         else _rename(k, ours_to_official): v
         for k, v in sd.items()
     }
+
+
+def infer_official_config(official: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Config fields readable from released TTVSR tensor names and shapes (block counts, channels)."""
+    found: dict[str, Any] = {
+        "num_extract_blocks": count_indices(official, r"^feat_extractor\.main\.2\.(\d+)\."),
+        "num_propagation_blocks": count_indices(official, r"^resblocks\.main\.2\.(\d+)\."),
+    }
+    if "feat_extractor.main.0.weight" in official:
+        found["mid_channels"] = official["feat_extractor.main.0.weight"].shape[0]
+    return {key: value for key, value in found.items() if value is not None}
+
+
+FAMILY = register_family(
+    ModelFamily(
+        name="ttvsr",
+        model_class=TTVSR,
+        config_class=TTVSRConfig,
+        from_official=convert_official_state_dict,
+        to_official=to_official_state_dict,
+        infer_config=infer_official_config,
+        release="mmediting: {'state_dict': {'generator.<name>': tensor}, 'meta': ...}",
+        init_only_fields=("spynet_pretrained",),
+        runtime_fields=("implementation", "compile", "checkpoint_propagation", "max_key_frames"),
+    )
+)

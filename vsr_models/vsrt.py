@@ -1,8 +1,8 @@
 """VSR-Transformer (Cao et al., "Video Super-Resolution Transformer", arXiv 2106.06847, 2021).
 
-Reproduces the authors' released implementation tensor for tensor (``reference/README.md``,
-"VSR-Transformer as released"), so the released REDS (5 frames, depth 5) and Vimeo-90K (7 frames,
-depth 7) checkpoints load through :func:`convert_official_state_dict`. The network (Fig. 1):
+Reproduces the authors' released implementation tensor for tensor (``docs/models.md#vsr-transformer``),
+so the released REDS (5 frames, depth 5) and Vimeo-90K (7 frames, depth 7) checkpoints load through
+:func:`convert_official_state_dict`. The network (Fig. 1):
 
 1. a feature extractor (input conv + residual blocks) applied to every LR frame;
 2. the spatial-temporal positional encoding (Sec. 4.1, Eq. 10) added to the features;
@@ -25,22 +25,29 @@ Where the paper and the released code differ, the released code is followed:
   :class:`SpatialTemporalPositionalEncoding`);
 - all LeakyReLUs have slope 0.1 and the base image is upsampled bilinearly (the paper says 0.01 and
   bicubic).
+
+Two code paths compute it (``VSRTConfig.implementation``): :meth:`VSRTransformer.forward_reference`,
+module by module in (c, h, w) layout, and the default :func:`vsr_models.vsrt_fast.forward_fast`, the
+same computation in channels_last.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vsr_models import vsrt_fast
 from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, make_layer, upsample_base
-from vsr_models.spynet import SpyNet, spynet_official_to_ours, spynet_ours_to_official
+from vsr_models.registry import InputConstraints, ModelFamily, count_indices, register_family
+from vsr_models.spynet import SpyNet, load_spynet_weights, spynet_official_to_ours, spynet_ours_to_official
 
 LR_CHANNELS = 3  # RGB
 
@@ -60,16 +67,35 @@ class VSRTConfig:
     num_extract_blocks: int = 5  # residual blocks of the feature extractor
     num_reconstruct_blocks: int = 30  # residual blocks of the reconstruction network
     num_ffn_blocks: int = 30  # residual blocks of each BOFF propagation network (R_1, R_2 of Eq. 14)
+    spynet_pretrained: str | None = None  # SPyNet weights file (official or our names) loaded at construction
+    # the code path, not the weights (FAMILY.runtime_fields): "fast" (vsr_models.vsrt_fast) or "reference"
+    # (VSRTransformer.forward_reference); both compute the same function (float32 within 1e-5)
+    implementation: Literal["fast", "reference"] = "fast"
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "mid_channels", "depth", "patch_size", "spatial_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"VSRTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.implementation not in ("fast", "reference"):
+            raise ValueError(
+                f"VSRTConfig.implementation must be 'fast' or 'reference', got {self.implementation!r}"
+            )
+        positive = {
+            "num_frames": self.num_frames,
+            "mid_channels": self.mid_channels,
+            "depth": self.depth,
+            "patch_size": self.patch_size,
+            "spatial_size": self.spatial_size,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"VSRTConfig.{name} must be positive, got {value}")
         if self.spatial_size % self.patch_size:
             raise ValueError(
                 f"VSRTConfig.spatial_size ({self.spatial_size}) must be a multiple of "
                 f"patch_size ({self.patch_size}): the STCSA cuts every frame into non-overlapping patches"
             )
+
+    def input_constraints(self) -> InputConstraints:
+        """LR patches of exactly ``spatial_size`` x ``spatial_size``, in windows of ``num_frames`` frames."""
+        return InputConstraints(spatial_size=self.spatial_size, num_frames=self.num_frames)
 
 
 def next_frames(x: torch.Tensor) -> torch.Tensor:
@@ -250,12 +276,18 @@ class VSRTransformer(nn.Module):
         self.feature_extractor = ResidualBlocksWithInputConv(LR_CHANNELS, mid, config.num_extract_blocks)
         # optical flow (Eq. 12)
         self.spynet = SpyNet()
+        if config.spynet_pretrained:
+            load_spynet_weights(self.spynet, config.spynet_pretrained)
         # transformer
         self.positional_encoding = SpatialTemporalPositionalEncoding(config.num_frames)
         self.layers = nn.ModuleList(VSRTransformerLayer(config) for _ in range(config.depth))
         # reconstruction
         self.reconstruction = make_layer(config.num_reconstruct_blocks, mid)
         self.upsample_head = UpsampleHead(mid, LR_CHANNELS)
+
+    def input_constraints(self) -> InputConstraints:
+        """The LR inputs this network accepts (:meth:`VSRTConfig.input_constraints`)."""
+        return self.config.input_constraints()
 
     def check_input(self, lr: torch.Tensor) -> None:
         """Raise ValueError unless ``lr`` is (n, t, 3, s, s) with s = spatial_size and t encodable."""
@@ -294,7 +326,14 @@ class VSRTransformer(nn.Module):
         return flows_backward, flows_forward
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        """lr: (n, t, 3, s, s) in [0, 1] -> (n, t, 3, 4s, 4s)."""
+        """lr: (n, t, 3, s, s) in [0, 1] -> (n, t, 3, 4s, 4s), by the path ``config.implementation`` names."""
+        self.check_input(lr)
+        if self.config.implementation == "fast":
+            return vsrt_fast.forward_fast(self, lr)
+        return self.forward_reference(lr)
+
+    def forward_reference(self, lr: torch.Tensor) -> torch.Tensor:
+        """The straightforward forward pass, module by module in (c, h, w) layout: (n, t, 3, s, s) -> (n, t, 3, 4s, 4s)."""
         self.check_input(lr)
         n = lr.shape[0]
         lr_frames = rearrange(lr, "n t c h w -> (n t) c h w")
@@ -373,3 +412,46 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.
 def to_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`convert_official_state_dict`: this module's names -> the released names."""
     return {_ours_to_official(key): value for key, value in sd.items()}
+
+
+def infer_official_config(official: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Config fields readable from released VSR-Transformer tensor names and shapes.
+
+    ``num_frames`` is not stored: the positional encoding's ``inv_freq`` only gives
+    ``ceil(num_frames / 6)``. Both released models use ``num_frames == depth`` (5/5 REDS, 7/7 Vimeo),
+    so ``depth`` is taken when it is consistent with ``inv_freq``, else the default when that is.
+    """
+    found: dict[str, Any] = {
+        "depth": count_indices(official, r"^transformer\.layers\.(\d+)\."),
+        "num_extract_blocks": count_indices(official, r"^feature_extraction\.(\d+)\."),
+        "num_reconstruct_blocks": count_indices(official, r"^reconstruction\.(\d+)\."),
+        "num_ffn_blocks": count_indices(
+            official, r"^transformer\.layers\.0\.1\.fn\.fn\.backward_resblocks\.main\.2\.(\d+)\."
+        ),
+    }
+    if "conv_first.weight" in official:
+        found["mid_channels"] = official["conv_first.weight"].shape[0]
+    if (norm := official.get("transformer.layers.0.0.fn.norm.weight")) is not None and norm.dim() == 3:
+        found["spatial_size"] = norm.shape[-1]
+    if (inv_freq := official.get("pos_embedding.penc.inv_freq")) is not None:
+        frequencies = inv_freq.numel()
+        for candidate in (found["depth"], VSRTConfig.num_frames):
+            if candidate is not None and -(-candidate // 6) == frequencies:
+                found["num_frames"] = candidate
+                break
+    return {key: value for key, value in found.items() if value is not None}
+
+
+FAMILY = register_family(
+    ModelFamily(
+        name="vsrt",
+        model_class=VSRTransformer,
+        config_class=VSRTConfig,
+        from_official=convert_official_state_dict,
+        to_official=to_official_state_dict,
+        infer_config=infer_official_config,
+        release="BasicSR: {'params': {<name>: tensor}} (and maybe 'params_ema')",
+        init_only_fields=("spynet_pretrained",),
+        runtime_fields=("implementation",),
+    )
+)

@@ -8,9 +8,9 @@ where it came from and the keys allowed there.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -18,25 +18,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipelines.common.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration a user wrote is invalid; the message says which key and how to fix it."""
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``--config`` and repeatable ``--set`` options every command shares."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config field, e.g. --set train.lr=1e-4 (repeatable)",
-    )
-    return parser
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -157,6 +141,14 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
         node = child
     node[leaf] = value
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """``{"optim.lr": 3e-4, "val.max_clips": None}`` -> ``["optim.lr=0.0003", "val.max_clips=null"]``.
+
+    Values are written as JSON, which YAML reads back unchanged (strings stay strings).
+    """
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,7 +1,7 @@
 """The two degradations the benchmarks are built with: BI and BD (TTVSR Sec. 4.1, VSR-Transformer Sec. 5).
 
 Both papers train and test on low-resolution frames made by the authors' MATLAB scripts
-(the reference facts (``shared/reference/README.md``), "Degradations used for the benchmarks"):
+(``docs/benchmarks.md#degradations``):
 
 - **BI** (REDS4): ``imresize(im2double(img), 1/s, 'bicubic')``, MATLAB's antialiased bicubic, then
   ``im2uint8``.

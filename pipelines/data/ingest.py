@@ -1,6 +1,6 @@
-"""Training and validation ingestion of prepared datasets (DESIGN.md, data flow 4).
+"""Training and validation ingestion of prepared datasets (ARCHITECTURE.md, data flow 5).
 
-Training samples follow the released TTVSR recipe (``reference/README.md``): a random window of
+Training samples follow the released TTVSR recipe (``docs/models.md#training-recipes``): a random window of
 ``num_frames`` consecutive frames, a random ``lr_patch`` x ``lr_patch`` LR crop with the HR crop
 ``scale`` times larger at the aligned position, then horizontal flip, vertical flip, transpose and
 temporal reverse, each with probability 0.5 and always the same for LR and HR. On request the
@@ -33,21 +33,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipelines.prepare import load_manifest
-from pipelines.schema import decode_frames
-from pipelines.sources import DataError
-
-# Columns the training and validation readers need from a shard.
-READ_COLUMNS = [
-    "clip_id",
-    "num_frames",
-    "hr_height",
-    "hr_width",
-    "lr_height",
-    "lr_width",
-    "hr_frames",
-    "lr_frames",
-]
+from pipelines.common.errors import DataError
+from pipelines.data.manifest import load_manifest
+from pipelines.data.schema import READ_COLUMNS, decode_frames
+from vsr_models.frames import mirror_extend, uint8_to_float
 
 
 @dataclass(frozen=True)
@@ -168,7 +157,7 @@ def _crop_stage(table: pa.Table, spec: CropSpec, scale: int) -> dict:
     return {"clip_id": np.array(ids, dtype=object), "lr": np.stack(lrs), "gt": np.stack(gts)}
 
 
-def _decode_stage(table: pa.Table) -> dict:
+def _decode_shard_stage(table: pa.Table) -> dict:
     """Ray Data stage: whole clips, decoded to ``(t, h, w, 3)`` uint8 (one clip per batch)."""
     ((row, lr_frames, hr_frames),) = list(_rows(table))
     return {
@@ -212,25 +201,10 @@ def train_dataset(
     )
     ds = ray.data.read_parquet(paths, columns=READ_COLUMNS, shuffle=shuffle)
     if crop is None:
-        return ds.map_batches(_decode_stage, batch_size=1, batch_format="pyarrow")
+        return ds.map_batches(_decode_shard_stage, batch_size=1, batch_format="pyarrow")
     return ds.map_batches(
         _crop_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": crop, "scale": manifest.scale}
     )
-
-
-def mirror_extend(frames: torch.Tensor, times: int = 1) -> torch.Tensor:
-    """``(n, t, ...)`` -> ``(n, 2**times t, ...)`` by appending the reversed sequence ``times`` times.
-
-    Once gives ``[x, reversed x]``; twice gives the 28 frames TTVSR is fed for a Vimeo-90K septuplet.
-    """
-    for _ in range(times):
-        frames = torch.cat([frames, frames.flip(1)], dim=1)
-    return frames
-
-
-def _to_float(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``(n, t, h, w, 3)`` -> float ``(n, t, 3, h, w)`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 1, 4, 2, 3))).float().div_(255)
 
 
 def _worker_rank() -> int:
@@ -318,8 +292,8 @@ def _samples(batch: dict, spec: CropSpec, scale: int, epoch: int) -> Iterator[tu
 
 
 def _collate(samples: list[tuple[np.ndarray, np.ndarray]], mirror_times: int) -> dict[str, torch.Tensor]:
-    lr = _to_float(np.stack([s[0] for s in samples]))
-    gt = _to_float(np.stack([s[1] for s in samples]))
+    lr = uint8_to_float(np.stack([s[0] for s in samples]))
+    gt = uint8_to_float(np.stack([s[1] for s in samples]))
     if mirror_times:
         lr, gt = mirror_extend(lr, mirror_times), mirror_extend(gt, mirror_times)
     return {"lr": lr, "gt": gt}
@@ -356,4 +330,4 @@ def iter_val_clips(
                     continue
                 lr = decode_frames(lr_frames, row["lr_height"], row["lr_width"])
                 gt = decode_frames(hr_frames, row["hr_height"], row["hr_width"])
-                yield row["clip_id"], _to_float(lr[None]), _to_float(gt[None])
+                yield row["clip_id"], uint8_to_float(lr[None]), uint8_to_float(gt[None])

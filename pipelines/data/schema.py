@@ -1,4 +1,4 @@
-"""The one place that defines how prepared clips are stored: the Parquet schema and the frame codec.
+"""Every Arrow schema and column list of the project, and the frame codec of the stored clips.
 
 A prepared dataset (``docs/data_format.md``) is a folder of Parquet shards, one row per clip. Frames are
 lossless uint8 RGB: every frame is its raw ``(h, w, 3)`` C-order byte buffer compressed on its own with
@@ -45,6 +45,52 @@ CLIP_SCHEMA = pa.schema(
     ],
     metadata={"ray_vsr.format_version": str(FORMAT_VERSION), "ray_vsr.frame_codec": FRAME_CODEC},
 )
+
+# Columns the training and validation readers need from a shard.
+READ_COLUMNS = [
+    "clip_id",
+    "num_frames",
+    "hr_height",
+    "hr_width",
+    "lr_height",
+    "lr_width",
+    "hr_frames",
+    "lr_frames",
+]
+
+# -- preparation's intermediate batches (between its Ray Data stages, never stored) -----------------
+
+# One decoded clip: the HR frames as raw bytes, or why the clip is quarantined.
+DECODED_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("frame_start", pa.int32()),
+        ("num_frames", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("frame_names", pa.list_(pa.string())),
+        ("hr_raw", pa.large_binary()),  # (t, h, w, 3) uint8, C order
+        ("warnings", pa.string()),  # JSON list
+        ("error", pa.string()),  # why the clip is quarantined, or ""
+        ("error_input", pa.string()),
+    ]
+)
+
+
+# One degraded clip: the stored row plus what the preparation report needs.
+REPORT_FIELDS = [
+    pa.field("shard", pa.string()),
+    pa.field("source_height", pa.int32()),
+    pa.field("source_width", pa.int32()),
+    pa.field("warnings", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("error_input", pa.string()),
+]
+DEGRADED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + REPORT_FIELDS)
+
 
 # Arguments for pyarrow.parquet.ParquetWriter: one clip per row group (written one at a time), zstd on
 # the small columns, none on the frames (already zstd), no dictionary for the frame bytes.

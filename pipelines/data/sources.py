@@ -1,4 +1,4 @@
-"""Video sources: find the clips of a dataset on disk and decode their frames (DESIGN.md, data flow 1).
+"""Video sources: find the clips of a dataset on disk and decode their frames (ARCHITECTURE.md, data flow 1).
 
 Layouts understood (``layout='auto'`` detects them, in this order):
 
@@ -14,21 +14,23 @@ Layouts understood (``layout='auto'`` detects them, in this order):
 
 Discovery (this module's :func:`discover`) runs in the driver and only reads image headers and file
 sizes; decoding (:func:`decode_frame_clip`, :func:`probe_video`, :func:`decode_video_clip`) runs inside
-Ray tasks. Every mistake in the dataset's structure is a :class:`DataError`; a single unreadable input is
-an :class:`UnreadableInput` (a ``DataError`` too), which preparation quarantines unless ``strict``.
+Ray tasks. Every mistake in the dataset's structure is a
+:class:`~pipelines.common.errors.DataError`; a single unreadable input is an ``UnreadableInput`` (a
+``DataError`` too), which preparation quarantines unless ``strict``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_files, open_video
+from pipelines.common.errors import DataError, UnreadableInput
+from pipelines.data.containers import container_truncation
+from pipelines.data.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_files, open_video
 
 LAYOUTS = ("auto", "reds", "vimeo", "folders", "frames", "videos")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -40,22 +42,6 @@ REDS_VAL_SHARP_OFFSET = 240
 
 # Inputs smaller than this in total are fingerprinted by content, larger ones by size and mtime.
 CONTENT_FINGERPRINT_LIMIT = 64 * 2**20
-
-
-class DataError(ValueError):
-    """The dataset on disk is not usable as given; the message names the path and the fix."""
-
-
-class UnreadableInput(DataError):
-    """One input file (an image or a video) cannot be decoded; preparation quarantines it."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
-
-    def __reduce__(self):  # Ray pickles exceptions raised in tasks; keep both fields
-        return type(self), (self.path, self.reason)
 
 
 @dataclass(frozen=True)
@@ -335,88 +321,6 @@ def decode_frame_clip(frame_paths: list[str]) -> np.ndarray:
         except Exception as err:
             raise UnreadableInput(path, f"cannot decode image ({type(err).__name__}: {err})") from None
     return np.stack(frames)
-
-
-def container_truncation(path: str | Path) -> str | None:
-    """Why the file is shorter than its container header says it is (a cut-off copy), or None.
-
-    Checks the top-level size fields of RIFF (AVI), ISO BMFF (MP4, MOV) and EBML (MKV, WebM); decoders
-    often play such a file without error and silently return fewer frames.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(64)
-        if head[:4] == b"RIFF" and len(head) >= 8:
-            declared = struct.unpack("<I", head[4:8])[0] + 8
-            return (
-                None
-                if size >= declared
-                else f"truncated: RIFF header declares {declared} bytes, file has {size}"
-            )
-        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
-            offset = 0
-            while offset + 8 <= size:
-                f.seek(offset)
-                box = f.read(16)
-                box_size = struct.unpack(">I", box[:4])[0]
-                if box_size == 1 and len(box) >= 16:
-                    box_size = struct.unpack(">Q", box[8:16])[0]
-                elif box_size == 0:  # extends to the end of the file
-                    return None
-                if box_size < 8:
-                    return f"corrupt: MP4 box at byte {offset} declares size {box_size}"
-                if offset + box_size > size:
-                    kind = box[4:8].decode("latin-1")
-                    return f"truncated: MP4 box '{kind}' ends at byte {offset + box_size}, file has {size}"
-                offset += box_size
-            return None
-        if head[:4] == b"\x1a\x45\xdf\xa3":
-            return _ebml_truncation(f, size)
-    return None
-
-
-def _read_vint(f, keep_marker: bool) -> tuple[int, int, bool] | None:
-    """One EBML variable-length integer: (value, length, all value bits set)."""
-    first = f.read(1)
-    if not first:
-        return None
-    length = 1
-    while length <= 8 and not first[0] & (0x80 >> (length - 1)):
-        length += 1
-    if length > 8:
-        return None
-    rest = f.read(length - 1)
-    if len(rest) != length - 1:
-        return None
-    value = first[0] if keep_marker else first[0] & (0xFF >> length)
-    for byte in rest:
-        value = (value << 8) | byte
-    unknown = not keep_marker and value == (1 << (7 * length)) - 1
-    return value, length, unknown
-
-
-def _ebml_truncation(f, size: int) -> str | None:
-    """Matroska/WebM: the EBML header, then a Segment whose declared size must fit in the file."""
-    f.seek(0)
-    for expected in (0x1A45DFA3, 0x18538067):  # EBML header, Segment
-        start = f.tell()
-        element = _read_vint(f, keep_marker=True)
-        length = _read_vint(f, keep_marker=False)
-        if element is None or length is None:
-            return f"truncated: incomplete EBML element at byte {start}"
-        if element[0] != expected:
-            return None
-        data_start = f.tell()
-        if length[2]:  # unknown size (live streams): nothing to compare
-            return None
-        if data_start + length[0] > size:
-            return (
-                f"truncated: EBML element at byte {start} ends at {data_start + length[0]}, file has {size}"
-            )
-        if expected == 0x1A45DFA3:
-            f.seek(data_start + length[0])
-    return None
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Reading and writing frame sequences: video files and folders of frames.
 
-Frames cross this boundary as uint8 ``(t, h, w, 3)`` RGB arrays; :mod:`pipelines.infer` converts
+Frames cross this boundary as uint8 ``(t, h, w, 3)`` RGB arrays; :mod:`vsr_models.frames` converts
 them to the project's float ``(n, t, c, h, w)`` layout.
 
 - Reading: video files are decoded with decord (one thread per reader, created by the process
-  that uses it: ``shared/notes/ray_mlflow.md``); a folder holds one image per frame in
+  that uses it: decord is not fork-safe and leaks on some seeks); a folder holds one image per frame in
   name order (the Vid4 / UDM10 / REDS layout).
 - Writing: decord cannot encode, so videos are written with PyAV: FFV1 (lossless RGB) in
   ``.mkv`` / ``.avi``, H.264 at a low constant rate factor (visually lossless, 4:2:0, plays
@@ -26,6 +26,10 @@ from typing import Protocol
 
 import numpy as np
 
+from pipelines.common.errors import MissingInputError, OutputExistsError, VideoError
+from pipelines.common.files import TEMP_MARKER
+from pipelines.data.containers import Truncation, check_container
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".wmv"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -44,10 +48,6 @@ FRAME_NAME = "{:08d}.png"
 """Frame file names of PNG outputs, as in the sample dataset layout (``00000000.png``)."""
 
 
-class VideoError(ValueError):
-    """An input or output video that cannot be used; the message names the path and the fix."""
-
-
 @dataclass(frozen=True)
 class VideoInfo:
     """What a reader knows before decoding: frame count, frame size and frame rate."""
@@ -63,6 +63,7 @@ class FrameReader(Protocol):
 
     path: Path
     info: VideoInfo
+    truncation: Truncation | None  # set when a video file is shorter than its container declares
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start .. stop - 1`` as uint8 ``(stop - start, h, w, 3)`` RGB."""
@@ -102,12 +103,18 @@ def open_video(path: str | Path):
 
 
 class DecordReader:
-    """Frames of a video file, decoded with decord."""
+    """Frames of a video file, decoded with decord.
+
+    ``truncation`` says whether the file is shorter than its container declares
+    (:func:`pipelines.data.containers.check_container`): decord then reports and decodes only the frames
+    that are there, so the caller must decide whether a partial video is acceptable.
+    """
 
     def __init__(self, path: Path):
         import decord  # imported here: reader processes (Ray workers) import it themselves
 
         self.path = path
+        self.truncation = check_container(path)
         try:
             self._video = open_video(path)
             num_frames = len(self._video)
@@ -139,6 +146,8 @@ class DecordReader:
 
 class FolderReader:
     """Frames stored as one image file each in a folder, read in natural name order."""
+
+    truncation = None  # a folder of frames has no container to compare with
 
     def __init__(self, path: Path):
         self.path = path
@@ -176,22 +185,61 @@ class FolderReader:
         pass
 
 
-def open_frames(path: str | os.PathLike) -> FrameReader:
+def open_frames(path: str | os.PathLike, *, allow_truncated: bool = False) -> FrameReader:
     """Open a video file or a folder of frames for reading.
 
+    A video file cut short (its container declares more bytes than it has) is refused unless
+    ``allow_truncated``: decoders read such a file without an error and return only its first frames.
+
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        VideoError: it is neither a decodable video nor a folder of images.
+        MissingInputError: ``path`` does not exist.
+        VideoError: it is neither a decodable video nor a folder of images, or it is truncated.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"input {path} does not exist; pass a video file or a folder of frames")
+        raise MissingInputError(f"input {path} does not exist; pass a video file or a folder of frames")
     if path.is_dir():
         return FolderReader(path)
-    return DecordReader(path)
+    reader = DecordReader(path)
+    if reader.truncation is not None and not allow_truncated:
+        found = reader.info.num_frames
+        missing = reader.truncation.estimate_missing(found)
+        estimate = f", about {missing} more are missing" if missing is not None else ""
+        reader.close()
+        raise VideoError(
+            f"video {path} is cut short ({reader.truncation.reason}): only {found} frames decode{estimate}. "
+            "Restore or re-download the file, or pass --allow-truncated to super-resolve the frames that are there"
+        )
+    return reader
 
 
 # -- writing ---------------------------------------------------------------------------------------
+
+
+OUTPUT_MARKER = ".ray-vsr-output"
+"""Written into every PNG-frame output folder; ``--overwrite`` replaces only folders that hold it."""
+_FRAME_FILE = re.compile(r"^\d{8}\.png$")  # FRAME_NAME's files
+
+
+def _is_own_output_file(path: Path) -> bool:
+    return path.is_file() and (path.name == OUTPUT_MARKER or bool(_FRAME_FILE.match(path.name)))
+
+
+def _check_replaceable(path: Path, folder: bool, overwrite: bool) -> None:
+    """Refuse an output that exists, unless ``overwrite`` and it is a file or a folder this project wrote."""
+    if not path.exists():
+        return
+    if path.is_dir() and not (path / OUTPUT_MARKER).is_file():
+        raise OutputExistsError(
+            f"output folder {path} exists and was not written by ray-vsr (it has no {OUTPUT_MARKER}); "
+            "choose a new output path (--overwrite replaces only outputs ray-vsr wrote)"
+        )
+    if path.is_dir() != folder:
+        raise OutputExistsError(
+            f"output {path} exists and is not a {'folder' if folder else 'file'}; choose another path"
+        )
+    if not overwrite:
+        raise OutputExistsError(f"output {path} already exists; remove it or pass --overwrite to replace it")
 
 
 def output_is_folder(path: Path) -> bool:
@@ -202,7 +250,7 @@ def output_is_folder(path: Path) -> bool:
 class FrameWriter:
     """Streams uint8 ``(t, h, w, 3)`` RGB chunks to a video file or a PNG folder.
 
-    Writes into ``.<name>.partial<suffix>`` beside ``path`` and renames it to ``path`` in
+    Writes into ``.<name>.tmp-<pid><suffix>`` beside ``path`` and renames it to ``path`` in
     :meth:`close`; :meth:`abort` (called when the ``with`` block raises) deletes the partial output.
     """
 
@@ -210,11 +258,8 @@ class FrameWriter:
         self, path: str | os.PathLike, fps: float, *, overwrite: bool = False, crf: int | None = None
     ):
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(
-                f"output {self.path} already exists; remove it or pass overwrite=True (--overwrite)"
-            )
         self.folder = output_is_folder(self.path)
+        _check_replaceable(self.path, self.folder, overwrite)
         suffix = self.path.suffix.lower()
         if not self.folder and suffix not in OUTPUT_CODECS:
             raise VideoError(
@@ -222,7 +267,8 @@ class FrameWriter:
                 f"{', '.join(sorted(OUTPUT_CODECS))} or a path without a suffix for PNG frames"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        # The suffix stays last: the encoder picks the container from it.
+        self.partial = self.path.with_name(f".{self.path.stem}{TEMP_MARKER}{os.getpid()}{self.path.suffix}")
         self._remove(self.partial)
         # Frame rate as a rational (29.97 -> 30000/1001); folders of frames carry none, so 25 fps.
         self.rate = Fraction(fps if fps > 0 else 25.0).limit_denominator(1001)
@@ -285,8 +331,22 @@ class FrameWriter:
         if self.num_frames == 0:
             self.abort()
             raise VideoError(f"no frames were written to {self.path}")
-        self._remove(self.path)
-        os.replace(self.partial, self.path)
+        if not self.folder:
+            os.replace(self.partial, self.path)  # replaces an existing file atomically
+            return
+        (self.partial / OUTPUT_MARKER).write_text(
+            "frames written by ray-vsr; --overwrite replaces only these\n"
+        )
+        if not self.path.exists():
+            os.replace(self.partial, self.path)
+            return
+        # A folder this project wrote before: replace its frames, keep anything else someone put there.
+        for old in self.path.iterdir():
+            if _is_own_output_file(old):
+                old.unlink()
+        for new in self.partial.iterdir():
+            os.replace(new, self.path / new.name)
+        self.partial.rmdir()
 
     def abort(self) -> None:
         """Delete the partial output."""

@@ -1,13 +1,13 @@
 """Typed experiment configs: what one training run of TTVSR or VSR-Transformer is made of.
 
 A YAML file under ``configs/`` loads into :class:`TTVSRExperiment` or :class:`VSRTExperiment` with
-:func:`pipelines.config.load_config`; every field can be overridden with ``--set section.key=value``.
-The defaults are the released recipes (``reference/README.md``):
+:func:`pipelines.common.config.load_config`; every field can be overridden with ``--set section.key=value``.
+The defaults are the released recipes (``docs/models.md#training-recipes``):
 
-- TTVSR (Sec. 4.1 of the paper, mmediting config): Charbonnier loss (eps 1e-12, mean), Adam
+- TTVSR (Sec. 3.4 of the paper, mmediting config): Charbonnier loss (eps 1e-12, mean), Adam
   (0.9, 0.99), lr 2e-4 with SPyNet at 0.125x and frozen for the first 5,000 iterations, cosine
   annealing to 1e-7 over 400k iterations, 50-frame sequences of 64x64 LR crops.
-- VSR-Transformer (Sec. 4.1, BasicSR config) differs in :class:`VSRTExperiment`: 5 frames, Charbonnier
+- VSR-Transformer (supplementary Sec. D, BasicSR config) differs in :class:`VSRTExperiment`: 5 frames, Charbonnier
   sum, cosine restarts every 300k iterations with weights 1, 0.5, 0.5, 0.5.
 
 The command-line flags every training job shares (``--num-workers``, ``--gpus``, ``--name``, ...) are
@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pipelines.config import ConfigError, add_config_args, load_config
+from pipelines.common.cli import flag_overrides, job_parser
+from pipelines.common.config import load_config
+from pipelines.common.errors import ConfigError
 from vsr_models.ttvsr import TTVSRConfig
 from vsr_models.vsrt import VSRTConfig
 
@@ -44,10 +46,17 @@ class DataSection:
         0  # append the reversed sequence this many times (Vimeo-90K: TTVSR feeds 7 -> 28 frames, 2)
     )
 
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "lr_patch", "batch_size", "samples_per_clip"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be at least 1, got {getattr(self, name)}")
+        if self.mirror_times < 0:
+            raise ValueError(f"data.mirror_times must be 0 or more, got {self.mirror_times}")
+
 
 @dataclass
 class OptimSection:
-    """Adam with a separate SPyNet parameter group (TTVSR Sec. 4.1: flow net at 0.125x, frozen first)."""
+    """Adam with a separate SPyNet parameter group (TTVSR Sec. 3.4: flow net at 0.125x, frozen first)."""
 
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.99)
@@ -77,7 +86,7 @@ class ScheduleSection:
 
 @dataclass
 class LossSection:
-    """Charbonnier loss sqrt((x - y)^2 + eps) (TTVSR Eq. 9)."""
+    """Charbonnier loss sqrt((x - y)^2 + eps) (TTVSR Sec. 3.4, supplementary Eq. 13)."""
 
     eps: float = 1e-12
     reduction: Literal["mean", "sum"] = "mean"
@@ -102,7 +111,7 @@ class TrainSection:
 
 @dataclass
 class ValSection:
-    """How validation scores whole clips (the benchmark conventions of ``reference/README.md``)."""
+    """How validation scores whole clips (``docs/benchmarks.md#evaluation-conventions``)."""
 
     channel: Literal["rgb", "y"] = "rgb"  # REDS4: RGB; Vid4 / UDM10 / Vimeo-90K-T (BD): Y
     crop_border: int = 0
@@ -125,6 +134,16 @@ class ScalingSection:
     cpus_per_worker: float = 1.0  # leave Ray Data at least one CPU on small machines
     torch_threads: int | None = None  # intra-op threads per worker (None: Ray's default, cpus_per_worker)
 
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(
+                f"scaling.num_workers must be at least 1, got {self.num_workers} (each worker is one DDP process)"
+            )
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"scaling.cpus_per_worker must be positive, got {self.cpus_per_worker}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"scaling.torch_threads must be at least 1 (or null), got {self.torch_threads}")
+
 
 @dataclass
 class RunSection:
@@ -135,6 +154,16 @@ class RunSection:
     address: str | None = None  # Ray cluster address; None starts (or joins) a local one
     num_to_keep: int = 2  # checkpoints kept on storage
     max_failures: int = 3  # worker failures recovered from the last checkpoint
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\") or ("'" in self.name and '"' in self.name):
+            raise ValueError(
+                f"run.name must be a non-empty name without slashes and not both quote characters, got {self.name!r}"
+            )
+        if self.num_to_keep < 1:
+            raise ValueError(f"run.num_to_keep must be at least 1, got {self.num_to_keep}")
+        if self.max_failures < 0:
+            raise ValueError(f"run.max_failures must be 0 or more, got {self.max_failures}")
 
 
 @dataclass
@@ -147,6 +176,7 @@ class TrackingSection:
     experiment: str = "ray-vsr"
     registered_model: str = "ttvsr"
     champion_alias: str = "champion"
+    system_metrics_interval: float | None = 10.0  # seconds between CPU / GPU / memory samples; None: off
 
 
 @dataclass
@@ -203,7 +233,7 @@ class VSRTExperiment(Experiment):
 
     def __post_init__(self) -> None:
         # The layer norms carry learned (c, spatial_size, spatial_size) weights and the positional
-        # encoding is built for num_frames (reference/README.md), so crops must match both exactly.
+        # encoding is built for num_frames (docs/models.md#vsr-transformer), so crops must match both exactly.
         if self.data.lr_patch != self.model.spatial_size:
             raise ValueError(
                 f"data.lr_patch ({self.data.lr_patch}) must equal model.spatial_size ({self.model.spatial_size})"
@@ -217,9 +247,13 @@ class VSRTExperiment(Experiment):
 EXPERIMENTS: dict[str, type[Experiment]] = {"ttvsr": TTVSRExperiment, "vsrt": VSRTExperiment}
 
 
+def experiment_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """A job parser with ``--config``/``--set`` plus the flags every training job shares."""
+    return add_experiment_args(job_parser(description))
+
+
 def add_experiment_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--config``/``--set`` plus the flags every training job shares (each overrides one config field)."""
-    add_config_args(parser)
+    """The flags every training job shares (each overrides one config field)."""
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (scaling.num_workers)")
     parser.add_argument(
         "--gpus", type=int, help="train on N GPUs: N workers with one GPU each (scaling.use_gpu, num_workers)"
@@ -254,13 +288,7 @@ def experiment_from_args(cls: type[Experiment], args: argparse.Namespace) -> Exp
         "run.name": args.name,
         "run.storage_path": args.storage_path,
     }
-    # --set parses values as YAML; a name such as "001" or "true" must stay a string.
-    overrides += [
-        f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
-        for key, value in flags.items()
-        if value is not None
-    ]
-    return load_config(cls, args.config, overrides)
+    return load_config(cls, args.config, overrides + flag_overrides(flags))
 
 
 def resolve_paths(cfg: Experiment) -> Experiment:

@@ -1,18 +1,25 @@
 """Deployment files: they parse, carry the fields their tools require, and agree with each other and the code.
 
 No Kubernetes or cloud account here, so this checks what can be checked offline: the cluster launcher
-config against Ray's own JSON schema, the KubeRay manifests against the RayCluster / RayJob fields
-KubeRay needs, job entrypoints against the jobs' real argument parsers and configs, and the MLflow
-address every Ray pod uses against the MLflow service that serves it.
+config against Ray's own JSON schema and its MLflow command (PostgreSQL only, never SQLite on NFS), the
+KubeRay manifests against the RayCluster / RayJob fields KubeRay needs (driver retries included), every
+cluster example of a training or tuning job (README.md, infra/, the jobs' docstrings, the RayJob
+entrypoints) against the jobs' real argument parsers and configs with absolute shared paths, the MLflow
+address every Ray pod uses against the MLflow service that serves it, and one torch version for the
+Makefile and the image.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import runpy
 import shlex
 import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -80,6 +87,40 @@ def test_ray_cluster_yaml_shares_storage_shm_and_mlflow_with_gpu_workers():
     assert any("mlflow server" in c and f"{SHARED}/mlflow" in c for c in config["head_start_ray_commands"])
 
 
+def test_ray_cluster_yaml_mlflow_server_keeps_runs_in_postgresql_not_sqlite_on_nfs(tmp_path):
+    """Runs the head's MLflow command with a stand-in `mlflow`: it refuses anything but a PostgreSQL
+    store and passes that store on; SQLite (file locks over NFS) appears nowhere in the cluster config."""
+    config = yaml.safe_load((REPO_ROOT / "ray_cluster.yaml").read_text())
+    commands = [c for key in config if key.endswith("_commands") for c in config[key]]
+    assert not any("sqlite" in c.lower() for c in commands)
+    (server,) = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    (env_file,) = [remote for remote in config["file_mounts"] if remote.endswith("mlflow.env")]
+    assert env_file.startswith("~/") and f". {env_file}" in server
+
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir(), home.mkdir()
+    (bin_dir / "mlflow").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/mlflow-args\n')
+    (bin_dir / "mlflow").chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    script = server.replace("/tmp/", f"{tmp_path}/")  # the pid and log files
+
+    def start(store_uri: str) -> subprocess.CompletedProcess:
+        (home / env_file.removeprefix("~/")).write_text(f"MLFLOW_BACKEND_STORE_URI={store_uri}\n")
+        return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+
+    refused = start("sqlite:////mnt/shared/mlflow/mlflow.db")
+    assert refused.returncode != 0 and "postgresql://" in refused.stderr
+    assert not (tmp_path / "mlflow-args").exists()
+    assert start("postgresql://mlflow:secret@db.internal:5432/mlflow").returncode == 0
+    for _ in range(100):  # the server is started in the background
+        if (tmp_path / "mlflow-args").is_file() and (tmp_path / "mlflow-args").read_text():
+            break
+        time.sleep(0.05)
+    args = (tmp_path / "mlflow-args").read_text().split()
+    assert args[args.index("--backend-store-uri") + 1] == "postgresql://mlflow:secret@db.internal:5432/mlflow"
+    assert args[args.index("--artifacts-destination") + 1].startswith(f"{SHARED}/mlflow/")
+
+
 # -- KubeRay ----------------------------------------------------------------------------------------
 
 
@@ -142,22 +183,114 @@ def test_shared_claim_is_read_write_many_in_the_same_namespace():
     assert {doc["metadata"]["namespace"] for _, doc in ray_resources()} == {claim["metadata"]["namespace"]}
 
 
+# Every field of KubeRay's RayJobSpec (ray-operator/apis/ray/v1/rayjob_types.go, json tags): a misspelt
+# key (`backOffLimit`) would be dropped by the API server without a word.
+RAYJOB_SPEC_FIELDS = {
+    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
+    "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy", "entrypoint", "runtimeEnvYAML",
+    "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus", "entrypointNumGpus",
+    "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend", "schedule",
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("path", "job"),
     [(p, d) for p, d in ray_resources() if d["kind"] == "RayJob"],
     ids=lambda x: getattr(x, "name", ""),
 )
-def test_rayjob_entrypoint_is_accepted_by_the_real_job_and_config(path, job, monkeypatch):
-    """Runs the entrypoint's job script up to the point where it would start training or tuning."""
-    import pipelines.train
-    import pipelines.tune
-    from pipelines.experiment import TTVSRExperiment
-
+def test_rayjob_runs_the_image_code_and_retries_the_driver_only_where_a_retry_resumes(path, job):
     spec = job["spec"]
+    assert set(spec) <= RAYJOB_SPEC_FIELDS
     assert spec["shutdownAfterJobFinishes"] is True
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["working_dir"] == IMAGE_ROOT and isinstance(runtime_env["env_vars"], dict)
+    assert runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == mlflow_service_uri()
+    # A retry is a new cluster running the entrypoint again (spec.backoffLimit, KubeRay >= 1.2), never a
+    # resubmission to the same cluster by the submitter.
+    assert spec["submitterConfig"]["backoffLimit"] == 0
+    _, script, *args = shlex.split(spec["entrypoint"])
+    if "/train_" in script:
+        # Safe to retry: a fixed run name (and storage path) resumes the last checkpoint and MLflow run.
+        assert spec["backoffLimit"] >= 1 and "--name" in args
+    else:
+        assert spec["backoffLimit"] == 0  # a Tune search does not resume: a retry would start it over
 
+
+# -- every cluster example of a training or tuning job ------------------------------------------------
+
+# Where cluster commands are written down: docs, the jobs' docstrings, manifests and config comments.
+EXAMPLE_FILES = [
+    REPO_ROOT / "README.md",
+    INFRA / "README.md",
+    INFRA / "local_cluster.sh",
+    REPO_ROOT / "ray_cluster.yaml",
+    *KUBERAY,
+    *sorted((REPO_ROOT / "jobs").glob("*.py")),
+]
+_SUBMITTED = re.compile(r"ray job submit\b.*?\s--\s+(python jobs/(?:train|tune)_\w+\.py\b.*)$")
+# What the local cluster's examples expand to (infra/local_cluster.sh prints MLFLOW_TRACKING_URI).
+SHELL_VARIABLES = {"$PWD": "/home/me/ray-vsr", "$MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+
+
+def _logical_lines(text: str, first_line: int = 1) -> list[tuple[int, str]]:
+    """``(line number, line)`` for ``text``'s lines with backslash continuations joined (numbered by
+    their first line) and comment markers (#) dropped."""
+    lines, pending, start = [], "", first_line
+    for number, raw in enumerate(text.splitlines(), first_line):
+        line = raw.strip().lstrip("#").strip()
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+        else:
+            lines.append((start, pending + line))
+            pending = ""
+    return lines + [(start, pending)] if pending else lines
+
+
+def cluster_examples() -> list[tuple[str, str]]:
+    """``(where, command)`` for each ``ray job submit ... -- python jobs/{train,tune}_*.py`` written in
+    ``EXAMPLE_FILES`` and each RayJob entrypoint; ``command`` starts at ``python``."""
+    examples = []
+    for path in EXAMPLE_FILES:
+        text, first_line = path.read_text(), 1
+        if path.suffix == ".py":  # the job's docstring (its --help)
+            module = ast.parse(text)
+            text, first_line = ast.get_docstring(module) or "", module.body[0].lineno
+        for number, line in _logical_lines(text, first_line):
+            if match := _SUBMITTED.search(line):
+                examples.append((f"{path.relative_to(REPO_ROOT)}:{number}", match.group(1)))
+    for path, resource in ray_resources():
+        if resource["kind"] == "RayJob":
+            examples.append((f"{path.relative_to(REPO_ROOT)}:entrypoint", resource["spec"]["entrypoint"]))
+    return examples
+
+
+def test_cluster_examples_are_found_in_every_file_that_has_some():
+    found = {where.split(":")[0] for where, _ in cluster_examples()}
+    expected = {
+        "README.md", "infra/README.md", "infra/local_cluster.sh", "ray_cluster.yaml",
+        "infra/kuberay/raycluster.yaml", "infra/kuberay/rayjob-train.yaml", "infra/kuberay/rayjob-tune.yaml",
+        "jobs/train_ttvsr.py", "jobs/train_vsrt.py", "jobs/tune_ttvsr.py",
+    }  # fmt: skip
+    assert expected <= found  # the parser did not silently miss an example
+
+
+def is_absolute_location(path: str) -> bool:
+    return path.startswith("/") or "://" in path  # s3://bucket/runs is absolute too
+
+
+@pytest.mark.parametrize(("where", "command"), cluster_examples(), ids=[w for w, _ in cluster_examples()])
+def test_cluster_example_runs_the_real_job_with_absolute_shared_paths(where, command, monkeypatch):
+    """Runs the example's job script up to where it would start training or tuning: the flags parse,
+    the config loads, and the data path, storage path and MLflow URI are what a cluster needs. A submitted
+    job runs in a copy of the working dir, so a relative data.path or storage path would point into it."""
+    import pipelines.training.driver
+    import pipelines.tuning.search
+    from pipelines.training.experiment import EXPERIMENTS
+
+    for variable, value in SHELL_VARIABLES.items():
+        command = command.replace(variable, value)
     captured = []
 
     class Captured:
@@ -168,10 +301,11 @@ def test_rayjob_entrypoint_is_accepted_by_the_real_job_and_config(path, job, mon
         captured.append(cfg)
         return Captured()
 
-    monkeypatch.setattr(pipelines.train, "run_training", capture)
-    monkeypatch.setattr(pipelines.tune, "run_search", capture)
-    monkeypatch.chdir(REPO_ROOT)  # the job's working_dir is the image's copy of this checkout
-    python, script, *args = shlex.split(spec["entrypoint"])
+    monkeypatch.setattr(pipelines.training.driver, "run_training", capture)
+    monkeypatch.setattr(pipelines.tuning.search, "run_search", capture)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the example must name its server itself
+    monkeypatch.chdir(REPO_ROOT)  # the job's working dir is (a copy of) this checkout
+    python, script, *args = shlex.split(command, comments=True)
     monkeypatch.setattr(sys, "argv", [script, *args])
     assert python == "python"
     with pytest.raises(SystemExit) as exited:  # the job script ends with sys.exit(main(...))
@@ -179,9 +313,21 @@ def test_rayjob_entrypoint_is_accepted_by_the_real_job_and_config(path, job, mon
 
     assert exited.value.code == 0
     (cfg,) = captured  # config typos or bad values would have exited with code 2 instead
-    if isinstance(cfg, pipelines.tune.SearchConfig):
-        cfg = pipelines.tune.base_experiment(cfg, TTVSRExperiment)  # also checks every searched key
-    assert cfg.run.storage_path.startswith(f"{SHARED}/") and cfg.data.path.startswith(f"{SHARED}/")
+    if isinstance(cfg, pipelines.tuning.search.SearchConfig):
+        arch = Path(script).stem.removeprefix("tune_")
+        cfg = pipelines.tuning.search.base_experiment(cfg, EXPERIMENTS[arch])  # also checks searched keys
+    assert is_absolute_location(cfg.data.path), f"{where}: data.path {cfg.data.path} is relative"
+    assert is_absolute_location(cfg.run.storage_path), (
+        f"{where}: storage path {cfg.run.storage_path} is relative"
+    )
+    assert (cfg.tracking.uri or "").startswith(("http://", "https://")), f"{where}: no MLflow server URI"
+    if SHELL_VARIABLES["$PWD"] not in command:  # a real cluster, not local_cluster.sh on one machine
+        assert cfg.data.path.startswith(f"{SHARED}/") and cfg.run.storage_path.startswith(f"{SHARED}/")
+    if where.startswith("infra/kuberay/"):
+        assert cfg.tracking.uri == mlflow_service_uri()
+
+
+# -- the image --------------------------------------------------------------------------------------
 
 
 def test_dockerfile_builds_on_rays_gpu_image_of_the_installed_version_and_keeps_code_where_jobs_expect():
@@ -191,6 +337,22 @@ def test_dockerfile_builds_on_rays_gpu_image_of_the_installed_version_and_keeps_
     assert f"WORKDIR {IMAGE_ROOT}" in dockerfile
     for folder in ("vsr_models", "pipelines", "jobs", "configs"):
         assert f"COPY --chown=ray:users {folder} {folder}" in dockerfile
+
+
+def test_one_torch_version_for_the_makefile_and_the_image_within_pyprojects_range():
+    from packaging.requirements import Requirement
+
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    (make_version,) = re.findall(r"^TORCH_VERSION \?= (\S+)$", makefile, re.M)
+    (image_version,) = re.findall(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.M)
+    assert image_version == make_version
+    assert '"torch==$(TORCH_VERSION)"' in makefile  # what `make venv` installs without a torch
+    assert '"torch==${TORCH_VERSION}"' in dockerfile  # the image's CUDA wheel of the same release ...
+    assert "ray==%s\\ntorch==%s" in dockerfile  # ... which the constraints keep while installing the rest
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch,) = [r for r in map(Requirement, dependencies) if r.name == "torch"]
+    assert torch.specifier.contains(make_version)
 
 
 # -- MLflow server recipe ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""jobs/infer.py: the command line over pipelines.infer (help, a real run, clear errors)."""
+"""jobs/infer.py: the command line over pipelines.inference (help, a real run, clear errors)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT, opencv_video
 
 import vsr_models
-from pipelines.infer import main
-from pipelines.video_io import FrameWriter, open_frames
+from pipelines.data.video_io import FrameWriter, open_frames
+from pipelines.inference.job import main
 
 
 def test_help_lists_model_sources_and_options():
@@ -41,19 +41,19 @@ def test_checkpoint_run_writes_4x_video_and_passes_scale_check(tmp_path, capsys)
     assert "3 frames 64x64 -> 256x256" in capsys.readouterr().out
 
 
-def test_missing_input_exits_1_naming_it(tmp_path, capsys):
+def test_missing_input_exits_2_naming_it(tmp_path, capsys):
     code = main(
         [str(tmp_path / "missing.mp4"), str(tmp_path / "out.mp4"), "--model", "models:/ttvsr@champion"]
     )
 
-    assert code == 1
+    assert code == 2
     assert f"error: input {tmp_path / 'missing.mp4'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out.mp4").exists()
 
 
 def test_config_typo_and_official_without_arch_are_rejected(tmp_path, capsys):
     video = opencv_video("tree.avi")
-    assert main([str(video), str(tmp_path / "o.mp4"), "--model", "m.pt", "--set", "chunks=3"]) == 1
+    assert main([str(video), str(tmp_path / "o.mp4"), "--model", "m.pt", "--set", "chunks=3"]) == 2
     assert "chunks" in capsys.readouterr().err
     assert main([str(video), str(tmp_path / "o.mp4"), "--official", "TTVSR_REDS.pth"]) == 2
     assert "--official needs --arch" in capsys.readouterr().err

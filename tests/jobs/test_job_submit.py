@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, parse_exports
 
 from pipelines.tracking import mlflow_client
 
@@ -28,28 +28,10 @@ RAY = REPO_ROOT / ".venv" / "bin" / "ray"
 EXCLUDES = [".git", ".venv", "data", "runs", "mlruns", "mlartifacts", "*.db", ".cache", "**/__pycache__"]
 
 
-def parse_exports(text: str) -> dict[str, str]:
-    """``export KEY=VALUE`` lines -> ``{KEY: VALUE}``."""
-    return dict(
-        line.removeprefix("export ").split("=", 1) for line in text.splitlines() if line.startswith("export ")
-    )
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """The environment (RAY_ADDRESS, MLFLOW_TRACKING_URI, auth) of a running local cluster."""
-    state = tmp_path_factory.mktemp("local_cluster")
-    try:
-        started = subprocess.run(
-            [SCRIPT, "start", "--state-dir", state, "--num-cpus", "2"],
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert started.returncode == 0, f"local_cluster.sh start failed:\n{started.stderr}"
-        yield parse_exports(started.stdout) | {"STATE_DIR": str(state)}
-    finally:
-        subprocess.run([SCRIPT, "stop", "--state-dir", state], capture_output=True, timeout=120)
+def cluster(local_cluster):
+    """The environment (RAY_ADDRESS, MLFLOW_TRACKING_URI, auth) of the running local cluster."""
+    return local_cluster
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +62,7 @@ def sample_data(tmp_path_factory):
 
 def test_submitted_training_job_logs_and_registers_on_mlflow_server(sample_data, cluster, tmp_path):
 
-    from pipelines.infer import load_model
+    from pipelines.inference.loading import load_model
 
     mlflow_uri = cluster["MLFLOW_TRACKING_URI"]
     env = os.environ | {key: cluster[key] for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
@@ -131,6 +113,7 @@ def test_submitted_training_job_logs_and_registers_on_mlflow_server(sample_data,
 
 
 def test_status_idempotent_start_and_stop(cluster):
+    # Stops the session's shared cluster: the last test to use it (tests/infra runs before tests/jobs).
     state = ["--state-dir", cluster["STATE_DIR"]]
     status = subprocess.run([SCRIPT, "status", *state], capture_output=True, text=True, timeout=30)
     again = subprocess.run([SCRIPT, "start", *state], capture_output=True, text=True, timeout=30)

@@ -51,7 +51,7 @@ def test_end_to_end_on_a_tiny_folder_dataset(tmp_path):
     source = _tiny_clips(tmp_path / "vid")
     out = tmp_path / "prepared"
     result = _run(
-        "--source", str(source), "--output", str(out), "--scale", "2", "--num-cpus", "2",
+        "--source", str(source), "--output", str(out), "--scale", "2", "--any-scale", "--num-cpus", "2",
         "--set", "shard_size=1", "--set", "splits.val_clips=[city]",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -77,3 +77,9 @@ def test_user_mistakes_exit_2_with_one_message(tmp_path):
         "--source", str(tmp_path), "--output", str(tmp_path / "o"), "--degradation", "BD", "--scale", "2"
     )
     assert result.returncode == 2 and "BD' is defined for scale 4 only" in result.stderr
+    result = _run("--source", str(tmp_path), "--output", str(tmp_path / "o"), "--scale", "5", timeout=60)
+    assert (
+        result.returncode == 2
+        and "both networks upscale x4" in result.stderr
+        and "--any-scale" in result.stderr
+    )

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError
-from pipelines.experiment import TTVSRExperiment, VSRTExperiment, add_experiment_args, experiment_from_args
-from pipelines.train import main
+from pipelines.common.config import ConfigError
+from pipelines.training.driver import main
+from pipelines.training.experiment import (
+    TTVSRExperiment,
+    VSRTExperiment,
+    experiment_from_args,
+    experiment_parser,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,11 +53,11 @@ def test_help_describes_the_options(job, expected):
 
 
 def run_main(cls, capsys, *argv: str) -> str:
-    """``jobs/train_*.py`` in process; returns stderr of the expected exit with status 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(cls, list(argv))
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    """``jobs/train_*.py`` in process; returns stderr of the expected exit with status 2 (one line)."""
+    assert main(cls, list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
 
 
 def test_unknown_config_key_names_the_key_and_the_allowed_keys(tmp_path, capsys):
@@ -90,7 +94,7 @@ def test_missing_dataset_names_the_prepare_command(tmp_path, capsys):
 
 
 def parse(cls, *argv: str):
-    return experiment_from_args(cls, add_experiment_args(argparse.ArgumentParser()).parse_args(list(argv)))
+    return experiment_from_args(cls, experiment_parser().parse_args(list(argv)))
 
 
 def test_shared_flags_override_the_config_file():
@@ -127,3 +131,12 @@ def test_defaults_are_the_released_recipes():
     assert (vsrt.loss.reduction, vsrt.data.num_frames, vsrt.data.batch_size) == ("sum", 5, 4)
     assert vsrt.schedule.periods == [300_000] * 4 and vsrt.schedule.restart_weights == [1.0, 0.5, 0.5, 0.5]
     assert (vsrt.tracking.registered_model, ttvsr.tracking.registered_model) == ("vsrt", "ttvsr")
+
+
+def test_zero_workers_is_refused_before_anything_runs(tmp_path, capsys):
+    err = run_main(
+        TTVSRExperiment, capsys, "--num-workers", "0", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
+        "--storage-path", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert "scaling.num_workers must be at least 1, got 0" in err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()

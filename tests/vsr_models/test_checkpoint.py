@@ -1,4 +1,4 @@
-"""Model registry, import of the authors' released checkpoint layouts, and this project's own format."""
+"""Import of the authors' released checkpoint layouts, and this project's own format."""
 
 import importlib.metadata
 from pathlib import Path
@@ -67,34 +67,6 @@ def _tsv_state_dict(name):
             key, shape = line.split("\t")
             sd[key] = torch.randn(*map(int, shape.split("x")))
     return sd
-
-
-# -- registry --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("arch", "params"), [("ttvsr", 6_773_615), ("vsrt", 32_564_335)])
-def test_default_models_are_the_released_reds_configurations(arch, params):
-    model = build_model(arch)
-    assert sum(p.numel() for p in model.parameters()) == params
-    assert model_arch(model) == arch
-
-
-def test_unknown_override_names_the_key_and_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match="unknown ttvsr config key.*num_blocks") as info:
-        build_model("ttvsr", num_blocks=3)
-    assert "num_propagation_blocks" in str(info.value) and "token_scales" in str(info.value)
-    with pytest.raises(ValueError, match="unknown architecture 'basicvsr'.*'ttvsr', 'vsrt'"):
-        build_model("basicvsr")
-
-
-def test_model_config_rebuilds_the_same_model_and_lists_become_tuples():
-    model = build_model("ttvsr", **TTVSR_SMALL, token_scales=[4, 8])
-    config = model_config(model)
-    assert config["token_scales"] == (4, 8)
-    assert config["num_propagation_blocks"] == 2
-    assert model_config(build_model("ttvsr", **config)) == config
-    with pytest.raises(ValueError, match="not a registered architecture"):
-        model_config(torch.nn.Linear(2, 2))
 
 
 # -- released checkpoints --------------------------------------------------------------------------
@@ -268,3 +240,50 @@ def test_load_checkpoint_reports_weights_that_do_not_fit_the_stored_config(tmp_p
         IncompatibleCheckpointError, match=r"missing \(4\):\n    propagation.main.2.2.conv1.weight"
     ):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("arch", "small"), [("ttvsr", TTVSR_SMALL), ("vsrt", VSRT_SMALL)])
+def test_spynet_weights_path_only_initialises_and_is_not_needed_to_load(tmp_path, arch, small):
+    spynet = tmp_path / "spynet.pth"
+    torch.save(build_model(arch, **small).spynet.state_dict(), spynet)
+    model = build_model(arch, **small, spynet_pretrained=str(spynet))
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
+    spynet.unlink()  # e.g. a run resumed on another machine
+    loaded = load_checkpoint(path)
+    assert model_config(loaded)["spynet_pretrained"] is None
+    _assert_same_weights(loaded, model)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda raw: raw.pop("config"), "damaged ray-vsr checkpoint: no 'config'"),
+        (lambda raw: raw.update(state_dict=[1, 2]), "'state_dict' is not a dict"),
+        (lambda raw: raw.pop("arch"), "no 'arch'"),
+    ],
+)
+def test_a_project_checkpoint_missing_its_config_or_weights_is_one_clear_error(tmp_path, damage, message):
+    path = save_checkpoint(build_model("ttvsr", **TTVSR_SMALL), tmp_path / "model.pt")
+    raw = torch.load(path, weights_only=True)
+    damage(raw)
+    torch.save(raw, path)
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_pickled_object_in_a_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class RunsAShellCommand:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"format": "ray-vsr", "payload": RunsAShellCommand()}, tmp_path / "model.pt")
+    with pytest.raises(
+        IncompatibleCheckpointError, match="objects other than tensors and plain values"
+    ) as err:
+        load_checkpoint(tmp_path / "model.pt")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()

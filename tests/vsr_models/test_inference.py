@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr_models import registry
 from vsr_models.inference import (
+    InputConstraints,
     blend_profile,
     centred_window,
     chunked_forward,
@@ -40,6 +42,13 @@ class ConvSR(nn.Module):
         return self.body(lr.flatten(0, 1)).unflatten(0, (n, t))
 
 
+class PaddedConvSR(ConvSR):
+    """ConvSR that declares, as TTVSR does for its token grid, LR sizes in multiples of 4."""
+
+    def input_constraints(self) -> InputConstraints:
+        return InputConstraints(multiple=4)
+
+
 class TileMean(nn.Module):
     """Not translation-equivariant: every output pixel is the mean of its LR tile (worst case for seams)."""
 
@@ -62,6 +71,9 @@ class FixedSizeSR(nn.Module):
         super().__init__()
         self.config = FixedConfig()
         self.anchor = nn.Parameter(torch.zeros(()))  # a parameter, so the device is discoverable
+
+    def input_constraints(self) -> InputConstraints:
+        return InputConstraints(spatial_size=self.config.spatial_size, num_frames=self.config.num_frames)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         size, frames = self.config.spatial_size, self.config.num_frames
@@ -214,9 +226,15 @@ def test_chunked_forward_keeps_overlap_frames_from_the_window_where_they_are_cen
 # -- the combination -----------------------------------------------------------------------------
 
 
+def test_models_without_declared_constraints_are_unconstrained():
+    assert input_constraints(ConvSR()) == InputConstraints()
+    assert input_constraints(lambda lr: lr) == InputConstraints(1, 1, None, None)
+    assert input_constraints(PaddedConvSR()) == InputConstraints(multiple=4)
+    assert InputConstraints is registry.InputConstraints  # one class, re-exported here
+
+
 def test_super_resolve_pads_to_the_model_multiple_and_crops_back():
-    model = ConvSR()
-    model.MIN_INPUT_MULTIPLE = 4
+    model = PaddedConvSR()
     lr = _frames(1, 2, 3, 30, 45)
     sr = super_resolve(model, lr)
     assert model.calls == [(1, 2, 3, 32, 48)]

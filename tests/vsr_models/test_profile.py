@@ -1,14 +1,10 @@
-import re
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vsr_models import build_model
-from vsr_models.profile import count_parameters, flops_per_frame, main
+from vsr_models.profile import count_parameters, flops_per_frame
 
 TTVSR_TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
 VSRT_TINY = {
@@ -65,31 +61,3 @@ def test_vsrt_is_profiled_through_tiles_and_sliding_windows():
     assert flops_per_frame(model, (28, 40), frames=5, chunk_overlap=0) == pytest.approx(6 * 2 * window / 5)
     # by default every frame is the centre of its own window: 5 windows
     assert flops_per_frame(model, (28, 40), frames=5) == pytest.approx(6 * 5 * window / 5)
-
-
-def test_cli_prints_parameters_and_flops_of_a_tiny_config(capsys):
-    overrides = [f"--set={k}={v}" for k, v in TTVSR_TINY.items()]
-    main(["--arch", "ttvsr", "--size", "64x64", "--frames", "4", *overrides])
-    out = capsys.readouterr().out
-    with torch.device("meta"):
-        model = build_model("ttvsr", **TTVSR_TINY, reuse_mirror_flows=False)
-    assert f"parameters: {count_parameters(model):,}" in out
-    flops = float(re.search(r"FLOPs per frame: [\d.]+ T \(([\d.e+]+);", out)[1])
-    assert flops == pytest.approx(flops_per_frame(model, (64, 64), frames=4), rel=1e-3)
-    assert f"MACs per frame: {flops / 2e12:.4f} T" in out
-    assert "'num_propagation_blocks': 1" in out
-
-
-def test_cli_rejects_bad_sizes_and_unknown_config_keys(capsys):
-    with pytest.raises(SystemExit):
-        main(["--arch", "ttvsr", "--size", "180by320"])
-    assert "size must be HxW" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown vsrt config key.*blocks"):
-        main(["--arch", "vsrt", "--set", "blocks=3"])
-
-
-def test_module_help_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, "-m", "vsr_models.profile", "--help"], capture_output=True, text=True, check=True
-    )
-    assert "--arch" in result.stdout and "--size" in result.stdout and "--set" in result.stdout

@@ -1,5 +1,5 @@
 """TTVSR: names and size of the released model, its building blocks in isolation, and the whole network
-against a plain transcription of the released forward pass (``reference/README.md``, "TTVSR as released")."""
+against a plain transcription of the released forward pass (``docs/models.md#ttvsr``)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def official_shapes() -> dict[str, tuple[int, ...]]:
 
 # --------------------------------------------------------------------------------------------------
 # A plain transcription of the released computation (grid_sample on stacked buffers, unfold/fold),
-# written from the facts in reference/README.md; the model must reproduce it.
+# written from the facts in docs/models.md#ttvsr; the model must reproduce it.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -391,12 +391,19 @@ def test_trajectory_attention_matches_released_ltam_in_value_and_gradient():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("implementation", ["reference", "fast"])
 @pytest.mark.parametrize("mirrored", [False, True])
-def test_forward_reproduces_the_released_computation(mirrored):
+def test_forward_reproduces_the_released_computation(mirrored, implementation):
     # key frame stride 2 over 5 frames: backward keys 4, 2 and forward keys 0, 2, so trajectories of
     # two key frames compete in both directions
     torch.manual_seed(0)
-    config = TTVSRConfig(mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1, key_frame_stride=2)
+    config = TTVSRConfig(
+        mid_channels=8,
+        num_extract_blocks=1,
+        num_propagation_blocks=1,
+        key_frame_stride=2,
+        implementation=implementation,
+    )
     model = TTVSR(config).double().eval()
     lrs = torch.rand(1, 5, 3, 64, 64, dtype=torch.float64)
     if mirrored:  # the released code then reuses the backward flows
@@ -408,7 +415,9 @@ def test_forward_reproduces_the_released_computation(mirrored):
 
 
 def test_location_maps_follow_content_translating_by_a_known_offset():
-    model = TTVSR(TINY).eval()
+    # the maps are read where the reference path hands them to the attention module; the fast path
+    # follows the same trajectories (tests/vsr_models/test_fast_paths.py compares the two on this clip)
+    model = TTVSR(TTVSRConfig(**{**TINY.__dict__, "implementation": "reference"})).eval()
     model.spynet = ShiftOracle()
     step = (4, -4)  # pixels per frame = (+1, -1) tokens
     t = 7
@@ -430,19 +439,25 @@ def test_location_maps_follow_content_translating_by_a_known_offset():
             torch.testing.assert_close(maps[0, 2 * k : 2 * k + 2], expected, rtol=0, atol=0)
 
 
-def test_mirror_extended_input_reuses_backward_flows():
+@pytest.mark.parametrize("implementation", ["reference", "fast"])
+def test_mirror_extended_input_reuses_backward_flows(implementation):
     torch.manual_seed(0)
-    reuse = TTVSR(TINY).eval()
-    recompute = TTVSR(TTVSRConfig(**{**TINY.__dict__, "reuse_mirror_flows": False})).eval()
+    config = TTVSRConfig(**{**TINY.__dict__, "implementation": implementation})
+    reuse = TTVSR(config).eval()
+    recompute = TTVSR(TTVSRConfig(**{**config.__dict__, "reuse_mirror_flows": False})).eval()
     recompute.load_state_dict(reuse.state_dict())
-    calls = {"reuse": 0, "recompute": 0}
+    pairs = {"reuse": 0, "recompute": 0}  # frame pairs SPyNet is run on (the fast path batches them)
+
+    def count(name: str):
+        return lambda module, args, out: pairs.__setitem__(name, pairs[name] + args[0].shape[0])
+
     for name, model in (("reuse", reuse), ("recompute", recompute)):
-        model.spynet.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+        model.spynet.register_forward_hook(count(name))
     half = torch.rand(1, 2, 3, 64, 64)
     lrs = torch.cat([half, half.flip(1)], 1)
     with torch.no_grad():
         out_reuse, out_recompute = reuse(lrs), recompute(lrs)
-    assert calls == {"reuse": 1, "recompute": 2}
+    assert pairs == {"reuse": 3, "recompute": 6}
     torch.testing.assert_close(out_reuse, out_recompute, rtol=1e-5, atol=1e-5)
 
 

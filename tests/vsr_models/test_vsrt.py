@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vsr_models.spynet import spynet_ours_to_official
 from vsr_models.vsrt import (
     SpatialTemporalConvSelfAttention,
     SpatialTemporalPositionalEncoding,
@@ -101,6 +103,16 @@ def test_released_configs_have_the_released_tensors(num_frames, depth, num_tenso
     from_official = convert_official_state_dict({key: torch.empty(shape) for key, shape in official.items()})
     assert {key: tuple(value.shape) for key, value in from_official.items()} == ours
     assert model.load_state_dict(from_official, strict=True)
+
+
+def test_spynet_pretrained_path_loads_official_names(tmp_path):
+    torch.manual_seed(0)
+    donor = VSRTransformer(TINY).spynet
+    path = tmp_path / "spynet.pth"
+    torch.save({"state_dict": {spynet_ours_to_official(k): v for k, v in donor.state_dict().items()}}, path)
+    model = VSRTransformer(dataclasses.replace(TINY, spynet_pretrained=str(path)))
+    for name, value in donor.state_dict().items():
+        assert torch.equal(model.spynet.state_dict()[name], value), name
 
 
 def test_converter_uses_readable_names_and_rejects_unknown_ones():

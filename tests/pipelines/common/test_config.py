@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from pipelines.config import ConfigError, dump_config, flatten, load_config
+from pipelines.common.config import ConfigError, dump_config, flatten, load_config
 
 
 @dataclass

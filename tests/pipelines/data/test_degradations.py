@@ -13,7 +13,7 @@ from reference_degradations import (
     imresize_reference,
 )
 
-from pipelines.degradations import (
+from pipelines.data.degradations import (
     bicubic_weight_matrix,
     crop_to_multiple,
     degrade,

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import make_frame_dataset
 
-from pipelines.degradations import degrade
-from pipelines.ingest import (
+from pipelines.common.errors import DataError
+from pipelines.data.degradations import degrade
+from pipelines.data.ingest import (
     CropDraw,
     CropSpec,
     apply_crop,
@@ -21,8 +22,8 @@ from pipelines.ingest import (
     sample_rng,
     train_dataset,
 )
-from pipelines.prepare import PrepareConfig, prepare_dataset
-from pipelines.sources import DataError, decode_frame_clip
+from pipelines.data.prepare import PrepareConfig, prepare_dataset
+from pipelines.data.sources import decode_frame_clip
 
 NUM_FRAMES, LR_PATCH, SCALE = 4, 8, 4
 _PREPARED: dict = {}
@@ -116,8 +117,8 @@ def test_first_epoch_shifts_the_crop_stream(prepared):
     """A resumed run (first_epoch = its checkpoint's iteration) draws new crops, not epoch 0's again."""
     import pyarrow.parquet as pq
 
-    from pipelines.ingest import _crop_stage
-    from pipelines.prepare import load_manifest
+    from pipelines.data.ingest import _crop_stage
+    from pipelines.data.manifest import load_manifest
 
     table = pq.read_table(load_manifest(prepared).shard_paths("train")[0])
     first = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3), SCALE)
@@ -181,7 +182,7 @@ def test_validation_yields_whole_clips_matching_the_source(prepared):
 
 
 def test_validation_share_decodes_only_its_own_clips(prepared, monkeypatch):
-    import pipelines.ingest as ingest
+    import pipelines.data.ingest as ingest
 
     decoded = []
     real_decode = ingest.decode_frames

@@ -11,10 +11,12 @@ import pytest
 import torch
 from conftest import make_frame_dataset, truncated_copy
 
-from pipelines.degradations import degrade
-from pipelines.prepare import PrepareConfig, load_manifest, prepare_dataset
-from pipelines.schema import CLIP_SCHEMA, decode_frames
-from pipelines.sources import DataError, decode_frame_clip
+from pipelines.common.errors import DataError
+from pipelines.data.degradations import degrade
+from pipelines.data.manifest import load_manifest
+from pipelines.data.prepare import PrepareConfig, prepare_dataset
+from pipelines.data.schema import CLIP_SCHEMA, decode_frames
+from pipelines.data.sources import decode_frame_clip
 
 
 def _config(source, output, **overrides) -> PrepareConfig:
@@ -203,7 +205,7 @@ def test_config_validation():
 
 def test_long_frame_folders_are_cut_into_clips(ray_local, tmp_path):
     source = make_frame_dataset(tmp_path / "src", {"long": 10}, size=(16, 16), split_folders=False)
-    prepare_dataset(_config(source, tmp_path / "out", clip_length=4, scale=2))
+    prepare_dataset(_config(source, tmp_path / "out", clip_length=4, scale=2, any_scale=True))
     manifest = load_manifest(tmp_path / "out")
     assert [(c["clip_id"], c["num_frames"], c["lr_size"]) for c in manifest.clips()] == [
         ("long_000000", 4, [8, 8]),

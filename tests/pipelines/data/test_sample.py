@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from skimage.registration import phase_cross_correlation
 
-from pipelines.sample import (
+from pipelines.data.sample import (
     COMPLETE_MARKER,
     OPENCV_VIDEO_DIR,
     PHOTOGRAPHS,

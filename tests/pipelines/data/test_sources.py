@@ -10,11 +10,12 @@ import pytest
 from conftest import make_frame_dataset, opencv_video, smooth_frames, truncated_copy, write_clip
 from PIL import Image
 
-from pipelines.prepare import SplitConfig, assign_splits
-from pipelines.sources import (
+from pipelines.data.containers import container_truncation
+from pipelines.data.prepare.config import SplitConfig
+from pipelines.data.prepare.plan import assign_splits
+from pipelines.data.sources import (
     DataError,
     UnreadableInput,
-    container_truncation,
     decode_frame_clip,
     decode_video_clip,
     detect_layout,

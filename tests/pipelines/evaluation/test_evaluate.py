@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 import torch
 from torch import nn
 
-from pipelines.degradations import imresize_bicubic
-from pipelines.evaluate import (
-    EvaluationConfig,
+from pipelines.common.errors import DataError
+from pipelines.data.degradations import imresize_bicubic
+from pipelines.evaluation.job import EvaluationConfig, main, run_evaluation
+from pipelines.evaluation.scoring import (
+    CSV_COLUMNS,
     bicubic_upscale,
     image_strip,
-    load_model,
-    main,
-    run_evaluation,
     score_clips,
     summarise,
 )
+from pipelines.inference.loading import load_model
 from vsr_models import build_model, save_checkpoint
 
 
@@ -86,6 +89,30 @@ def test_y_channel_scores_differ_from_rgb_and_the_table_says_which():
     ]
 
 
+def test_csv_reads_back_every_clip_exactly_and_markdown_adds_the_mean_row():
+    report = summarise(score_clips(BicubicModel(), make_clips(2)), "y")
+    rows = list(csv.DictReader(io.StringIO(report.csv())))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [row["clip"] for row in rows] == ["clip0", "clip1"]
+    for row in rows:
+        model, base = report.model.clips[row["clip"]], report.bicubic.clips[row["clip"]]
+        assert int(row["frames"]) == model.num_frames and row["channel"] == "y"
+        assert (float(row["psnr"]), float(row["ssim"])) == (model.psnr, model.ssim)
+        assert (float(row["bicubic_psnr"]), float(row["bicubic_ssim"])) == (base.psnr, base.ssim)
+    header, rule, *clips, mean = report.markdown().strip().splitlines()
+    assert "bicubic PSNR" in header and rule.startswith("|---") and len(clips) == 2
+    cells = [cell.strip() for cell in mean.strip("|").split("|")]
+    assert cells == [
+        "**mean**",
+        "6",
+        f"{report.bicubic.psnr:.2f}",
+        f"{report.bicubic.ssim:.4f}",
+        f"{report.model.psnr:.2f}",
+        f"{report.model.ssim:.4f}",
+        "Y",
+    ]
+
+
 def test_clips_shared_over_workers_merge_to_the_single_worker_result():
     clips = make_clips(3)
     shards = [score_clips(BicubicModel(), clips[rank::2]) for rank in (1, 0)]  # iter_val_clips' shares
@@ -105,25 +132,22 @@ def test_a_checkpoint_folder_or_file_loads_and_a_missing_one_says_what_to_pass(t
 
 
 def test_evaluating_without_a_prepared_dataset_names_the_prepare_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="jobs/prepare_data.py --dataset sample"):
+    with pytest.raises(DataError, match="jobs/prepare_data.py --dataset sample"):
         run_evaluation(EvaluationConfig(model=str(tmp_path), data=str(tmp_path / "missing")))
 
 
-def test_an_unknown_registered_model_is_one_error_line_not_a_traceback(tmp_path, mlflow_uri, capsys):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "manifest.json").write_text("{}")  # the model is loaded before the data is read
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "--model",
-                "models:/nosuch@champion",
-                "--data",
-                str(tmp_path / "data"),
-                "--mlflow-uri",
-                mlflow_uri,
-            ]
-        )
-    assert exit_info.value.code == 2
+def test_an_unknown_registered_model_is_one_error_line_not_a_traceback(
+    tiny_prepared_dataset, mlflow_uri, ray_local, capsys
+):
+    argv = [
+        "--model",
+        "models:/nosuch@champion",
+        "--data",
+        str(tiny_prepared_dataset),
+        "--mlflow-uri",
+        mlflow_uri,
+    ]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     # (MLflow logs its store creation to stderr first)
     assert err.splitlines()[-1].startswith("error: cannot load model models:/nosuch@champion")
@@ -144,7 +168,7 @@ class _FrameIndexModel(torch.nn.Module):
 
 
 def test_mirrored_inference_averages_each_frame_over_its_copies():
-    from pipelines.evaluate import super_resolve_mirrored
+    from pipelines.evaluation.scoring import super_resolve_mirrored
 
     lr = torch.rand(1, 7, 3, 8, 8)
     model = _FrameIndexModel()

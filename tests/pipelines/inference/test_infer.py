@@ -16,8 +16,9 @@ from conftest import opencv_video
 from torch import nn
 
 import vsr_models
-from pipelines import infer
-from pipelines.video_io import FrameWriter, VideoError, open_frames
+from pipelines.common.errors import InferError, ModelLoadError
+from pipelines.data.video_io import OUTPUT_MARKER, FrameWriter, VideoError, open_frames
+from pipelines.inference import batch, video
 from vsr_models.inference import super_resolve
 
 LR_SIZE = (64, 80)  # (h, w): TTVSR's smallest input is 64x64
@@ -85,10 +86,10 @@ def test_tiny_ttvsr_checkpoint_super_resolves_real_video_to_4x(clip, tmp_path):
     checkpoint = vsr_models.save_checkpoint(model, tmp_path / "tiny_ttvsr.pt")
     out = tmp_path / "tree_sr.mp4"
 
-    summary = infer.super_resolve_video(checkpoint, path, out, chunk=3, chunk_overlap=1, progress=False)
+    summary = video.super_resolve_video(checkpoint, path, out, chunk=3, chunk_overlap=1, progress=False)
 
     assert (summary.num_frames, summary.lr_size, summary.sr_size) == (5, LR_SIZE, (256, 320))
-    infer.check_output(summary)
+    video.check_output(summary)
     decoded = open_frames(out)
     assert (decoded.info.num_frames, decoded.info.height, decoded.info.width) == (5, 256, 320)
     assert decoded.info.fps == pytest.approx(15)
@@ -101,23 +102,24 @@ def test_tiny_ttvsr_checkpoint_super_resolves_real_video_to_4x(clip, tmp_path):
 def test_chunked_output_equals_unchunked_for_per_frame_model(clip, tmp_path):
     path, frames = clip
     model = PerFrameUpscaler()
-    whole = infer.super_resolve_video(model, path, tmp_path / "whole", chunk=None, progress=False)
-    chunked = infer.super_resolve_video(
+    whole = video.super_resolve_video(model, path, tmp_path / "whole", chunk=None, progress=False)
+    chunked = video.super_resolve_video(
         model, path, tmp_path / "chunked", chunk=3, chunk_overlap=1, tile=32, progress=False
     )
 
     whole_frames = open_frames(whole.output).read(0, 5)
     np.testing.assert_array_equal(open_frames(chunked.output).read(0, 5), whole_frames)
     np.testing.assert_array_equal(whole_frames, reference_sr(model, frames))
-    assert sorted(p.name for p in (tmp_path / "whole").iterdir())[:2] == ["00000000.png", "00000001.png"]
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert names[:3] == [OUTPUT_MARKER, "00000000.png", "00000001.png"]  # marked as ray-vsr's own output
 
 
 def test_streaming_reads_each_frame_once_in_window_sized_pieces(clip, tmp_path, monkeypatch):
     path, _ = clip
     reads = []
 
-    def recording_open(in_path):
-        reader = open_frames(in_path)
+    def recording_open(in_path, **options):
+        reader = open_frames(in_path, **options)
         read = reader.read
 
         def record(start, stop):
@@ -127,8 +129,8 @@ def test_streaming_reads_each_frame_once_in_window_sized_pieces(clip, tmp_path, 
         reader.read = record
         return reader
 
-    monkeypatch.setattr(infer, "open_frames", recording_open)
-    infer.super_resolve_video(
+    monkeypatch.setattr(video, "open_frames", recording_open)
+    video.super_resolve_video(
         PerFrameUpscaler(), path, tmp_path / "out.mkv", chunk=3, chunk_overlap=1, progress=False
     )
 
@@ -143,7 +145,7 @@ def test_streaming_reads_each_frame_once_in_window_sized_pieces(clip, tmp_path, 
 def test_temporal_windows_write_every_frame_once_in_order(
     num_frames, chunk, overlap, needed, expected_overlap
 ):
-    windows = infer.temporal_windows(num_frames, chunk, overlap, needed)
+    windows = video.temporal_windows(num_frames, chunk, overlap, needed)
 
     assert [f for _, _, kept in windows for f in kept] == list(range(num_frames))
     assert all(stop - start == min(chunk, num_frames) for start, stop, _ in windows)
@@ -161,7 +163,7 @@ def test_frame_folder_input(clip, tmp_path):
     _, frames = clip
     with FrameWriter(tmp_path / "lr_frames", fps=0) as writer:
         writer.write(frames[:3])
-    summary = infer.super_resolve_video(
+    summary = video.super_resolve_video(
         PerFrameUpscaler(), tmp_path / "lr_frames", tmp_path / "sr.mkv", progress=False
     )
 
@@ -173,36 +175,34 @@ def test_frame_folder_input(clip, tmp_path):
 
 def test_missing_input_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.mp4 does not exist"):
-        infer.super_resolve_video(PerFrameUpscaler(), tmp_path / "nothing.mp4", tmp_path / "out.mp4")
+        video.super_resolve_video(PerFrameUpscaler(), tmp_path / "nothing.mp4", tmp_path / "out.mp4")
 
 
 def test_corrupt_video_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not really a video" * 50)
     with pytest.raises(VideoError, match="cannot decode video .*broken.mp4"):
-        infer.super_resolve_video(PerFrameUpscaler(), bad, tmp_path / "out.mp4")
+        video.super_resolve_video(PerFrameUpscaler(), bad, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
 
 
 def test_unknown_model_uri_is_a_clear_error(clip, tmp_path, mlflow_uri):
-    with pytest.raises(
-        infer.ModelLoadError, match="cannot load model models:/nope@champion from the MLflow store"
-    ):
-        infer.super_resolve_video("models:/nope@champion", clip[0], tmp_path / "out.mp4")
+    with pytest.raises(ModelLoadError, match="cannot load model models:/nope@champion from the MLflow store"):
+        video.super_resolve_video("models:/nope@champion", clip[0], tmp_path / "out.mp4")
     with pytest.raises(
         FileNotFoundError, match="neither an existing checkpoint file nor an MLflow model URI"
     ):
-        infer.super_resolve_video("no_such_model.pt", clip[0], tmp_path / "out.mp4")
+        video.super_resolve_video("no_such_model.pt", clip[0], tmp_path / "out.mp4")
 
 
 def test_existing_output_is_kept_unless_overwrite(clip, tmp_path):
     out = tmp_path / "out.mkv"
     out.write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="already exists"):
-        infer.super_resolve_video(PerFrameUpscaler(), clip[0], out, progress=False)
+        video.super_resolve_video(PerFrameUpscaler(), clip[0], out, progress=False)
     assert out.read_bytes() == b"precious"
 
-    infer.super_resolve_video(PerFrameUpscaler(), clip[0], out, overwrite=True, progress=False)
+    video.super_resolve_video(PerFrameUpscaler(), clip[0], out, overwrite=True, progress=False)
     assert open_frames(out).info.num_frames == 5
 
 
@@ -217,7 +217,7 @@ def test_failure_midway_leaves_no_output(clip, tmp_path):
             return super().forward(lr)
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        infer.super_resolve_video(
+        video.super_resolve_video(
             FailsOnSecondWindow(), clip[0], tmp_path / "out.mp4", chunk=3, progress=False
         )
     assert list(tmp_path.iterdir()) == []
@@ -225,7 +225,7 @@ def test_failure_midway_leaves_no_output(clip, tmp_path):
 
 def test_progress_reports_frames_written(clip, tmp_path):
     calls = []
-    infer.super_resolve_video(
+    video.super_resolve_video(
         PerFrameUpscaler(),
         clip[0],
         tmp_path / "o.mkv",
@@ -248,8 +248,8 @@ def test_many_videos_with_ray_data_actor_pool(clip, tmp_path, ray_local):
             writer.write(frames[:count])
     (videos / "c.mp4").write_bytes(b"corrupt")
 
-    with pytest.raises(infer.InferError, match=r"1 of 3 videos failed:\n.*c.mp4: VideoError: cannot decode"):
-        infer.super_resolve_many(videos, tmp_path / "sr", PerFrameUpscaler(), num_workers=2, suffix=".mkv")
+    with pytest.raises(InferError, match=r"1 of 3 videos failed:\n.*c.mp4: VideoError: cannot decode"):
+        batch.super_resolve_many(videos, tmp_path / "sr", PerFrameUpscaler(), num_workers=2, suffix=".mkv")
     for name, count in (("a", 3), ("b", 5)):
         np.testing.assert_array_equal(
             open_frames(tmp_path / "sr" / f"{name}.mkv").read(0, count),
@@ -257,8 +257,48 @@ def test_many_videos_with_ray_data_actor_pool(clip, tmp_path, ray_local):
         )
 
     (videos / "c.mp4").unlink()
-    summaries = infer.super_resolve_many(
-        videos, tmp_path / "sr2", PerFrameUpscaler(), num_workers=2, config=infer.InferConfig(chunk=2)
+    summaries = batch.super_resolve_many(
+        videos, tmp_path / "sr2", PerFrameUpscaler(), num_workers=2, config=video.InferConfig(chunk=2)
     )
     assert [(s.num_frames, s.sr_size) for s in summaries] == [(3, (256, 320)), (5, (256, 320))]
     assert [open_frames(s.output).info.num_frames for s in summaries] == [3, 5]
+
+
+def test_a_truncated_real_video_fails_and_leaves_no_output(tmp_path):
+    cut = tmp_path / "tree_cut.avi"
+    tree = opencv_video("tree.avi")
+    cut.write_bytes(tree.read_bytes()[: tree.stat().st_size * 3 // 10])  # 22 of its 68 frames decode
+    out = tmp_path / "sr.mkv"
+    with pytest.raises(VideoError, match="is cut short .*only 22 frames decode.*--allow-truncated"):
+        video.super_resolve_video(PerFrameUpscaler(), cut, out, chunk=8, device="cpu", progress=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == [cut]
+
+    summary = video.super_resolve_video(
+        PerFrameUpscaler(), cut, out, chunk=8, device="cpu", progress=False, allow_truncated=True
+    )
+    assert summary.num_frames == 22 and open_frames(out).info.num_frames == 22
+    assert summary.truncation.startswith("truncated: RIFF header declares")
+    assert (
+        40 <= summary.missing_frames <= 60
+    )  # estimated from the missing bytes; 46 frames are really missing
+    assert f"INCOMPLETE: the input is cut short ({summary.truncation}), about {summary.missing_frames}" in (
+        video.describe(summary)
+    )
+
+
+def test_overwrite_replaces_only_what_ray_vsr_wrote(clip, tmp_path):
+    out = tmp_path / "frames"
+    video.super_resolve_video(PerFrameUpscaler(), clip[0], out, progress=False)
+    (out / "notes.txt").write_text("mine")
+    (out / "00000099.png").write_bytes((out / "00000000.png").read_bytes())  # a stale frame of ours
+    video.super_resolve_video(PerFrameUpscaler(), clip[0], out, overwrite=True, chunk=2, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"  # unrelated files are kept
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:08d}.png" for i in range(5)]
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"jpeg")
+    with pytest.raises(FileExistsError, match="was not written by ray-vsr") as refused:
+        video.super_resolve_video(PerFrameUpscaler(), clip[0], foreign, overwrite=True, progress=False)
+    assert "pass --overwrite" not in str(refused.value)
+    assert [p.name for p in foreign.iterdir()] == ["holiday.jpg"]

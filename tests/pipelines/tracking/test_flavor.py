@@ -28,7 +28,7 @@ from pipelines.inference.loading import load_model as load_any_model
 from pipelines.tracking import (
     FLAVOR_NAME,
     RunTracker,
-    load_model,
+    load_registered_model,
     mlflow_client,
     register_model,
 )
@@ -98,7 +98,7 @@ def frames() -> torch.Tensor:
 
 def test_registered_model_loads_back_with_identical_outputs_and_holds_no_code(mlflow_uri):
     model = register_tiny(mlflow_uri)
-    loaded = load_model("models:/tiny@champion", mlflow_uri)
+    loaded = load_registered_model("models:/tiny@champion", mlflow_uri)
     lr = frames()
     with torch.no_grad():
         torch.testing.assert_close(loaded(lr), model(lr), rtol=0, atol=0)
@@ -117,7 +117,7 @@ def test_registered_model_loads_back_with_identical_outputs_and_holds_no_code(ml
     assert set(conf["flavors"]) == {FLAVOR_NAME, "python_function"}
     assert conf["flavors"][FLAVOR_NAME]["arch"] == "ttvsr"
     pyfunc = conf["flavors"]["python_function"]
-    assert pyfunc["loader_module"] == "pipelines.tracking" and pyfunc["data"] == "model.pt"
+    assert pyfunc["loader_module"] == "pipelines.tracking.flavor" and pyfunc["data"] == "model.pt"
     assert "code" not in pyfunc  # no code_paths: nothing from the artifact store goes on sys.path
     # model.pt is this project's checkpoint: tensors and plain values, readable with weights_only=True.
     raw = torch.load(artifact_dir(mlflow_uri, "tiny", "1") / "model.pt", weights_only=True)
@@ -193,7 +193,7 @@ def test_pickled_version_is_refused_with_how_to_reregister_and_runs_nothing(mlfl
 
     for uri in ("models:/tiny@champion", f"models:/tiny/{version}"):
         with pytest.raises(ModelLoadError) as refused:
-            load_model(uri, mlflow_uri)
+            load_registered_model(uri, mlflow_uri)
         message = str(refused.value)
         assert "refused" in message and "unpickle" in message and "re-register" in message.lower()
         assert (
@@ -231,7 +231,7 @@ def test_ray_vsr_version_whose_model_pt_was_replaced_by_a_pickle_runs_nothing(ml
     assert not marker.exists()
 
     with pytest.raises(ModelLoadError) as refused:
-        load_model("models:/tiny@champion", mlflow_uri)
+        load_registered_model("models:/tiny@champion", mlflow_uri)
     assert "model.pt holds objects other than tensors and plain values" in str(refused.value)
     assert "re-register" in str(refused.value).lower()
     with pytest.raises(ModelLoadError):
@@ -252,7 +252,7 @@ def test_mlmodel_that_is_not_yaml_data_is_refused_without_reading_anything_else(
     # A Python-object YAML tag: yaml.safe_load refuses it rather than building the object.
     (folder / "MLmodel").write_text(f"flavors: !!python/object/apply:pathlib.Path.touch [{marker}]\n")
     with pytest.raises(ModelLoadError, match="not valid YAML"):
-        load_model("models:/tiny/1", mlflow_uri)
+        load_registered_model("models:/tiny/1", mlflow_uri)
     assert not marker.exists()
 
 
@@ -287,7 +287,7 @@ def test_register_job_registers_a_checkpoint_folder_that_loads_back(mlflow_uri, 
     assert result.returncode == 0, result.stderr
     assert "registered models:/tiny/2 (champion)" in result.stdout
 
-    loaded = load_model("models:/tiny@champion", mlflow_uri)
+    loaded = load_registered_model("models:/tiny@champion", mlflow_uri)
     lr = frames()
     with torch.no_grad():
         torch.testing.assert_close(loaded(lr), model(lr), rtol=0, atol=0)

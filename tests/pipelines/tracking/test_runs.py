@@ -1,4 +1,6 @@
-"""MLflow tracking and registry on a real SQLite store: run lookup by name, params, champion alias."""
+"""MLflow tracking and registry on a real SQLite store: run lookup by name, params, champion alias.
+
+The registered model format and its refusals are in test_model_flavor.py."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ import pytest
 import torch
 
 from pipelines.tracking import (
+    RegisteredVersion,
     RunTracker,
     artifact_root,
     find_run,
-    load_model,
+    load_registered_model,
     mlflow_client,
     promote_champion,
     register_model,
@@ -81,6 +84,33 @@ def test_champion_alias_moves_only_to_a_better_validation_psnr(mlflow_uri):
     assert better.is_champion and client.get_model_version_by_alias("ttvsr", "champion").version == v3
 
 
+def test_champion_alias_is_not_moved_across_datasets_or_protocols(mlflow_uri):
+    client = mlflow_client(mlflow_uri)
+    client.create_registered_model("ttvsr")
+    reds = {"val_dataset": "sha-of-reds4-manifest", "val_protocol": '{"channel": "rgb"}'}
+    candidates = [
+        (30.0, reds),
+        (35.0, reds | {"val_dataset": "sha-of-sample-manifest"}),  # higher, but on other clips
+        (36.0, reds | {"val_protocol": '{"channel": "rgb", "max_frames": 4}'}),  # on shortened clips
+        (30.2, reds),  # the same data and protocol, and better: it wins
+    ]
+    results = []
+    for psnr, lineage in candidates:
+        version = client.create_model_version("ttvsr", source="file:///nowhere/model").version
+        for key, value in {"val_psnr": str(psnr), **lineage}.items():
+            client.set_model_version_tag("ttvsr", version, key, value)
+        results.append(promote_champion(mlflow_uri, "ttvsr", version, psnr, "champion"))
+    first, other_data, other_protocol, better = results
+    assert first.is_champion
+    assert not other_data.is_champion and other_data.incomparable == ["val_dataset"]
+    assert not other_protocol.is_champion and other_protocol.incomparable == ["val_protocol"]
+    assert "validated on another dataset: not comparable" in other_data.describe()
+    assert (
+        better.is_champion
+        and client.get_model_version_by_alias("ttvsr", "champion").version == better.version
+    )
+
+
 def test_registered_model_loads_back_by_alias_and_runs_on_any_frame_size(mlflow_uri):
     torch.manual_seed(0)
     model = build_model("ttvsr", mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1)
@@ -97,7 +127,7 @@ def test_registered_model_loads_back_by_alias_and_runs_on_any_frame_size(mlflow_
     version = mlflow_client(mlflow_uri).get_model_version("tiny", "1")
     assert version.tags["val_psnr"] == "27.0" and version.tags["val_ssim"] == "0.8"
 
-    loaded = load_model("models:/tiny@champion", mlflow_uri)
+    loaded = load_registered_model("models:/tiny@champion", mlflow_uri)
     lr = torch.rand(1, 2, 3, 68, 72)  # not the example's shape: the model is not traced for one size
     with torch.no_grad():
         torch.testing.assert_close(loaded(lr), model(lr))
@@ -107,4 +137,32 @@ def test_loading_an_unregistered_model_names_it(mlflow_uri):
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException, match="nonexistent"):
-        load_model("models:/nonexistent@champion", mlflow_uri)
+        load_registered_model("models:/nonexistent@champion", mlflow_uri)
+
+
+def test_registered_version_describes_its_alias():
+    assert (
+        RegisteredVersion("ttvsr", "3", True, "3", 30.0).describe() == "registered models:/ttvsr/3 (champion)"
+    )
+    stays = RegisteredVersion("ttvsr", "4", False, "3", 30.0)
+    assert stays.describe() == "registered models:/ttvsr/4 (champion stays v3)"
+    assert (
+        RegisteredVersion("ttvsr", "5", False, None, None, alias=None).describe()
+        == "registered models:/ttvsr/5"
+    )
+
+
+@pytest.mark.parametrize("name", ["it's", 'say "hi"', "plain"])
+def test_a_run_name_with_quotes_is_found_again(mlflow_uri, name):
+    first = RunTracker.start(resolve_tracking_uri(mlflow_uri), "quotes", name)
+    assert find_run(resolve_tracking_uri(mlflow_uri), "quotes", name) == first.run_id
+    assert RunTracker.start(resolve_tracking_uri(mlflow_uri), "quotes", name).run_id == first.run_id
+
+
+def test_a_run_name_with_both_quotes_is_a_config_error():
+    from pipelines.common.config import load_config
+    from pipelines.common.errors import ConfigError
+    from pipelines.training.experiment import TTVSRExperiment
+
+    with pytest.raises(ConfigError, match="both quote characters"):
+        load_config(TTVSRExperiment, None, ['run.name="a\'b\\"c"'])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -17,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.config import load_config
-from pipelines.experiment import TTVSRExperiment
-from pipelines.tracking import RunTracker, find_run, load_model, mlflow_client
-from pipelines.train import run_training
+from pipelines.common.config import load_config
+from pipelines.tracking import RunTracker, find_run, mlflow_client
+from pipelines.tracking import load_registered_model as load_model
+from pipelines.training.driver import run_training
+from pipelines.training.experiment import TTVSRExperiment
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
 
 pytestmark = pytest.mark.slow
@@ -74,6 +76,19 @@ class RecordWeights:
         node = ray.get_runtime_context().get_node_id()
         with open(Path(self.folder) / f"rank{rank}.txt", "a") as file:
             file.write(f"{iteration} {digest.hexdigest()} {node}\n")
+
+
+@dataclasses.dataclass
+class WreckWeightsAt:
+    """Add unit Gaussian noise to every weight at ``iteration``: every later validation is far worse."""
+
+    iteration: int
+
+    def __call__(self, iteration, model, rank):
+        if iteration == self.iteration:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(torch.randn_like(parameter))
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +165,13 @@ def test_training_end_to_end_logs_validation_and_registers_a_loadable_champion(
     assert run.data.params["optim.spynet_lr_mult"] == "0.125"
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
     assert {"config.yaml", "dataset", "images"} <= artifacts
+    # lineage: the prepared dataset is the run's input, identified by its manifest's digest
+    (dataset_input,) = run.inputs.dataset_inputs
+    manifest_digest = hashlib.sha256((tiny_dataset / "manifest.json").read_bytes()).hexdigest()
+    assert dataset_input.dataset.digest == manifest_digest[:32]
+    assert json.loads(dataset_input.dataset.profile)["clips"] == 3
+    # system metrics of the (one) node, from its first worker
+    assert any(key.startswith("system/node0/cpu_utilization_percentage") for key in run.data.metrics)
 
     assert summary.registered is not None and summary.registered.is_champion
     model = load_model(f"models:/{cfg.tracking.registered_model}@champion", summary.tracking_uri)
@@ -169,9 +191,9 @@ def test_training_end_to_end_logs_validation_and_registers_a_loadable_champion(
 def test_evaluate_job_scores_the_registered_champion_like_its_checkpoint(
     stopped_then_resumed, tiny_dataset, capsys
 ):
-    from pipelines.evaluate import evaluate
-    from pipelines.evaluate import load_model as load_any_model
-    from pipelines.evaluate import main as evaluate_main
+    from pipelines.evaluation.job import main as evaluate_main
+    from pipelines.evaluation.scoring import evaluate
+    from pipelines.inference.loading import load_model as load_any_model
 
     cfg, _, summary = stopped_then_resumed
     model_uri = f"models:/{cfg.tracking.registered_model}@champion"
@@ -244,3 +266,36 @@ def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path)
     assert len({r[1] for r in rank0}) == 4  # and they did change every step (SPyNet unfrozen at 2)
     assert rank0[0][2] != rank1[0][2]  # the two workers ran on different nodes
     assert summary.iteration == 4 and summary.val_metrics["psnr"] > 0
+
+
+def test_the_best_checkpoint_is_kept_and_registered_when_a_later_validation_is_worse(tiny_dataset, tmp_path):
+    _pickle_this_module_by_value()
+    cfg = tiny_config(
+        tiny_dataset, tmp_path, "best", "train.checkpoint_every=3", "run.num_to_keep=1", "run.max_failures=0"
+    )
+    summary = run_training(cfg, step_callback=WreckWeightsAt(4))
+
+    tracker = RunTracker.attach(summary.tracking_uri, summary.mlflow_run_id)
+    (_, psnr_3), (_, psnr_6) = tracker.metric_history("val/psnr")
+    assert psnr_6 < psnr_3 - 1  # the wrecked weights validate worse
+    assert (summary.iteration, summary.best_iteration) == (6, 3)
+    assert summary.val_metrics["psnr"] == pytest.approx(psnr_3)
+    # num_to_keep=1 keeps the best by val_psnr, and Ray always keeps the latest to resume from
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()) == [
+        "checkpoint_00000003",
+        "checkpoint_00000006",
+    ]
+    assert Path(summary.best_checkpoint_path).name == "checkpoint_00000003"
+    version = mlflow_client(summary.tracking_uri).get_model_version(
+        cfg.tracking.registered_model, summary.registered.version
+    )
+    assert version.tags["iteration"] == "3" and float(version.tags["val_psnr"]) == pytest.approx(psnr_3)
+    from vsr_models import load_checkpoint
+
+    best = load_checkpoint(Path(summary.best_checkpoint_path) / "model.pt")
+    registered = load_model(
+        f"models:/{cfg.tracking.registered_model}/{summary.registered.version}", summary.tracking_uri
+    )
+    for loaded, expected in zip(registered.state_dict().values(), best.state_dict().values(), strict=True):
+        torch.testing.assert_close(loaded, expected)

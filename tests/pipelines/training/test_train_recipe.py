@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.experiment import OptimSection, ScheduleSection
-from pipelines.train import (
-    CosineRestartFactor,
+from pipelines.training.experiment import OptimSection, ScheduleSection
+from pipelines.training.recipe import CosineRestartFactor, build_optimizer, lr_schedule, set_spynet_trainable
+from pipelines.training.state import (
     TrainingState,
-    build_optimizer,
-    build_scheduler,
     latest_checkpoint_iteration,
     restore_training_checkpoint,
     save_training_checkpoint,
-    set_spynet_trainable,
 )
 from vsr_models import build_model
 from vsr_models.losses import charbonnier_loss
@@ -55,7 +52,7 @@ def test_spynet_group_gets_an_eighth_of_the_lr_and_both_anneal_to_the_same_eta_m
     assert len(network["params"]) + len(spynet["params"]) == len(list(tiny_ttvsr.parameters()))
     assert optimizer.defaults["betas"] == (0.9, 0.99)
 
-    scheduler = build_scheduler(optimizer, ScheduleSection(periods=[4], restart_weights=[1.0], eta_min=1e-7))
+    scheduler = lr_schedule(optimizer, ScheduleSection(periods=[4], restart_weights=[1.0], eta_min=1e-7))
     assert (network["lr"], spynet["lr"]) == pytest.approx((2e-4, 2.5e-5))
     for _ in range(2):
         optimizer.step()
@@ -94,7 +91,7 @@ def test_frozen_spynet_is_not_updated_and_the_rest_is(tiny_ttvsr):
 def test_checkpoint_round_trip_restores_weights_optimizer_schedule_and_rng(tiny_ttvsr, tmp_path):
     optim, schedule = OptimSection(lr=1e-3), ScheduleSection(periods=[10], restart_weights=[1.0])
     optimizer = build_optimizer(tiny_ttvsr, optim)
-    scheduler = build_scheduler(optimizer, schedule)
+    scheduler = lr_schedule(optimizer, schedule)
     lr, gt = torch.rand(1, 2, 3, 64, 64), torch.rand(1, 2, 3, 256, 256)
     for _ in range(3):
         optimizer.zero_grad()
@@ -108,7 +105,7 @@ def test_checkpoint_round_trip_restores_weights_optimizer_schedule_and_rng(tiny_
     torch.manual_seed(123)
     fresh = build_model("ttvsr", **TINY)
     fresh_optimizer = build_optimizer(fresh, optim)
-    fresh_scheduler = build_scheduler(fresh_optimizer, schedule)
+    fresh_scheduler = lr_schedule(fresh_optimizer, schedule)
     restored = restore_training_checkpoint(tmp_path, 0, fresh, fresh_optimizer, fresh_scheduler)
 
     assert restored == state
@@ -126,7 +123,7 @@ def test_checkpoint_round_trip_restores_weights_optimizer_schedule_and_rng(tiny_
 
 def test_a_resumed_run_numbers_its_crop_epochs_past_its_last_checkpoint(tiny_ttvsr, tmp_path):
     optimizer = build_optimizer(tiny_ttvsr, OptimSection())
-    scheduler = build_scheduler(optimizer, ScheduleSection(periods=[10], restart_weights=[1.0]))
+    scheduler = lr_schedule(optimizer, ScheduleSection(periods=[10], restart_weights=[1.0]))
     run_dir = tmp_path / "run"
     assert latest_checkpoint_iteration(run_dir) == 0  # a new run
     for iteration in (4, 8):

@@ -13,25 +13,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import ConfigError, flatten, load_config
-from pipelines.experiment import TTVSRExperiment
+from pipelines.common.config import ConfigError, as_overrides, flatten, load_config
 from pipelines.tracking import mlflow_client
-from pipelines.tune import (
+from pipelines.training.experiment import TTVSRExperiment
+from pipelines.tuning.search import (
     PARENT_RUN_TAG,
     TUNE_EXPERIMENT_TAG,
-    Distribution,
     SearchConfig,
     TrialPlan,
-    as_overrides,
+    asha_scheduler,
     base_experiment,
-    build_scheduler,
     concurrent_trials,
     main,
-    parse_search_space,
     trial_resources,
 )
+from pipelines.tuning.space import Distribution, parse_search_space
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
 SAMPLE_CONFIG = REPO_ROOT / "configs" / "ttvsr_sample.yaml"
 LR_BOUNDS = (1e-4, 1e-2)
@@ -182,20 +180,20 @@ def test_asha_compares_trials_at_validations(tmp_path):
         ["experiment.train.val_every=5", "experiment.train.total_iters=100"],
     )
     base = base_experiment(spec, TTVSRExperiment)
-    asha = build_scheduler(spec, base)
+    asha = asha_scheduler(spec, base)
     assert isinstance(asha, AsyncHyperBandScheduler)
     assert asha._time_attr == "iteration"
     # ASHA keeps no public view of its rungs: (milestone, recorded) tuples at 2 validations x 3^k iterations
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [90, 30, 10]
     assert isinstance(
-        build_scheduler(
+        asha_scheduler(
             load_config(SearchConfig, write_search(tmp_path / "n.yaml", scheduler={"name": "none"})), base
         ),
         FIFOScheduler,
     )
     spec.scheduler.grace_validations = 20
     with pytest.raises(ConfigError, match="leaves no room"):
-        build_scheduler(spec, base)
+        asha_scheduler(spec, base)
 
 
 def test_job_help_lists_its_options():

@@ -1,0 +1,1 @@
+"""Data: sources, degradations, the stored format (schema, manifest), preparation and training ingestion."""

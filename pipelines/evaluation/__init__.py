@@ -1,0 +1,1 @@
+"""Evaluation: scoring models on whole clips against bicubic with the benchmark conventions."""

@@ -1,0 +1,113 @@
+"""``jobs/infer.py``: one video streamed window by window, or a folder of videos on Ray Data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.common.cli import flag_overrides, job_parser, run_job
+from pipelines.common.config import load_config
+from pipelines.common.errors import ConfigError
+from pipelines.common.ray_session import init_ray
+from pipelines.data.video_io import is_frame_folder
+from pipelines.inference.batch import super_resolve_many
+from pipelines.inference.video import InferConfig, check_output, describe, super_resolve_video
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of ``jobs/infer.py``."""
+    parser = job_parser(description, prog="jobs/infer.py")
+    parser.add_argument("input", type=Path, help="video file, folder of frames, or folder of videos")
+    parser.add_argument(
+        "output",
+        type=Path,
+        help=".mkv/.avi (FFV1, lossless), .mp4/.mov (H.264) or a path without suffix (PNG frames); "
+        "for a folder of videos: the output folder",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", help="MLflow model URI (models:/ttvsr@champion) or checkpoint of this project"
+    )
+    source.add_argument("--official", metavar="CKPT", help="authors' released checkpoint (needs --arch)")
+    parser.add_argument("--arch", choices=("ttvsr", "vsrt"), help="architecture of --official")
+    parser.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)"
+    )
+    # Shortcuts for the most used InferConfig fields; --set reaches all of them.
+    parser.add_argument("--tile", type=int, help="LR tile size for spatial tiling (default: whole frames)")
+    parser.add_argument("--chunk", type=int, help="frames per temporal window (default 30)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file, or the frames of an output folder ray-vsr wrote",
+    )
+    parser.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        default=None,
+        help="super-resolve a video that is cut short (the summary says how many frames are missing)",
+    )
+    parser.add_argument(
+        "--scale-check",
+        action="store_true",
+        help="decode the output afterwards and check it has every frame at 4x the input size",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--num-workers", type=int, default=1, help="actors for a folder of videos")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0, help="GPUs per actor for a folder of videos"
+    )
+    parser.add_argument("--address", help="Ray cluster address for a folder of videos (default: local)")
+    parser.add_argument("--suffix", default=".mp4", help="output suffix for a folder of videos ('' for PNG)")
+    return parser
+
+
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """Command-line entry of ``jobs/infer.py``: one video streamed, or a folder of videos on Ray Data."""
+    args = build_parser(description).parse_args(argv)
+
+    def body() -> None:
+        if args.official and not args.arch:
+            raise ConfigError("--official needs --arch ttvsr|vsrt")
+        shortcuts = {
+            "tile": args.tile,
+            "chunk": args.chunk,
+            "device": args.device,
+            "allow_truncated": args.allow_truncated,
+        }
+        config = load_config(InferConfig, args.config, [*args.overrides, *flag_overrides(shortcuts)])
+        model = args.model or args.official
+        if args.input.is_dir() and not is_frame_folder(args.input):
+            init_ray(args.address)
+            summaries = super_resolve_many(
+                args.input,
+                args.output,
+                model,
+                args.num_workers,
+                config=config,
+                suffix=args.suffix,
+                num_gpus_per_worker=args.gpus_per_worker,
+                overwrite=args.overwrite,
+                arch=args.arch,
+                tracking_uri=args.mlflow_uri,
+            )
+        else:
+            summaries = [
+                super_resolve_video(
+                    model,
+                    args.input,
+                    args.output,
+                    **vars(config),
+                    progress=not args.quiet,
+                    overwrite=args.overwrite,
+                    arch=args.arch,
+                    tracking_uri=args.mlflow_uri,
+                )
+            ]
+        for summary in summaries:
+            if args.scale_check:
+                check_output(summary)
+            print(describe(summary))
+
+    return run_job(body)

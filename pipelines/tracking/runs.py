@@ -1,0 +1,301 @@
+"""MLflow runs: where they are stored, and one run found or created by its name.
+
+- :func:`resolve_tracking_uri`: ``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, else an embedded
+  SQLite store ``sqlite:///mlflow.db`` whose artifacts go to ``mlartifacts/`` beside the database.
+  SQLite paths are made absolute so Ray workers in another folder write to the same store.
+- :class:`RunTracker`: one MLflow run found or created by its run name (re-running a name continues
+  the same run). Only Ray Train's rank 0 holds an active tracker; other ranks get an inactive one
+  whose methods do nothing, so the training loop has no ``if rank == 0`` around logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ARTIFACT_DIR_NAME = "mlartifacts"
+_SQLITE_PREFIX = "sqlite:///"
+# MLflow's log_batch accepts at most 100 params per call.
+_PARAMS_PER_BATCH = 100
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use, with a relative SQLite path made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith(_SQLITE_PREFIX):
+        db = Path(uri[len(_SQLITE_PREFIX) :]).expanduser().resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"{_SQLITE_PREFIX}{db}"
+    return uri
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where an embedded (SQLite) store keeps artifacts: ``mlartifacts/`` beside the database file.
+
+    ``None`` for a tracking server, which decides itself (``mlflow server --artifacts-destination``).
+    """
+    if tracking_uri.startswith(_SQLITE_PREFIX):
+        return str(Path(tracking_uri[len(_SQLITE_PREFIX) :]).parent / ARTIFACT_DIR_NAME)
+    return None
+
+
+def mlflow_client(tracking_uri: str):
+    """An ``MlflowClient`` whose tracking and registry stores are both ``tracking_uri``.
+
+    ``MlflowClient(uri)`` alone takes the registry from process-global state (``mlflow.set_registry_uri``),
+    which may point at another store.
+    """
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a string literal of an MLflow search filter (which has no escape for its quote)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    from pipelines.common.errors import ConfigError
+
+    raise ConfigError(f"name {value!r} holds both quote characters, which MLflow cannot search for; drop one")
+
+
+def find_run(tracking_uri: str, experiment: str, run_name: str) -> str | None:
+    """The id of the newest run named ``run_name`` in ``experiment``, or None."""
+    client = mlflow_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"attributes.run_name = {filter_literal(run_name)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+class RunTracker:
+    """Logs to one MLflow run; an inactive tracker (``run_id=None``) ignores every call.
+
+    Built in the driver with :meth:`start`, then re-attached inside the rank-0 worker with
+    :meth:`attach` from the run id alone, so no MLflow state crosses process boundaries.
+    """
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._client = mlflow_client(tracking_uri) if run_id else None
+
+    @property
+    def active(self) -> bool:
+        return self._client is not None
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None):
+        """The run named ``run_name`` in ``experiment``, created if there is none (the newest if several)."""
+        client = mlflow_client(tracking_uri)
+        run_id = find_run(tracking_uri, experiment, run_name)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return cls(tracking_uri, run_id)
+        experiment_id = _experiment_id(client, tracking_uri, experiment)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+        return cls(tracking_uri, run_id)
+
+    @classmethod
+    def attach(cls, tracking_uri: str, run_id: str, active: bool = True) -> RunTracker:
+        """A tracker for an existing run; ``active=False`` (ranks other than 0) gives a no-op tracker."""
+        return cls(tracking_uri, run_id if active else None)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params not logged before (MLflow params are immutable: a resumed run keeps its first values)."""
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        logged = self._client.get_run(self.run_id).data.params
+        new = [Param(k, _param_text(v)) for k, v in params.items() if k not in logged]
+        for start in range(0, len(new), _PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, params=new[start : start + _PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        self._client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, str(value))
+
+    def tags(self) -> dict[str, str]:
+        return dict(self._client.get_run(self.run_id).data.tags) if self.active else {}
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.active:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        if self.active:
+            self._client.log_dict(self.run_id, data, artifact_file)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """A ``(h, w, 3)`` uint8 image as a PNG, browsable per step in the MLflow UI."""
+        if self.active:
+            self._client.log_image(self.run_id, image, key=key, step=step)
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        """``[(step, value), ...]`` of one metric, in logging order."""
+        if not self.active:
+            return []
+        return [(m.step, m.value) for m in self._client.get_metric_history(self.run_id, key)]
+
+    def log_dataset(
+        self, name: str, digest: str, source: str, profile: Mapping[str, Any], context: str = "training"
+    ) -> None:
+        """Record a prepared dataset as an input of the run (MLflow's dataset lineage, shown in the UI)."""
+        if not self.active:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source_type = source.split("://", 1)[0] if "://" in source else "local"
+        dataset = Dataset(name, digest, source_type, json.dumps({"uri": source}), profile=json.dumps(profile))
+        self._client.log_inputs(
+            self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        )
+
+    @contextlib.contextmanager
+    def system_metrics(self, node_id: str, interval: float = 10.0) -> Iterator[None]:
+        """Log this machine's CPU, memory, disk, network (and GPU with nvidia-ml-py) to the run meanwhile,
+        as ``system/<node_id>/...`` every ``interval`` seconds. Does nothing for an inactive tracker."""
+        if not self.active:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=interval,
+            resume_logging=True,  # a resumed run continues its steps
+            node_id=node_id,
+            tracking_uri=self.tracking_uri,
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        if self.active:
+            self._client.set_terminated(self.run_id, status=status)
+
+
+def _experiment_id(client: Any, tracking_uri: str, experiment: str) -> str:
+    """The id of ``experiment``, created (with the store's artifact root) if there is none."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(experiment, artifact_location=artifact_root(tracking_uri))
+
+
+def _param_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+
+
+# -- evaluation runs (pipelines.evaluation.job) -----------------------------------------------------------
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""The tag the MLflow UI nests a run under (here: an evaluation under the training run it scores)."""
+SOURCE_RUN_TAG = "source_run_id"
+
+
+def resolve_model_version(tracking_uri: str, model_uri: str) -> dict[str, str] | None:
+    """``models:/name@alias`` or ``models:/name/<n>`` -> its registered version, or None for any other URI.
+
+    Returns ``{"name", "version", "uri"}`` (``uri``: ``models:/name/<n>``, pinned so the alias cannot
+    move meanwhile) and, when the version has one, ``"source_run_id"``: the training run it came from
+    (its ``mlflow_run_id`` tag, which training and ``register_checkpoint`` set, else the run that logged
+    it). Raises ``MlflowException`` for a name, version or alias the registry does not hold.
+    """
+    prefix = "models:/"
+    if not model_uri.startswith(prefix):
+        return None
+    parts = model_uri[len(prefix) :].rstrip("/").split("/")
+    client = mlflow_client(tracking_uri)
+    if len(parts) == 1 and "@" in parts[0]:
+        name, alias = parts[0].rsplit("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif len(parts) == 2 and parts[1].isdigit():
+        version = client.get_model_version(parts[0], parts[1])
+    else:  # models:/<logged model id>, models:/name/<stage>: no single registered version to tag
+        return None
+    found = {
+        "name": version.name,
+        "version": str(version.version),
+        "uri": f"{prefix}{version.name}/{version.version}",
+    }
+    source_run = (version.tags or {}).get("mlflow_run_id") or version.run_id
+    if source_run:
+        found["source_run_id"] = str(source_run)
+    return found
+
+
+def set_model_version_tags(tracking_uri: str, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set (or replace) tags of one registered model version."""
+    client = mlflow_client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def log_evaluation(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    tags: Mapping[str, Any],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    texts: Mapping[str, str],
+) -> str:
+    """A new, finished MLflow run in ``experiment`` holding one evaluation; returns its id.
+
+    Every call creates a run (re-evaluating the same model and data is a new run, not a continued one:
+    params are immutable, and the model behind an alias may have changed). ``texts`` maps artifact file
+    names (``per_clip.csv``) to their contents; metrics are logged at step 0. A ``mlflow.parentRunId``
+    tag in ``tags`` makes the UI show the run under that (training) run.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = mlflow_client(uri)
+    experiment_id = _experiment_id(client, uri, experiment)
+    run_id = client.create_run(
+        experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+    ).info.run_id
+    tracker = RunTracker(uri, run_id)
+    try:
+        tracker.log_params(params)
+        tracker.log_metrics(metrics, step=0)
+        for artifact_file, text in texts.items():
+            client.log_text(run_id, text, artifact_file)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return run_id

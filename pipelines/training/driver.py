@@ -1,0 +1,305 @@
+"""Training TTVSR and VSR-Transformer on Ray Train: the driver side (``jobs/train_ttvsr.py``, ``train_vsrt.py``).
+
+:func:`run_training` checks the prepared dataset, finds or creates the MLflow run named ``run.name``,
+starts a :class:`ray.train.torch.TorchTrainer` (DDP: NCCL on GPUs, gloo on CPUs) running
+:func:`pipelines.training.loop.train_loop_per_worker` and, when training ends, registers the final
+network, moving the ``champion`` alias to it if its validation PSNR is the best so far
+(:mod:`pipelines.tracking`).
+
+Checkpoints go through ``ray.train.report`` to ``<storage_path>/<name>/checkpoint_<iteration>``
+(:mod:`pipelines.training.state`). A failed worker is replaced and the loop resumes from the last
+checkpoint (``FailureConfig.max_failures``); a stopped run started again with the same name resumes
+likewise and keeps logging to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.common.cli import run_job
+from pipelines.common.config import config_to_dict, flatten
+from pipelines.common.errors import ConfigError, DataError
+from pipelines.common.files import sha256_file
+from pipelines.common.ray_session import init_ray
+from pipelines.data.ingest import CropSpec, train_dataset
+from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset
+from pipelines.tracking import (
+    RegisteredVersion,
+    RunTracker,
+    example_input,
+    register_model,
+    resolve_tracking_uri,
+)
+from pipelines.training.experiment import (
+    Experiment,
+    experiment_from_args,
+    experiment_parser,
+    resolve_paths,
+)
+from pipelines.training.loop import SCORE_METRIC, UNVALIDATED, StepCallback, train_loop_per_worker
+from pipelines.training.state import (
+    MODEL_FILE,
+    check_checkpoints,
+    latest_checkpoint_iteration,
+    read_training_state,
+)
+from vsr_models import get_family, load_checkpoint
+
+REGISTERED_ITERATION_TAG = "registered_iteration"
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What one call of :func:`run_training` produced."""
+
+    run_name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    iteration: int
+    checkpoint_path: str
+    val_metrics: dict[str, float]
+    registered: RegisteredVersion | None  # None when this iteration was registered before
+    best_iteration: int = 0  # of the checkpoint with the best validation PSNR (what is registered)
+    best_checkpoint_path: str = ""
+
+    def describe(self) -> str:
+        lines = [
+            f"run {self.run_name}: {self.iteration} iterations, checkpoint {self.checkpoint_path}",
+            f"best validation at iteration {self.best_iteration}: {self.best_checkpoint_path}",
+            f"MLflow run {self.mlflow_run_id} in {self.tracking_uri}",
+        ]
+        if self.val_metrics:
+            lines.append(
+                f"best validation PSNR {self.val_metrics['psnr']:.2f} dB / SSIM {self.val_metrics['ssim']:.4f} "
+                f"(bicubic {self.val_metrics['bicubic_psnr']:.2f} dB / {self.val_metrics['bicubic_ssim']:.4f})"
+            )
+        if self.registered is not None:
+            lines.append(self.registered.describe())
+        return "\n".join(lines)
+
+
+def check_training_inputs(cfg: Experiment, manifest: Manifest) -> None:
+    """Refuse up front what the manifest and the config can tell will fail later (in a worker, after retries).
+
+    The dataset's scale must be the network's; some training clip must hold a ``data.num_frames`` x
+    ``data.lr_patch`` crop, and there must be at least one such clip per worker; the storage path must
+    be a writable folder.
+    """
+    scale = get_family(cfg.arch).scale
+    if manifest.scale != scale:
+        raise DataError(
+            f"{manifest.root} was prepared at x{manifest.scale} but {cfg.arch} upscales x{scale}: prepare the "
+            f"data with --scale {scale}"
+        )
+    clips = manifest.clips(cfg.data.train_split)
+    fitting = [
+        c for c in clips
+        if c["num_frames"] >= cfg.data.num_frames and min(c["lr_size"]) >= cfg.data.lr_patch
+    ]  # fmt: skip
+    if not fitting:
+        longest = max(clips, key=lambda c: (c["num_frames"], min(c["lr_size"])), default=None)
+        found = (
+            f"the longest has {longest['num_frames']} frames of {longest['lr_size']} LR"
+            if longest
+            else "none"
+        )
+        raise DataError(
+            f"no training clip of {manifest.root} (split {cfg.data.train_split}) holds a crop of "
+            f"data.num_frames={cfg.data.num_frames} frames of data.lr_patch={cfg.data.lr_patch} LR pixels "
+            f"({found}); lower data.num_frames / data.lr_patch or prepare longer, larger clips"
+        )
+    if len(fitting) < cfg.scaling.num_workers:
+        raise DataError(
+            f"{len(fitting)} training clips of {manifest.root} fit the crop but scaling.num_workers is "
+            f"{cfg.scaling.num_workers}: every worker needs at least one; use fewer workers or more clips"
+        )
+    storage = cfg.run.storage_path
+    if "://" not in storage:
+        folder = Path(storage)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(
+                f"run.storage_path {storage} is a file, not a folder; choose a folder (--storage-path)"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"run.storage_path {storage} cannot be created ({error}); choose a writable folder"
+            ) from None
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"run.storage_path {storage} is not writable; choose a writable folder")
+
+
+def run_training(
+    cfg: Experiment,
+    *,
+    step_callback: StepCallback | None = None,
+    callbacks: Sequence[Any] = (),
+    register: bool = True,
+) -> TrainingSummary:
+    """Train (or resume) the run ``cfg.run.name`` on Ray Train and register the result in MLflow."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = resolve_paths(cfg)
+    manifest = check_dataset(cfg.data.path, [cfg.data.train_split, cfg.data.val_split])
+    check_training_inputs(cfg, manifest)
+    if "://" not in cfg.run.storage_path:
+        check_checkpoints(Path(cfg.run.storage_path) / cfg.run.name)
+    manifest_file = Path(cfg.data.path) / MANIFEST_NAME
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
+    tracker.log_params(flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": sha256_file(manifest_file)})
+    tracker.log_dict(config_to_dict(cfg), "config.yaml")
+    tracker.log_artifact(manifest_file, "dataset")
+    tracker.log_dataset(
+        name=Path(cfg.data.path).name,
+        digest=sha256_file(manifest_file)[:32],
+        source=cfg.data.path,
+        profile={
+            "clips": len(manifest.clips()),
+            "frames": sum(c["num_frames"] for c in manifest.clips()),
+            "splits": manifest.data["splits"],
+            "scale": manifest.scale,
+            "degradation": manifest.degradation,
+            "source": manifest.data["source"]["path"],
+        },
+    )
+
+    init_ray(cfg.run.address)
+    # Crops are drawn in Ray Data tasks (off the training workers' CPUs), seeded by (seed, epoch, clip).
+    # A resumed run starts its epoch numbering past what it has seen (Ray Data counts from 0 again).
+    first_epoch = latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name)
+    crop = CropSpec(
+        cfg.data.num_frames, cfg.data.lr_patch, cfg.train.seed, True, cfg.data.samples_per_clip, first_epoch
+    )
+    resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
+    # Each epoch is one Ray Data execution with the same plan: do not print it every epoch.
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": cfg,
+            "scale": int(manifest.scale),
+            "mlflow_run_id": tracker.run_id,
+            "tracking_uri": tracking_uri,
+            "step_callback": step_callback,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=cfg.run.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # The best num_to_keep by validation PSNR, and always the latest (to resume from).
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.run.num_to_keep,
+                checkpoint_score_attribute=SCORE_METRIC,
+                checkpoint_score_order="max",
+            ),
+            callbacks=list(callbacks),
+        ),
+        datasets={"train": train_dataset(cfg.data.path, split=cfg.data.train_split, crop=crop, verify=False)},
+    )
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except Exception:
+        tracker.finish("FAILED")
+        raise
+    return register_result(cfg, tracker, best_checkpoint(result), register=register, latest=result.checkpoint)
+
+
+def best_checkpoint(result: Any) -> Any:
+    """The kept checkpoint with the highest validation PSNR (the latest if none was validated)."""
+    scored = [
+        (metrics[SCORE_METRIC], checkpoint)
+        for checkpoint, metrics in (result.best_checkpoints or [])
+        if metrics.get(SCORE_METRIC, UNVALIDATED) > UNVALIDATED
+    ]
+    return max(scored, key=lambda pair: pair[0])[1] if scored else result.checkpoint
+
+
+def validation_lineage(cfg: Experiment) -> dict[str, str]:
+    """What a validation PSNR was measured on: the dataset (its manifest's sha256) and the protocol.
+
+    Recorded as version tags; the champion alias compares only versions whose tags agree
+    (:func:`pipelines.tracking.promote_champion`).
+    """
+    val = cfg.val
+    protocol = {
+        "split": cfg.data.val_split,
+        "channel": val.channel,
+        "crop_border": val.crop_border,
+        "centre_frame_only": val.centre_frame_only,
+        "mirror_times": val.mirror_times,
+        "max_clips": val.max_clips,
+        "max_frames": val.max_frames,
+    }
+    return {
+        "val_dataset": sha256_file(Path(cfg.data.path) / MANIFEST_NAME),
+        "val_protocol": json.dumps(protocol, sort_keys=True),
+    }
+
+
+def register_result(
+    cfg: Experiment, tracker: RunTracker, checkpoint: Any, register: bool = True, latest: Any = None
+) -> TrainingSummary:
+    """Register ``checkpoint``'s network (the best one) unless an earlier call registered that iteration.
+
+    ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs.
+    """
+    if checkpoint is None:
+        raise RuntimeError(f"run {cfg.run.name} finished without a checkpoint under {cfg.run.storage_path}")
+    latest = latest or checkpoint
+    with checkpoint.as_directory() as directory:
+        model = load_checkpoint(Path(directory) / MODEL_FILE)
+        state = read_training_state(Path(directory))
+    with latest.as_directory() as directory:
+        trained = int(read_training_state(Path(directory))["iteration"])
+    iteration, val_metrics = int(state["iteration"]), dict(state["val_metrics"])
+    registered = None
+    if register and tracker.tags().get(REGISTERED_ITERATION_TAG) != str(iteration):
+        registered = register_model(
+            tracker,
+            model,
+            registered_model=cfg.tracking.registered_model,
+            input_example=example_input(model),
+            val_metrics=val_metrics,
+            alias=cfg.tracking.champion_alias,
+            version_tags={
+                "iteration": iteration,
+                "val_channel": cfg.val.channel,
+                "dataset": cfg.data.path,
+                "mlflow_run_id": tracker.run_id,
+                **validation_lineage(cfg),
+            },
+        )
+        tracker.set_tags({REGISTERED_ITERATION_TAG: iteration, "registered_version": registered.version})
+    tracker.finish("FINISHED")
+    return TrainingSummary(
+        run_name=cfg.run.name,
+        mlflow_run_id=tracker.run_id,
+        tracking_uri=tracker.tracking_uri,
+        iteration=trained,
+        checkpoint_path=latest.path,
+        val_metrics=val_metrics,
+        registered=registered,
+        best_iteration=iteration,
+        best_checkpoint_path=checkpoint.path,
+    )
+
+
+def main(cls: type[Experiment], argv: list[str] | None = None, description: str | None = None) -> int:
+    """Command-line entry of ``jobs/train_<arch>.py``: parse, load the config, train, print the summary."""
+    args = experiment_parser(description).parse_args(argv)
+    return run_job(lambda: print(run_training(experiment_from_args(cls, args)).describe()))

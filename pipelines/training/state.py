@@ -1,0 +1,161 @@
+"""Training checkpoints: what a worker saves and restores beside the weights.
+
+A checkpoint folder (``<storage_path>/<run>/checkpoint_<iteration>``) holds ``model.pt``
+(:func:`vsr_models.save_checkpoint`, loadable on its own), ``training_state.pt`` (optimizer,
+LR schedule, iteration, MLflow run id, last validation) and ``rng_rank<r>.pt`` per worker. Checkpoints
+live on shared storage that others can write to, so every file holds tensors and plain Python values
+only and is read with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code
+(``docs/security.md``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from pipelines.common.files import CHECKPOINT_MODEL_FILE, CHECKPOINT_STATE_FILE, atomic_path, load_plain
+from vsr_models import load_checkpoint, save_checkpoint
+
+MODEL_FILE = CHECKPOINT_MODEL_FILE
+STATE_FILE = CHECKPOINT_STATE_FILE
+RNG_FILE = "rng_rank{rank}.pt"
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds beside the weights."""
+
+    iteration: int = 0
+    mlflow_run_id: str | None = None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# -- random number generators as tensors --------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Python's, NumPy's, torch's (and CUDA's) generator states as tensors and numbers only."""
+    version, python_keys, gauss = random.getstate()
+    kind, numpy_keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "keys": torch.tensor(python_keys, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["keys"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- checkpoint folders -------------------------------------------------------------------------------
+
+
+def _load_plain(path: Path) -> Any:
+    return load_plain(path, fix="delete its checkpoint folder to resume from the previous one")
+
+
+def save_training_checkpoint(
+    directory: Path,
+    rank: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    state: TrainingState,
+) -> None:
+    """Write this worker's part of a checkpoint; Ray merges the workers' folders into one."""
+    if rank == 0:
+        save_checkpoint(model, directory / MODEL_FILE, extra={"iteration": state.iteration})
+        with atomic_path(directory / STATE_FILE) as temp:
+            torch.save(
+                {
+                    "iteration": state.iteration,
+                    "mlflow_run_id": state.mlflow_run_id,
+                    "val_metrics": state.val_metrics,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+                temp,
+            )
+    with atomic_path(directory / RNG_FILE.format(rank=rank)) as temp:
+        torch.save(rng_state(), temp)
+
+
+def read_training_state(directory: Path) -> dict[str, Any]:
+    """``training_state.pt`` of a checkpoint folder (plain tensors and Python values only)."""
+    return _load_plain(directory / STATE_FILE)
+
+
+def latest_checkpoint_iteration(run_dir: Path) -> int:
+    """The iteration of the newest complete checkpoint under a run's storage folder (0 if none)."""
+    iterations = [
+        int(read_training_state(state.parent)["iteration"])
+        for state in run_dir.glob(f"checkpoint_*/{STATE_FILE}")
+    ]
+    return max(iterations, default=0)
+
+
+def check_checkpoints(run_dir: Path) -> None:
+    """Load every file of the run's checkpoints as plain data, on the driver, before any worker resumes.
+
+    A doctored or damaged file is one :class:`DataError` here instead of a failure in every worker
+    (and every retry of it). Checkpoints on ``s3://`` and other URIs are checked by the workers only.
+    """
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if not (folder / STATE_FILE).is_file():
+            continue  # not complete: Ray Train never registered it
+        load_checkpoint(folder / MODEL_FILE)
+        for file in sorted(folder.glob("*.pt")):
+            if file.name != MODEL_FILE:
+                _load_plain(file)
+
+
+def restore_training_checkpoint(
+    directory: Path, rank: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
+) -> TrainingState:
+    """Load weights, optimizer, scheduler and this rank's RNG state from a checkpoint folder."""
+    model.load_state_dict(load_checkpoint(directory / MODEL_FILE).state_dict())
+    saved = read_training_state(directory)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng_file = directory / RNG_FILE.format(rank=rank)
+    if rng_file.is_file():  # absent when the run restarts with more workers
+        set_rng_state(_load_plain(rng_file))
+    return TrainingState(saved["iteration"], saved["mlflow_run_id"], dict(saved["val_metrics"]))
