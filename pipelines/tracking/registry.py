@@ -58,9 +58,13 @@ class RegisteredVersion:
 
 
 def _log_version(
-    tracker: RunTracker, model: nn.Module, registered_model: str, input_example: np.ndarray
+    tracker: RunTracker, model: nn.Module, registered_model: str, input_example: np.ndarray, step: int = 0
 ) -> str:
-    """Log ``model`` in the ``ray_vsr`` flavor to the tracker's run and register it; the new version."""
+    """Log ``model`` in the ``ray_vsr`` flavor to the tracker's run and register it; the new version.
+
+    ``step`` (the training iteration of the weights) is the LoggedModel's step: MLflow links the run's
+    metrics at that step to the model.
+    """
     import mlflow
     from mlflow.models import Model
 
@@ -77,6 +81,7 @@ def _log_version(
             model=model,
             signature=signature(input_example),
             input_example=input_example,
+            step=step,
         )
     return str(info.registered_model_version)
 
@@ -108,7 +113,8 @@ def register_model(
             all entries become ``val_<key>`` version tags.
         input_example: ``(1, t, 3, h, w)`` float32 LR frames the model accepts.
     """
-    version = _log_version(tracker, model, registered_model, input_example)
+    step = int((version_tags or {}).get("iteration", 0))
+    version = _log_version(tracker, model, registered_model, input_example, step)
     tags = {f"val_{k}": v for k, v in val_metrics.items()} | dict(version_tags or {})
     _set_version_tags(tracker.tracking_uri, registered_model, version, tags)
     return promote_champion(tracker.tracking_uri, registered_model, version, val_metrics["psnr"], alias)

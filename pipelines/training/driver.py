@@ -252,11 +252,17 @@ def validation_lineage(cfg: Experiment) -> dict[str, str]:
 
 
 def register_result(
-    cfg: Experiment, tracker: RunTracker, checkpoint: Any, register: bool = True, latest: Any = None
+    cfg: Experiment,
+    tracker: RunTracker,
+    checkpoint: Any,
+    register: bool = True,
+    latest: Any = None,
+    val_metrics: dict[str, float] | None = None,
 ) -> TrainingSummary:
     """Register ``checkpoint``'s network (the best one) unless an earlier call registered that iteration.
 
-    ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs.
+    ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs;
+    ``val_metrics`` replace the checkpoint's own validation (a re-score on ``cfg.val``'s protocol).
     """
     if checkpoint is None:
         raise RuntimeError(f"run {cfg.run.name} finished without a checkpoint under {cfg.run.storage_path}")
@@ -266,7 +272,7 @@ def register_result(
         state = read_training_state(Path(directory))
     with latest.as_directory() as directory:
         trained = int(read_training_state(Path(directory))["iteration"])
-    iteration, val_metrics = int(state["iteration"]), dict(state["val_metrics"])
+    iteration, val_metrics = int(state["iteration"]), dict(val_metrics or state["val_metrics"])
     registered = None
     if register and tracker.tags().get(REGISTERED_ITERATION_TAG) != str(iteration):
         registered = register_model(

@@ -278,8 +278,8 @@ def test_each_trial_trains_with_its_own_sampled_lr_and_is_its_own_mlflow_run(two
 
 
 @pytest.mark.slow
-def test_best_trial_has_the_highest_final_psnr_and_is_registered_as_champion(two_trial_search):
-    uri, _, stdout = two_trial_search
+def test_best_trial_has_the_highest_final_psnr_and_is_registered_as_champion(two_trial_search, tiny_dataset):
+    uri, workdir, stdout = two_trial_search
     client = mlflow_client(uri)
     experiment = client.get_experiment_by_name("tune-test")
     children = client.search_runs([experiment.experiment_id], "tags.tune_trial_id != ''")
@@ -294,7 +294,18 @@ def test_best_trial_has_the_highest_final_psnr_and_is_registered_as_champion(two
 
     champion = client.get_model_version_by_alias("ttvsr_tune_test", "champion")
     assert champion.run_id == best_run and str(champion.version) == "1"  # only the best trial was registered
-    assert float(champion.tags["val_psnr"]) == pytest.approx(max(final_psnr.values()))
+    # registered with its score on the whole validation clips (trials validate on capped clips)
+    assert float(client.get_run(best_run).data.tags["trial_val_psnr"]) == pytest.approx(
+        max(final_psnr.values())
+    )
+    assert json.loads(champion.tags["val_protocol"])["max_frames"] is None
+    from pipelines.evaluation.scoring import evaluate
+    from pipelines.inference.loading import load_model as load_any_model
+
+    trial = client.get_run(best_run).info.run_name
+    checkpoint = workdir / "runs" / "lr_search" / "train" / trial / "checkpoint_00000003"
+    full = evaluate(load_any_model(checkpoint), tiny_dataset, channel="rgb")
+    assert float(champion.tags["val_psnr"]) == pytest.approx(full.model.psnr)
 
     # the printed table: one row per trial with its lr and PSNR, then the best config
     for run in children:
