@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from pipelines.common.errors import DataError
 from pipelines.data.degradations import imresize_bicubic
 from pipelines.data.ingest import iter_val_clips
-from vsr_models.frames import mirror_extend
+from vsr_models.frames import float_to_uint8, mirror_extend
 from vsr_models.inference import super_resolve
 from vsr_models.metrics import MetricAggregator, MetricSummary, frame_metrics
 
@@ -134,8 +134,7 @@ def bicubic_upscale(lr: Tensor, scale: int) -> Tensor:
 
 def image_strip(bicubic: Tensor, sr: Tensor, gt: Tensor) -> np.ndarray:
     """``bicubic | output | ground truth`` of one ``(3, H, W)`` frame, side by side: ``(H, 3W, 3)`` uint8."""
-    strip = torch.cat([bicubic, sr, gt], dim=-1).clamp(0, 1)
-    return (strip * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return float_to_uint8(torch.cat([bicubic, sr, gt], dim=-1))
 
 
 def score_clips(
