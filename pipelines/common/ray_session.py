@@ -108,9 +108,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     ``127.0.0.1:PORT`` of a loopback cluster such as infra/local_cluster.sh's).
 
     Starting: with neither, a new local Ray (``address="local"``: never a ``ray start`` cluster that
-    happens to run on this machine) whose every server (GCS, raylet, workers, dashboard agent, metrics
-    exporter) listens on 127.0.0.1 only; no dashboard (Ray Data, Train and Tune do not need it; use
-    infra/local_cluster.sh for one). Raises RuntimeError, with the new Ray shut down again, if Ray did
+    happens to run on this machine) whose every server (GCS, raylet, workers, dashboard and its agent,
+    metrics exporter) listens on 127.0.0.1 only. Raises RuntimeError, with the new Ray shut down again, if Ray did
     not keep the node on loopback.
 
     Args:
@@ -130,7 +129,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         ray.init(
             address="local",
             num_cpus=num_cpus,
-            include_dashboard=False,
+            # The dashboard serves the State API Ray Train's controller polls (without it, every poll
+            # logs a warning); on loopback like everything else.
             dashboard_host=LOOPBACK,
             _node_ip_address=LOOPBACK,
             # Ray's own INFO lines ("Started a local Ray instance") would precede a job's one error line;
