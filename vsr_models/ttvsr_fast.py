@@ -15,8 +15,8 @@ pays on CPU (``BENCHMARKS.md``, "Model speed: fast vs reference path"):
   bit for bit as the reference computes them and every trajectory is the same.
 - **One gather per lookup.** The three value scales sit side by side in one memory, so the selected
   values of all scales are one ``index_select``; the similarity over all key frames on the trajectory
-  is one gather and one batched matrix-vector product (in chunks only when the gathered keys would
-  exceed ``_GATHER_BUDGET`` elements, so memory stays bounded at 180x320 x 100 frames).
+  is a gather of each token's keys side by side and one batched matrix-vector product, in chunks of
+  at most ``_GATHER_BUDGET`` elements (memory stays bounded at 180x320 x 100 frames).
 - **Inference memory**: the token memory is allocated once and filled in place (the reference
   concatenates, copying it at every key frame); a frame is reconstructed as soon as both directions
   have passed it, so propagated features do not pile up; the output is written in place.
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vsr_models.blocks import flow_warp, upsample_base
+from vsr_models.blocks import channels_last_grad, flow_warp, upsample_base
 from vsr_models.frames import is_mirror_extended
 from vsr_models.trajectory import (
     cross_scale_tokens,
@@ -52,10 +52,13 @@ if TYPE_CHECKING:
 
 CHANNELS_LAST = torch.channels_last
 
-_GATHER_BUDGET = 1 << 26
-"""Most key-token elements gathered at once for the similarity search (256 MiB of float32)."""
-_SPYNET_BUDGET = 1 << 21
-"""Most pixels (pairs x padded height x width) SPyNet runs on at once; bounds its activations."""
+_GATHER_BUDGET = 1 << 22
+"""Most key-token elements gathered at once for the similarity search (16 MiB of float32: 8 key frames
+of a 64x64 batch of 2). Larger gathers are no faster, and past glibc's 32 MiB mmap threshold every one
+is fresh memory, page-faulted in: 5x slower at 17 key frames of 64x64 in float32."""
+_SPYNET_BUDGET = 1 << 18
+"""Most pixels (pairs x padded height x width) SPyNet runs on at once (64 pairs of 64x64, 4 of
+180x320): bounds its activations, which at 180x320 x 100 frames would otherwise take gigabytes."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,7 +70,8 @@ def compute_flows(model: TTVSR, lrs: Tensor) -> tuple[Tensor, Tensor]:
     """Same as :meth:`TTVSR.compute_flows`, bit for bit: lrs (n, t, 3, h, w) -> two (n, t-1, 2, h, w).
 
     Both directions' pairs go through SPyNet together, in batches of at most ``_SPYNET_BUDGET``
-    pixels (SPyNet's convolutions give every pair the same bits whatever the batch).
+    pixels and of no more pairs than one direction has (SPyNet's convolutions give every pair the same
+    bits whatever the batch).
     """
     n, t, c, h, w = lrs.shape
     if t < 2:
@@ -78,8 +82,9 @@ def compute_flows(model: TTVSR, lrs: Tensor) -> tuple[Tensor, Tensor]:
     refs, supports = (
         (earlier, later) if mirrored else (torch.cat([earlier, later]), torch.cat([later, earlier]))
     )
+    # never more pairs per call than the reference's one direction, so SPyNet's peak memory is no higher
     padded_pixels = -(-h // 32) * 32 * (-(-w // 32) * 32)
-    batch = max(1, _SPYNET_BUDGET // padded_pixels)
+    batch = max(1, min(_SPYNET_BUDGET // padded_pixels, n * (t - 1)))
     flows = torch.cat(
         [model.spynet(r, s) for r, s in zip(refs.split(batch), supports.split(batch), strict=True)]
     )
@@ -359,7 +364,7 @@ def propagate_both(
 def reconstruct(model: TTVSR, backward: Tensor, feat: Tensor, forward: Tensor, lr: Tensor) -> Tensor:
     """Fusion and x4 head of frames: features (m, c, h, w), lr (m, 3, h, w) -> (m, 3, 4h, 4w)."""
     fused = F.leaky_relu(model.fusion(torch.cat([backward, feat, forward], dim=1)), 0.1)
-    return model.upsample.forward_channels_last(fused) + upsample_base(lr)
+    return channels_last_grad(model.upsample.forward_channels_last(fused)) + upsample_base(lr)
 
 
 def forward_fast(model: TTVSR, lrs: Tensor) -> Tensor:
