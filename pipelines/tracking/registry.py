@@ -20,7 +20,13 @@ from torch import nn
 from pipelines.common.files import CHECKPOINT_STATE_FILE, load_plain, sha256_file
 from pipelines.tracking import flavor
 from pipelines.tracking.flavor import FLAVOR_NAME, MODEL_DATA_FILE, example_input, signature
-from pipelines.tracking.runs import RunTracker, _experiment_id, mlflow_client, resolve_tracking_uri
+from pipelines.tracking.runs import (
+    RunTracker,
+    _experiment_id,
+    mlflow_client,
+    resolve_tracking_uri,
+    set_model_version_tags,
+)
 
 _LOGGED_MODEL_NAME = "model"
 # Version tags that record what the champion comparison is based on.
@@ -86,12 +92,6 @@ def _log_version(
     return str(info.registered_model_version)
 
 
-def _set_version_tags(tracking_uri: str, name: str, version: str, tags: Mapping[str, Any]) -> None:
-    client = mlflow_client(tracking_uri)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-
-
 def register_model(
     tracker: RunTracker,
     model: nn.Module,
@@ -116,7 +116,7 @@ def register_model(
     step = int((version_tags or {}).get("iteration", 0))
     version = _log_version(tracker, model, registered_model, input_example, step)
     tags = {f"val_{k}": v for k, v in val_metrics.items()} | dict(version_tags or {})
-    _set_version_tags(tracker.tracking_uri, registered_model, version, tags)
+    set_model_version_tags(tracker.tracking_uri, registered_model, version, tags)
     return promote_champion(tracker.tracking_uri, registered_model, version, val_metrics["psnr"], alias)
 
 
@@ -208,7 +208,7 @@ def register_checkpoint(
             }
         )
         version = _log_version(tracker, model, registered_model, example_input(model))
-        _set_version_tags(uri, registered_model, version, version_tags)
+        set_model_version_tags(uri, registered_model, version, version_tags)
         if alias is not None:
             client.set_registered_model_alias(registered_model, alias, version)
     except BaseException:
