@@ -128,28 +128,6 @@ class UpsampleHead(nn.Module):
         return self.conv_last(x)
 
 
-class _ChannelsLastGrad(torch.autograd.Function):
-    """Identity forward; backward hands the gradient on in channels_last (see :func:`channels_last_grad`)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last)
-
-
-def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself, but its gradient reaches the ops before it in channels_last.
-
-    Gradients coming back from (c, h, w)-ordered outputs (a stacked video) are (c, h, w)-ordered, and
-    the convolutions before would then run backward in that layout and convert every saved
-    channels_last activation: at a 3-channel output, one small copy here instead.
-    """
-    return _ChannelsLastGrad.apply(x) if x.requires_grad else x
-
-
 def conv_pixel_shuffle(conv: nn.Conv2d, x: torch.Tensor, r: int) -> torch.Tensor:
     """``F.pixel_shuffle(conv(x), r)`` for channels_last ``x``: (n, c_in, h, w) -> (n, c, r*h, r*w).
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vsr_models.blocks import channels_last_grad, flow_warp, upsample_base
+from vsr_models.blocks import flow_warp, upsample_base
 from vsr_models.frames import is_mirror_extended
 from vsr_models.trajectory import (
     cross_scale_tokens,
@@ -200,8 +200,8 @@ def hard_attention_index(keys: Tensor, query: Tensor, rows: Tensor, inside: Tens
     """Eq. 4's argmax: for each query token the trajectory position (of K) whose key is most similar.
 
     keys: (b, R, d) L2-normalised memory; query: (b, P, d) L2-normalised; rows, inside: (b, K, P).
-    The keys of each token's K positions are gathered contiguously, (b, P, K, d), and multiplied with
-    its query in one batched product. Off-map positions read zero keys (similarity 0); ties go to the
+    The keys of each token's K positions are gathered side by side, (b, P, K, d), and multiplied with
+    its query in one batched product, in chunks of key frames of at most ``_GATHER_BUDGET`` elements. Off-map positions read zero keys (similarity 0); ties go to the
     oldest key frame, as in the reference. Returns (b, P) int64 in [0, K).
     """
     b, _, p = rows.shape
@@ -364,7 +364,7 @@ def propagate_both(
 def reconstruct(model: TTVSR, backward: Tensor, feat: Tensor, forward: Tensor, lr: Tensor) -> Tensor:
     """Fusion and x4 head of frames: features (m, c, h, w), lr (m, 3, h, w) -> (m, 3, 4h, 4w)."""
     fused = F.leaky_relu(model.fusion(torch.cat([backward, feat, forward], dim=1)), 0.1)
-    return channels_last_grad(model.upsample.forward_channels_last(fused)) + upsample_base(lr)
+    return model.upsample.forward_channels_last(fused) + upsample_base(lr)
 
 
 def forward_fast(model: TTVSR, lrs: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vsr_models.blocks import channels_last_grad, flow_warp, upsample_base
+from vsr_models.blocks import flow_warp, upsample_base
 
 if TYPE_CHECKING:
     from vsr_models.vsrt import BidirectionalFlowFeedForward, SpatialTemporalConvSelfAttention, VSRTransformer
@@ -119,6 +119,5 @@ def forward_fast(model: VSRTransformer, lr: Tensor) -> Tensor:
         normed = layer_norm(feat, layer.feed_forward_norm).unflatten(0, (n, t))
         feat = feed_forward(layer.feed_forward, normed, lr_cl, flows_backward, flows_forward) + feat
 
-    residual = model.upsample_head.forward_channels_last(model.reconstruction(feat))
-    out = channels_last_grad(residual) + upsample_base(lr_frames)
+    out = model.upsample_head.forward_channels_last(model.reconstruction(feat)) + upsample_base(lr_frames)
     return out.unflatten(0, (n, t)).contiguous()
