@@ -20,6 +20,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 from test_ttvsr import ShiftOracle, translating_clip
+from test_vsrt import TINY as VSRT_TINY
 from torch import Tensor, nn
 
 from vsr_models import get_family, load_checkpoint, save_checkpoint, ttvsr_fast
@@ -29,16 +30,7 @@ from vsr_models.ttvsr import TTVSR, TTVSRConfig
 from vsr_models.vsrt import VSRTConfig, VSRTransformer
 
 TTVSR_SMALL = TTVSRConfig(mid_channels=8, num_extract_blocks=1, num_propagation_blocks=2)
-VSRT_SMALL = VSRTConfig(
-    num_frames=3,
-    mid_channels=8,
-    depth=2,
-    patch_size=4,
-    spatial_size=16,
-    num_extract_blocks=1,
-    num_reconstruct_blocks=1,
-    num_ffn_blocks=1,
-)
+VSRT_SMALL = VSRT_TINY  # the small VSR-Transformer the other tests use
 
 
 def _perturb(model: nn.Module, seed: int) -> nn.Module:
