@@ -2,28 +2,41 @@
 
 Preparation (:mod:`pipelines.data.prepare`) writes it; ingestion, training, tuning and evaluation read it
 through :func:`load_manifest` and :func:`check_dataset` only, so they never depend on how it was made.
+A dataset may live on a local or NFS path or behind any filesystem URI (:mod:`pipelines.common.storage`).
+
+Checking a dataset at the start of a job is fast: the manifest is read and every shard's presence and
+size compared with it. The full check, every shard's sha256 (:func:`verify_shards`), runs when asked
+(``--verify-data``) as parallel Ray tasks, each hashing a group of shards where it runs, never on the driver.
+Preparation itself verifies checksums when it writes a shard and when it resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipelines.common.errors import DataError
-from pipelines.common.files import sha256_file
+from pipelines.common.storage import Location, iter_chunks, resolve, sha256_location
 from pipelines.data.schema import FORMAT_VERSION
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
+VERIFY_SHARDS_PER_TASK = 8  # shards one verification task hashes
 
 
 @dataclass
 class Manifest:
     """A prepared dataset's ``manifest.json`` (format in ``docs/data_format.md``)."""
 
-    root: Path
+    location: Location
     data: dict
+    sha256: str  # of the manifest's bytes: identifies this version of the dataset
+
+    @property
+    def root(self) -> str:
+        """The dataset's path or URI, for messages."""
+        return self.location.uri
 
     @property
     def scale(self) -> int:
@@ -43,69 +56,128 @@ class Manifest:
     def shards(self, split: str | None = None) -> list[dict]:
         return [s for s in self.data["shards"] if split is None or s["split"] == split]
 
-    def shard_paths(self, split: str) -> list[Path]:
-        """Absolute paths of the split's shards; a missing split is a DataError listing the others."""
+    def shard_locations(self, split: str) -> list[Location]:
+        """The split's shard files; a missing split is a DataError listing the others."""
         if split not in self.data["splits"]:
             raise DataError(
                 f"{self.root}: no split '{split}' in this prepared dataset (splits: {', '.join(self.splits)})"
             )
-        return [self.root / s["path"] for s in self.shards(split)]
+        return [self.location.join(s["path"]) for s in self.shards(split)]
+
+    def shard_paths(self, split: str) -> list[str]:
+        """The split's shard paths on :attr:`filesystem` (local paths for a local dataset)."""
+        return [location.path for location in self.shard_locations(split)]
+
+    @property
+    def filesystem(self):
+        return self.location.fs
 
 
-def load_manifest(data_dir: str | Path, verify: bool = True) -> Manifest:
-    """Read ``manifest.json``; with ``verify`` refuse any shard whose sha256 differs from the manifest's."""
-    root = Path(data_dir).expanduser().resolve()
-    path = root / MANIFEST_NAME
-    if not path.is_file():
+def _fix(root: str) -> str:
+    return (
+        f"Re-run prepare with the same --output {root} to rewrite it, or delete {root} and prepare again."
+    )
+
+
+def load_manifest(data_dir, verify: bool = False) -> Manifest:
+    """Read ``manifest.json`` and check every shard is there with its size (fast).
+
+    ``verify`` also compares every shard's sha256 with the manifest (:func:`verify_shards`).
+    """
+    location = resolve(data_dir)
+    root = location.uri
+    manifest_file = location.join(MANIFEST_NAME)
+    if not manifest_file.is_file():
         raise DataError(
             f"{root}: no {MANIFEST_NAME}: not a prepared dataset, or its preparation did not finish. "
             f"Run `python jobs/prepare_data.py --output {root} ...` (re-running resumes)."
         )
     try:
-        data = json.loads(path.read_text())
+        raw = manifest_file.read_bytes()
+        data = json.loads(raw)
     except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DataError(
-            f"{path}: does not read as a manifest ({type(error).__name__}: {error}); the file is damaged. "
-            f"Re-run `python jobs/prepare_data.py --output {root} ...` with the original source to rewrite it"
+            f"{manifest_file.uri}: does not read as a manifest ({type(error).__name__}: {error}); the file is "
+            f"damaged. Re-run `python jobs/prepare_data.py --output {root} ...` with the original source to "
+            "rewrite it"
         ) from None
     if not isinstance(data, dict) or not {"shards", "clips", "splits", "scale"} <= data.keys():
         raise DataError(
-            f"{path}: not a ray-vsr manifest (missing shards / clips / splits / scale); prepare the dataset "
-            f"again with `python jobs/prepare_data.py --output {root} ...`"
+            f"{manifest_file.uri}: not a ray-vsr manifest (missing shards / clips / splits / scale); prepare "
+            f"the dataset again with `python jobs/prepare_data.py --output {root} ...`"
         )
     if data.get("format_version") != FORMAT_VERSION:
         raise DataError(
-            f"{path}: format version {data.get('format_version')} but this code reads {FORMAT_VERSION}; "
-            "prepare the dataset again"
+            f"{manifest_file.uri}: format version {data.get('format_version')} but this code reads "
+            f"{FORMAT_VERSION}; prepare the dataset again"
         )
+    manifest = Manifest(location, data, hashlib.sha256(raw).hexdigest())
+    _check_shard_sizes(manifest)
     if verify:
-        for shard in data["shards"]:
-            file = root / shard["path"]
-            if not file.is_file():
-                raise DataError(
-                    f"{file}: shard listed in the manifest is missing. Re-run prepare with the same "
-                    f"--output {root} to rewrite it, or delete {root} and prepare again."
-                )
-            if sha256_file(file) != shard["sha256"]:
-                raise DataError(
-                    f"{file}: sha256 does not match the manifest (the shard is corrupt or was changed). "
-                    f"Re-run prepare with the same --output {root} to rewrite it, or delete {root} and "
-                    "prepare again."
-                )
-    return Manifest(root, data)
+        verify_shards(manifest)
+    return manifest
 
 
-def check_dataset(data_dir: str | Path, splits: list[str]) -> Manifest:
-    """The dataset's manifest, or a :class:`DataError` naming the command that prepares it / the splits it has."""
-    manifest_file = Path(data_dir) / MANIFEST_NAME
-    if not manifest_file.is_file():
+def _check_shard_sizes(manifest: Manifest) -> None:
+    """Every shard the manifest lists exists with the size it lists: one listing call per dataset."""
+    shards = manifest.data["shards"]
+    if not shards:
+        return
+    infos = manifest.filesystem.get_file_info([manifest.location.join(s["path"]).path for s in shards])
+    for shard, info in zip(shards, infos, strict=True):
+        uri = manifest.location.join(shard["path"]).uri
+        if info.size is None or info.type.name != "File":
+            raise DataError(f"{uri}: shard listed in the manifest is missing. {_fix(manifest.root)}")
+        if info.size != shard["bytes"]:
+            raise DataError(
+                f"{uri}: {info.size} bytes but the manifest lists {shard['bytes']} (the shard is cut short or "
+                f"was changed). {_fix(manifest.root)}"
+            )
+
+
+def hash_shards(root_uri: str, paths: list[str]) -> list[str]:
+    """sha256 of each shard ``paths`` (relative to the dataset); runs in a Ray task, or here without Ray."""
+    root = resolve(root_uri)
+    return [sha256_location(root.join(path)) for path in paths]
+
+
+def verify_shards(manifest: Manifest) -> None:
+    """Compare every shard's sha256 with the manifest; the first mismatch is a :class:`DataError`.
+
+    With Ray running, groups of :data:`VERIFY_SHARDS_PER_TASK` shards are hashed in parallel Ray tasks
+    (spread over the cluster; each reads its shards from the dataset's storage); without Ray, here.
+    """
+    import ray
+
+    shards = manifest.data["shards"]
+    groups = list(iter_chunks([s["path"] for s in shards], VERIFY_SHARDS_PER_TASK))
+    if ray.is_initialized():
+        task = ray.remote(hash_shards).options(num_cpus=1, scheduling_strategy="SPREAD", name="verify shards")
+        digests = ray.get([task.remote(manifest.root, group) for group in groups])
+    else:
+        digests = [hash_shards(manifest.root, group) for group in groups]
+    for shard, digest in zip(shards, [d for group in digests for d in group], strict=True):
+        if digest != shard["sha256"]:
+            raise DataError(
+                f"{manifest.location.join(shard['path']).uri}: sha256 does not match the manifest (the shard is "
+                f"corrupt or was changed). {_fix(manifest.root)}"
+            )
+
+
+def check_dataset(data_dir, splits: list[str], verify: bool = False) -> Manifest:
+    """The dataset's manifest, or a :class:`DataError` naming the command that prepares it / the splits it has.
+
+    Fast by default (manifest, shard presence and sizes); ``verify`` adds every shard's checksum.
+    """
+    location = resolve(data_dir)
+    if not location.join(MANIFEST_NAME).is_file():
         raise DataError(
             f"no prepared dataset at {data_dir} (no {MANIFEST_NAME}). Prepare it first, e.g. "
             f"`python jobs/prepare_data.py --dataset sample --output {data_dir}` for the built-in sample, or "
             f"`python jobs/prepare_data.py --source <your data> --output {data_dir}`; "
             "then point data.path at it (--set data.path=...)"
         )
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(location, verify=verify)
     for split in splits:
         if split not in manifest.splits:
             raise DataError(

@@ -3,8 +3,7 @@
 A prepared dataset (``docs/data_format.md``) is a folder of Parquet shards, one row per clip. Frames are
 lossless uint8 RGB: every frame is its raw ``(h, w, 3)`` C-order byte buffer compressed on its own with
 zstd, so a reader decompresses only the frames it needs (a 50-frame window of a 100-frame clip, the
-centre frame of a septuplet) and the compression work runs in parallel in the Ray tasks that prepare
-the clips rather than in the single process that writes the shards. The frame columns are therefore
+centre frame of a septuplet) and the compression runs in the Ray task that prepares and writes each shard. The frame columns are therefore
 stored with Parquet compression off; every other column uses Parquet's zstd.
 """
 
@@ -57,40 +56,6 @@ READ_COLUMNS = [
     "hr_frames",
     "lr_frames",
 ]
-
-# -- preparation's intermediate batches (between its Ray Data stages, never stored) -----------------
-
-# One decoded clip: the HR frames as raw bytes, or why the clip is quarantined.
-DECODED_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("source", pa.string()),
-        ("frame_start", pa.int32()),
-        ("num_frames", pa.int32()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("frame_names", pa.list_(pa.string())),
-        ("hr_raw", pa.large_binary()),  # (t, h, w, 3) uint8, C order
-        ("warnings", pa.string()),  # JSON list
-        ("error", pa.string()),  # why the clip is quarantined, or ""
-        ("error_input", pa.string()),
-    ]
-)
-
-
-# One degraded clip: the stored row plus what the preparation report needs.
-REPORT_FIELDS = [
-    pa.field("shard", pa.string()),
-    pa.field("source_height", pa.int32()),
-    pa.field("source_width", pa.int32()),
-    pa.field("warnings", pa.string()),
-    pa.field("error", pa.string()),
-    pa.field("error_input", pa.string()),
-]
-DEGRADED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + REPORT_FIELDS)
-
 
 # Arguments for pyarrow.parquet.ParquetWriter: one clip per row group (written one at a time), zstd on
 # the small columns, none on the frames (already zstd), no dictionary for the frame bytes.

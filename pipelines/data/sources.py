@@ -12,8 +12,9 @@ Layouts understood (``layout='auto'`` detects them, in this order):
 - ``frames``: one folder of frames, a single clip.
 - ``videos``: video files (mp4, avi, mkv, mov, webm), the folder's tree or one file; decoded with decord.
 
-Discovery (this module's :func:`discover`) runs in the driver and only reads image headers and file
-sizes; decoding (:func:`decode_frame_clip`, :func:`probe_video`, :func:`decode_video_clip`) runs inside
+Discovery (:func:`discover`) lists folders where it is called and hands the clip folders, in
+batches, to :func:`inspect_clip_folders` (frame listing, image headers, file sizes), which preparation
+runs in Ray tasks; decoding (:func:`decode_frame_clip`, :func:`probe_video`, :func:`decode_video_clip`) runs inside
 Ray tasks. Every mistake in the dataset's structure is a
 :class:`~pipelines.common.errors.DataError`; a single unreadable input is an ``UnreadableInput`` (a
 ``DataError`` too), which preparation quarantines unless ``strict``.
@@ -199,20 +200,15 @@ def _read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path, str | None]]:
-    """(item id, frame files, clip folder, implied split) for the frame layouts."""
+def _discover_items(root: Path, layout: str) -> list[tuple[str, str, str | None]]:
+    """(item id, clip folder, implied split) for the frame layouts: lists folders, opens no frame file."""
     if layout == "frames":
-        return [(root.name, image_files(root), root, None)]
+        return [(root.name, str(root), None)]
     if layout == "vimeo":
         entries = []
         for list_name, split in (("sep_trainlist.txt", "train"), ("sep_testlist.txt", "val")):
             for rel in _read_list(root / list_name):
-                folder = root / "sequences" / rel
-                if not folder.is_dir():
-                    raise DataError(
-                        f"{folder}: listed in {root / list_name} but missing; restore it or remove the line"
-                    )
-                entries.append((rel.replace("/", "_"), image_files(folder), folder, split))
+                entries.append((rel.replace("/", "_"), str(root / "sequences" / rel), split))
         return entries
     if layout == "reds":
         entries = []
@@ -220,17 +216,42 @@ def _discover_items(root: Path, layout: str) -> list[tuple[str, list[Path], Path
             for folder in _subdirs(clip_root):
                 clip_id = f"{int(folder.name) + offset:03d}" if folder.name.isdigit() else folder.name
                 split = "val" if clip_id in REDS4_CLIPS else "train"
-                entries.append((clip_id, image_files(folder), folder, split))
+                entries.append((clip_id, str(folder), split))
         return entries
     if layout == "folders":
         entries = []
         for folder in _subdirs(root):
             if folder.name in SPLIT_FOLDERS and not image_files(folder):
-                entries.extend((clip.name, image_files(clip), clip, folder.name) for clip in _subdirs(folder))
+                entries.extend((clip.name, str(clip), folder.name) for clip in _subdirs(folder))
             else:
-                entries.append((folder.name, image_files(folder), folder, None))
+                entries.append((folder.name, str(folder), None))
         return entries
     raise AssertionError(layout)
+
+
+def inspect_clip_folders(root: str, candidates: list[tuple[str, str, str | None]]) -> dict:
+    """List the frames of each clip folder and read their headers (runs in a Ray task over a batch).
+
+    Returns ``{'items': [SourceItem], 'quarantined': [Quarantined], 'error': str}``; ``error`` is the first
+    structural mistake (a listed folder missing, mixed frame sizes), which stops the job.
+    """
+    base = Path(root)
+    out: dict = {"items": [], "quarantined": [], "error": ""}
+    for item_id, folder, split in candidates:
+        where = Path(folder)
+        try:
+            if not where.is_dir():
+                raise DataError(f"{where}: listed by the dataset but missing; restore it or remove it from the list")
+            found = _frame_item(item_id, image_files(where), base, where, split)
+        except DataError as err:
+            out["error"] = str(err)
+            return out
+        out["items" if isinstance(found, SourceItem) else "quarantined"].append(found)
+    return out
+
+
+def _inspect_here(root: str, batches: list[list]) -> list[dict]:
+    return [inspect_clip_folders(root, batch) for batch in batches]
 
 
 def check_source(source: str | Path, layout: str = "auto") -> Path:
@@ -243,8 +264,15 @@ def check_source(source: str | Path, layout: str = "auto") -> Path:
     return root
 
 
-def discover(source: str | Path, layout: str = "auto") -> DiscoveredSource:
+INSPECT_BATCH = 512  # clip folders per discovery task
+
+
+def discover(source: str | Path, layout: str = "auto", inspect=_inspect_here) -> DiscoveredSource:
     """List the clips (frame layouts) or video files of ``source``; decode nothing.
+
+    Here only folders are listed; the frames of each clip folder are listed and their headers read by
+    ``inspect(root, batches)``, called with batches of :data:`INSPECT_BATCH` clip folders: in this process
+    by default, in parallel Ray tasks from preparation (:mod:`pipelines.data.prepare.job`).
 
     Raises:
         DataError: missing or empty source, unknown layout, duplicate clip ids, mixed frame sizes in a clip.
@@ -271,9 +299,13 @@ def discover(source: str | Path, layout: str = "auto") -> DiscoveredSource:
                 )
             )
     else:
-        for item_id, frames, folder, split in _discover_items(root, layout):
-            found = _frame_item(item_id, frames, root, folder, split)
-            (quarantined if isinstance(found, Quarantined) else items).append(found)
+        candidates = _discover_items(root, layout)
+        batches = [candidates[i : i + INSPECT_BATCH] for i in range(0, len(candidates), INSPECT_BATCH)]
+        for result in inspect(str(root), batches):
+            if result["error"]:
+                raise DataError(result["error"])
+            items += result["items"]
+            quarantined += result["quarantined"]
     if not items and not quarantined:
         raise DataError(f"{root}: no clips found for layout '{layout}'; check --source and --layout")
     seen: dict[str, str] = {}

@@ -1,47 +1,56 @@
 """Prepare a video dataset for training: decode, degrade and store it as Parquet shards (ARCHITECTURE.md, data flow).
 
-The job runs as one Ray Data pipeline over clips:
+The driver plans; Ray tasks do the work and write straight to the output storage (a local or NFS path,
+or any filesystem URI, :mod:`pipelines.common.storage`):
 
-1. the driver lists the source (:mod:`pipelines.data.sources`) and, for videos, probes each file in a
-   Ray task to learn its length and cut it into clips of ``clip_length`` frames;
-2. splits and shards are assigned deterministically (:mod:`pipelines.data.prepare.plan`);
-3. a decode stage reads the HR frames of one clip, a degrade stage crops, degrades and compresses them
-   (:mod:`pipelines.data.prepare.stages`);
-4. the clips of each shard go into a hidden temporary file, renamed into place and recorded with its
-   sha256 in a done-record beside it (:mod:`pipelines.data.prepare.shards`); ``manifest.json`` is
-   written last (:mod:`pipelines.data.manifest`).
+1. discovery: the driver lists the source's clip folders (or video files); Ray tasks list each folder's
+   frames and read their headers, in batches (:func:`pipelines.data.sources.inspect_clip_folders`), and
+   probe each video (length, size, timing);
+2. the driver assigns splits and cuts clips into shards deterministically (:mod:`pipelines.data.prepare.plan`);
+3. on a re-run, Ray tasks verify the done-records and checksums of the shards already there
+   (:func:`~pipelines.data.prepare.shards.check_shards`); only the others are written again;
+4. one Ray task per shard decodes, degrades, compresses and writes it, hashing it while writing, and
+   returns its small done-record (:func:`~pipelines.data.prepare.shards.write_shard`); tasks are spread
+   over the cluster's nodes and run in any order;
+5. the driver writes ``manifest.json`` from the done-records, last.
 
-Re-running with the same output skips every shard whose done-record matches both the shard's inputs and
-its file's checksum, and rewrites the rest. An unreadable input is quarantined (left out and reported)
-unless ``strict``, which stops the job at the first one. The format is in ``docs/data_format.md``.
+No frame reaches the driver. An unreadable input is quarantined (left out and reported) unless
+``strict``, which stops the job at the first one. An interrupted run (Ctrl-C, a killed driver or node)
+re-run with the same command finishes the dataset with the same shards. Format: ``docs/data_format.md``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.common.cli import flag_overrides, job_parser, run_job
 from pipelines.common.config import load_config
 from pipelines.common.errors import DataError
-from pipelines.common.files import project_version, write_json_atomic
+from pipelines.common.files import project_version
+from pipelines.common.progress import ThroughputReporter
 from pipelines.common.ray_session import init_ray
+from pipelines.common.storage import Location, iter_chunks, resolve
 from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.data.prepare.config import SAMPLE_OUTPUT, SAMPLE_SOURCE, PrepareConfig
 from pipelines.data.prepare.plan import ShardPlan, assign_splits, plan_clips, plan_shards
-from pipelines.data.prepare.shards import ShardWriter, clean_output, completed_record
-from pipelines.data.prepare.stages import (
-    decode_source_stage,
-    degrade_stage,
-    map_with_bounded_retries,
-    prepare_execution,
-    probe_stage,
-)
+from pipelines.data.prepare.shards import STAGES, check_shards, clean_output, write_shard
+from pipelines.data.prepare.stages import probe_videos
 from pipelines.data.schema import FORMAT_VERSION
-from pipelines.data.sources import LAYOUTS, SourceItem, check_source, discover, fingerprint
+from pipelines.data.sources import (
+    CONTENT_FINGERPRINT_LIMIT,
+    LAYOUTS,
+    SourceItem,
+    check_source,
+    discover,
+    fingerprint,
+    inspect_clip_folders,
+)
 
+CHECK_SHARDS_PER_TASK = 16  # done-records (and checksums) one resume-check task verifies
 SUMMARY_LIST_LIMIT = 20  # quarantined inputs / warnings printed in the summary (all are in the manifest)
 
 
@@ -49,7 +58,7 @@ SUMMARY_LIST_LIMIT = 20  # quarantined inputs / warnings printed in the summary 
 class PrepareSummary:
     """What one run did; ``table()`` is the text the job prints at the end."""
 
-    output: Path
+    output: str  # the output folder's path or URI
     clips: int
     frames: int
     bytes: int
@@ -61,6 +70,9 @@ class PrepareSummary:
     warnings: list[dict]
     cropped_clips: int = 0  # clips whose HR frames were cropped to a multiple of the scale
     scale: int = 4
+    shards_by_node: dict[str, int] = field(default_factory=dict)  # node id -> shards it wrote this run
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # task seconds per stage, this run
+    driver_received_bytes: int = 0  # JSON size of everything the write tasks returned to the driver
 
     @property
     def frames_per_s(self) -> float:
@@ -68,11 +80,12 @@ class PrepareSummary:
 
     def table(self) -> str:
         rows = [
-            ("output", str(self.output)),
+            ("output", self.output),
             ("clips", f"{self.clips}"),
             ("frames", f"{self.frames}"),
             ("bytes", f"{self.bytes:,} ({self.bytes / 2**20:.1f} MiB)"),
             ("shards written / skipped", f"{self.shards_written} / {self.shards_skipped}"),
+            ("written on nodes", f"{len(self.shards_by_node)}"),
             ("seconds", f"{self.seconds:.1f}"),
             ("frames/s (this run)", f"{self.frames_per_s:.1f} ({self.frames_processed} frames)"),
             (
@@ -82,6 +95,11 @@ class PrepareSummary:
             ("quarantined inputs", f"{len(self.quarantined)}"),
             ("warnings", f"{len(self.warnings)}"),
         ]
+        if self.frames_processed:
+            per_frame = ", ".join(
+                f"{stage} {1000 * seconds / self.frames_processed:.1f}" for stage, seconds in self.stage_seconds.items()
+            )
+            rows.insert(7, ("ms per frame (task time)", per_frame))
         width = max(len(k) for k, _ in rows)
         lines = [f"{k:<{width}}  {v}" for k, v in rows]
         for label, entries, text in (
@@ -101,24 +119,33 @@ def _resolve_source(cfg: PrepareConfig) -> Path:
         from pipelines.data.sample import render_sample_dataset
 
         return Path(render_sample_dataset(Path(cfg.sample_cache)))
-    return Path(cfg.source)
+    return resolve(cfg.source).local_path
+
+
+def _tasks(fn, name: str, retries: int = 3):
+    import ray
+
+    return ray.remote(fn).options(num_cpus=1, max_retries=retries, scheduling_strategy="SPREAD", name=name)
+
+
+def _inspect_in_tasks(root: str, batches: list[list]) -> list[dict]:
+    """Discovery's per-folder work (frame listing, image headers) in parallel Ray tasks, in batch order."""
+    import ray
+
+    task = _tasks(inspect_clip_folders, "discover clip folders")
+    return ray.get([task.remote(root, batch) for batch in batches])
 
 
 def _probe_videos(items: list[SourceItem], cfg: PrepareConfig):
-    """Probe every video in Ray tasks: {item id: (frames, (h, w), seekable)}, warnings, quarantined."""
-    import ray.data
+    """Probe every video in its own Ray task: {item id: (frames, (h, w), seekable)}, warnings, quarantined.
+
+    One video per task: decord may crash its worker on a bad file, and a retried task repeats only it.
+    """
+    import ray
 
     videos = [i for i in items if i.kind == "video"]
-    if not videos:
-        return {}, [], []
-    items = [{"item_id": v.item_id, "path": v.path} for v in videos]
-    with prepare_execution():  # a Dataset keeps the DataContext it was created under
-        rows = map_with_bounded_retries(
-            ray.data.from_items(items, override_num_blocks=min(len(videos), 256)),
-            probe_stage,
-            cfg.decode_retries,
-            fn_kwargs={},
-        ).take_all()
+    task = _tasks(probe_videos, "probe video", cfg.decode_retries)
+    rows = [r for rs in ray.get([task.remote([{"item_id": v.item_id, "path": v.path}]) for v in videos]) for r in rs]
     by_id = {v.item_id: v for v in videos}
     info, warnings, quarantined = {}, [], []
     for row in rows:
@@ -129,14 +156,14 @@ def _probe_videos(items: list[SourceItem], cfg: PrepareConfig):
             quarantined.append({"input": video.source, "reason": row["error"]})
             continue
         info[row["item_id"]] = (row["num_frames"], (row["height"], row["width"]), row["seekable"])
-        warnings += [{"input": video.source, "message": m} for m in json.loads(row["warnings"])]
+        warnings += [{"input": video.source, "message": m} for m in row["warnings"]]
     return info, warnings, quarantined
 
 
-def _check_output(root: Path, output: Path) -> None:
-    if output == root or root in output.parents:
+def _check_output(root: Path, output: Location) -> None:
+    if output.is_local and (output.local_path == root or root in output.local_path.parents):
         raise DataError(
-            f"{output}: the output folder is inside the source {root}; choose an output outside it"
+            f"{output.uri}: the output folder is inside the source {root}; choose an output outside it"
         )
 
 
@@ -144,13 +171,13 @@ def _check_output(root: Path, output: Path) -> None:
 _IDENTITY = ("degradation", "scale", "clip_length")
 
 
-def _check_replaces_nothing_else(output: Path, source_root: Path, cfg: PrepareConfig) -> None:
+def _check_replaces_nothing_else(output: Location, source_root: Path, cfg: PrepareConfig) -> None:
     """Refuse to replace a dataset in ``output`` made from another source or settings, unless ``overwrite``."""
-    manifest_file = output / MANIFEST_NAME
+    manifest_file = output.join(MANIFEST_NAME)
     if cfg.overwrite or not manifest_file.is_file():
         return
     try:
-        existing = json.loads(manifest_file.read_text())
+        existing = manifest_file.read_json()
         made_from = existing["source"]["path"]
         differences = [
             f"{key} {existing[key]} (this run: {getattr(cfg, key)})"
@@ -159,26 +186,39 @@ def _check_replaces_nothing_else(output: Path, source_root: Path, cfg: PrepareCo
         ]
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(
-            f"{output} holds a {MANIFEST_NAME} that does not read as a prepared dataset; choose another "
+            f"{output.uri} holds a {MANIFEST_NAME} that does not read as a prepared dataset; choose another "
             "--output, or pass --overwrite to replace what is there"
         ) from None
     if made_from != str(source_root):
         differences.insert(0, f"source {made_from} (this run: {source_root})")
     if differences:
         raise DataError(
-            f"{output} holds another prepared dataset ({'; '.join(differences)}): choose another --output, "
+            f"{output.uri} holds another prepared dataset ({'; '.join(differences)}): choose another --output, "
             "or pass --overwrite to replace it"
         )
 
 
-def prepare_dataset(cfg: PrepareConfig) -> PrepareSummary:
-    """Prepare ``cfg.source`` into ``cfg.output`` (Parquet shards + manifest); resumable. Needs Ray."""
+def _source_fingerprint(root: Path, items: list[SourceItem]) -> dict:
+    """The source's fingerprint: from the listed sizes and mtimes, or, for a small source, its bytes (in a task)."""
+    import ray
+
+    files = [f for item in items for f in item.files]
+    if sum(f.size for f in files) > CONTENT_FINGERPRINT_LIMIT:
+        return fingerprint(root, files)  # needs no file access
+    return ray.get(_tasks(fingerprint, "fingerprint source").remote(root, files))
+
+
+def prepare_dataset(cfg: PrepareConfig, progress=None) -> PrepareSummary:
+    """Prepare ``cfg.source`` into ``cfg.output`` (Parquet shards + manifest); resumable. Needs Ray.
+
+    ``progress(done, total)`` is called as shards finish (default: a line on stderr every few seconds).
+    """
     started = time.perf_counter()
     if not cfg.output and cfg.source != SAMPLE_SOURCE:
         raise DataError("no output folder given: pass --output DIR (or set output in the config)")
-    output = Path(cfg.output or SAMPLE_OUTPUT).expanduser().resolve()
+    output = resolve(cfg.output or SAMPLE_OUTPUT)
     source = _resolve_source(cfg)
-    found = discover(source, cfg.layout)
+    found = discover(source, cfg.layout, inspect=_inspect_in_tasks)
     _check_output(found.root, output)
     quarantined = [{"input": q.input, "reason": q.reason} for q in found.quarantined]
     if cfg.strict and quarantined:
@@ -196,84 +236,86 @@ def prepare_dataset(cfg: PrepareConfig) -> PrepareSummary:
         )
 
     _check_replaces_nothing_else(output, found.root, cfg)
-    records = {p.path: completed_record(output, p) for p in plans}
-    todo = [p for p in plans if records[p.path] is None]
-    if todo or not (output / MANIFEST_NAME).is_file():
+    tasks = [plan.as_task() for plan in plans]
+    records = dict(zip((p.path for p in plans), _kept_shards(output, tasks), strict=True))
+    todo = [task for task in tasks if records[task["path"]] is None]
+    if todo or not output.join(MANIFEST_NAME).is_file():
         # The dataset is about to change: it must not look complete until the new manifest is written.
-        (output / MANIFEST_NAME).unlink(missing_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
-    clean_output(output, plans)
-
-    frames_processed = 0
-    if todo:
-        frames_processed = _run_pipeline(todo, cfg, output, records)
+        output.join(MANIFEST_NAME).delete()
+    output.mkdirs()
+    clean_output(output, tasks)
+    run = _write_shards(todo, cfg, output, records, progress or ThroughputReporter("prepare", "shards"))
+    clean_output(output, tasks)  # temporary files of tasks whose worker or node died and were retried
 
     manifest = _manifest(cfg, found, source, plans, records, quarantined, video_warnings)
-    write_json_atomic(output / MANIFEST_NAME, manifest)
+    output.join(MANIFEST_NAME).write_json_atomic(manifest)
     return PrepareSummary(
-        output=output,
+        output=output.uri,
         clips=len(manifest["clips"]),
         frames=sum(c["num_frames"] for c in manifest["clips"]),
         bytes=sum(s["bytes"] for s in manifest["shards"]),
         seconds=time.perf_counter() - started,
-        frames_processed=frames_processed,
+        frames_processed=run["frames"],
         shards_written=len(todo),
         shards_skipped=len(plans) - len(todo),
         quarantined=manifest["quarantined"],
         warnings=manifest["warnings"],
         cropped_clips=len(manifest["crop"]["cropped_clips"]),
         scale=cfg.scale,
+        shards_by_node=dict(run["nodes"]),
+        stage_seconds=run["stages"],
+        driver_received_bytes=run["received"],
     )
 
 
-def _run_pipeline(todo: list[ShardPlan], cfg: PrepareConfig, output: Path, records: dict) -> int:
-    """Decode, degrade and write the shards in ``todo``; fills ``records``; returns frames processed."""
-    import ray.data
+def _kept_shards(output: Location, tasks: list[dict]) -> list[dict | None]:
+    """The done-records of shards already complete (checked in Ray tasks, checksums included), else None."""
+    import ray
 
-    specs = [clip.spec for plan in todo for clip in plan.clips]
-    shard_of = {clip.clip_id: plan for plan in todo for clip in plan.clips}
-    writers: dict[str, ShardWriter] = {}
-    frames = 0
+    if not output.join("shards").is_dir():
+        return [None] * len(tasks)
+    check = _tasks(check_shards, "check prepared shards")
+    groups = list(iter_chunks([{k: t[k] for k in ("path", "record_path", "key")} for t in tasks], CHECK_SHARDS_PER_TASK))
+    return [record for group in ray.get([check.remote(output.uri, g) for g in groups]) for record in group]
+
+
+def _write_shards(todo: list[dict], cfg: PrepareConfig, output: Location, records: dict, progress) -> dict:
+    """One Ray task per shard in ``todo``, collected as they finish; fills ``records``.
+
+    Returns the frames processed, the shards each node wrote, task seconds per stage and the bytes the
+    driver received. Under ``strict`` the first unreadable input cancels the remaining tasks.
+    """
+    import ray
+
+    run = {"frames": 0, "nodes": Counter(), "stages": dict.fromkeys(STAGES, 0.0), "received": 0}
+    if not todo:
+        return run
+    settings = {"degradation": cfg.degradation, "scale": cfg.scale, "zstd_level": cfg.zstd_level, "strict": cfg.strict}
+    task = _tasks(write_shard, "write shard", cfg.decode_retries)
+    pending = {task.remote(output.uri, plan, settings): plan for plan in todo}
+    done = 0
     try:
-        with prepare_execution():
-            ds = map_with_bounded_retries(
-                ray.data.from_items(specs, override_num_blocks=min(len(specs), 2000)),
-                decode_source_stage,
-                cfg.decode_retries,
-                fn_kwargs={},
-            ).map_batches(
-                degrade_stage,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_kwargs={
-                    "degradation": cfg.degradation,
-                    "scale": cfg.scale,
-                    "zstd_level": cfg.zstd_level,
-                },
-                num_cpus=1,
-            )
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                # Frames stay in Arrow buffers from the task's output to the file.
-                scalars = batch.drop_columns(["hr_frames", "lr_frames"]).to_pylist()
-                for i, row in enumerate(scalars):
-                    if row["error"] and cfg.strict:
-                        failed = row["error_input"] or row["source"]
-                        raise DataError(
-                            f"{failed}: {row['error']} (--strict stops at the first unreadable input)"
-                        )
-                    plan = shard_of[row["clip_id"]]
-                    writer = writers.setdefault(plan.path, ShardWriter(output, plan))
-                    writer.add(row, batch.slice(i, 1))
-                    frames += row["num_frames"]
-                    if writer.complete:
-                        records[plan.path] = writer.finish()
-                        del writers[plan.path]
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            plan = pending.pop(finished[0])
+            result = ray.get(finished[0])
+            run["received"] += len(json.dumps(result))
+            if "strict_error" in result:
+                failed = result["strict_error"]
+                raise DataError(
+                    f"{failed['input']}: {failed['reason']} (--strict stops at the first unreadable input)"
+                )
+            records[plan["path"]] = {k: v for k, v in result.items() if k not in ("node", "timings", "frames")}
+            run["frames"] += result["frames"]
+            run["nodes"][result["node"]] += 1
+            for stage, seconds in result["timings"].items():
+                run["stages"][stage] += seconds
+            done += 1
+            progress(done, len(todo))
     finally:
-        for writer in writers.values():
-            writer.abort()
-    if writers:
-        raise RuntimeError(f"the pipeline ended before these shards were complete: {sorted(writers)}")
-    return frames
+        for ref in pending:
+            ray.cancel(ref, force=False)
+    return run
 
 
 def _manifest(cfg, found, source: Path, plans, records, quarantined, video_warnings) -> dict:
@@ -299,7 +341,6 @@ def _manifest(cfg, found, source: Path, plans, records, quarantined, video_warni
         entry = splits.setdefault(clip["split"], {"clips": 0, "frames": 0})
         entry["clips"] += 1
         entry["frames"] += clip["num_frames"]
-    all_files = [f for item in found.items for f in item.files]
     return {
         "format_version": FORMAT_VERSION,
         "project_version": project_version(),
@@ -308,7 +349,7 @@ def _manifest(cfg, found, source: Path, plans, records, quarantined, video_warni
             "path": str(found.root),
             "requested": cfg.source,
             "layout": found.layout,
-            "fingerprint": fingerprint(found.root, all_files),
+            "fingerprint": _source_fingerprint(found.root, found.items),
         },
         "degradation": cfg.degradation,
         "scale": cfg.scale,
@@ -330,10 +371,6 @@ def _manifest(cfg, found, source: Path, plans, records, quarantined, video_warni
 # command line (jobs/prepare_data.py)
 
 
-# ----------------------------------------------------------------------------------------------------
-# command line (jobs/prepare_data.py)
-
-
 def build_parser(description: str | None = None):
     parser = job_parser(description)
     source = parser.add_mutually_exclusive_group()
@@ -342,7 +379,11 @@ def build_parser(description: str | None = None):
         "--dataset", choices=[SAMPLE_SOURCE], help="render and prepare the bundled sample dataset"
     )
     parser.add_argument("--layout", choices=LAYOUTS, help="source layout (default: auto)")
-    parser.add_argument("--output", help=f"prepared dataset folder (sample dataset: {SAMPLE_OUTPUT})")
+    parser.add_argument(
+        "--output",
+        help=f"prepared dataset folder: a path (NFS on a cluster) or a URI such as s3://bucket/reds_bi "
+        f"(sample dataset: {SAMPLE_OUTPUT})",
+    )
     parser.add_argument("--degradation", choices=["BI", "BD"], help="LR degradation (default: BI)")
     parser.add_argument("--scale", type=int, help="downscaling factor (default: 4)")
     parser.add_argument(

@@ -51,6 +51,16 @@ class ShardPlan:
     def record_path(self) -> str:
         return self.path.removesuffix(".parquet") + ".done.json"
 
+    def as_task(self) -> dict:
+        """What the shard's Ray task needs (:func:`pipelines.data.prepare.shards.write_shard`): plain values."""
+        return {
+            "path": self.path,
+            "record_path": self.record_path,
+            "key": self.key,
+            "split": self.split,
+            "clips": [clip.spec for clip in self.clips],
+        }
+
 
 def assign_splits(items: list[SourceItem], splits: SplitConfig) -> dict[str, str]:
     """Map every source item id to its split (see :class:`SplitConfig`)."""

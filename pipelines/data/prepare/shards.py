@@ -1,75 +1,62 @@
-"""Shard files: written under a hidden temporary name, renamed into place, then recorded.
+"""Shard files, written by the Ray task that prepares their clips, straight to the output storage.
 
-A shard's done-record (``part-NNNNN.done.json`` beside it) holds the plan's key, the file's sha256 and
-size and what went into it; a re-run keeps a shard only when its record matches both the plan and the
-file on disk (:func:`completed_record`).
+:func:`write_shard` runs in one Ray task per shard: it decodes, degrades and compresses the shard's
+clips one at a time, writes them as row groups of a Parquet file under a hidden temporary name while
+hashing the bytes on their way out, moves the file to its real name and then writes its done-record
+(``part-NNNNN.done.json``) beside it. It returns the record (clip metadata, checksum, timings, which
+node wrote it) to the driver; frames never leave the task.
+
+A record is the only proof a shard is complete: a re-run keeps a shard when its record matches the
+shard's plan and the file's size and sha256 (:func:`check_shards`, also in Ray tasks), and deletes
+leftover temporary files (:func:`clean_output`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import time
 
 import pyarrow as pa
 
-from pipelines.common.files import TEMP_MARKER, sha256_file, temp_path_for, write_json_atomic
+from pipelines.common.errors import UnreadableInput
+from pipelines.common.files import TEMP_MARKER
+from pipelines.common.storage import HashingWriter, Location, resolve, sha256_location
 from pipelines.data.manifest import SHARDS_DIR
-from pipelines.data.prepare.plan import ShardPlan
+from pipelines.data.prepare.stages import compress_clip, decode_clip, degrade_clip
 from pipelines.data.schema import CLIP_SCHEMA, PARQUET_WRITER_OPTIONS
+
+STAGES = ("decode", "degrade", "compress", "write")  # per-stage seconds in every returned record
 
 
 class ShardWriter:
-    """Collects one shard's clips in a hidden temporary file; ``finish`` renames it and records it."""
+    """One shard's Parquet file: a hidden temporary file hashed while written, moved into place by ``finish``."""
 
-    def __init__(self, output: Path, plan: ShardPlan):
+    def __init__(self, output: Location, plan: dict):
         self.output = output
         self.plan = plan
-        self.final = output / plan.path
-        self.temp = temp_path_for(self.final)
-        self.pending = {c.clip_id for c in plan.clips}
-        self.writer = None
+        self.final = output.join(plan["path"])
+        self.temp = self.final.temp_sibling()
+        self._stream = None
+        self._hashing: HashingWriter | None = None
+        self._writer = None
         self.clips: list[dict] = []
         self.quarantined: list[dict] = []
         self.warnings: list[dict] = []
 
-    def add(self, row: dict, clip: pa.Table) -> None:
-        """Add one clip: ``row`` its scalar fields, ``clip`` its one-row table (frames included)."""
+    def add(self, row: dict) -> None:
+        """Write one clip (``row`` has every :data:`CLIP_SCHEMA` column) as its own row group."""
         import pyarrow.parquet as pq
 
-        self.pending.discard(row["clip_id"])
-        for message in json.loads(row["warnings"]):
-            self.warnings.append({"input": row["source"], "clip_id": row["clip_id"], "message": message})
-        if row["error"]:
-            self.quarantined.append({"input": row["error_input"] or row["source"], "reason": row["error"]})
-            return
-        if self.writer is None:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.temp, CLIP_SCHEMA, **PARQUET_WRITER_OPTIONS)
-        self.writer.write_table(clip.select(CLIP_SCHEMA.names).cast(CLIP_SCHEMA))  # one row group
-        self.clips.append(
-            {
-                "clip_id": row["clip_id"],
-                "split": row["split"],
-                "shard": self.plan.path,
-                "source": row["source"],
-                "frame_start": row["frame_start"],
-                "num_frames": row["num_frames"],
-                "hr_size": [row["hr_height"], row["hr_width"]],
-                "lr_size": [row["lr_height"], row["lr_width"]],
-                "source_size": [row["source_height"], row["source_width"]],
-                "cropped": [row["source_height"], row["source_width"]] != [row["hr_height"], row["hr_width"]],
-            }
-        )
-
-    @property
-    def complete(self) -> bool:
-        return not self.pending
+        if self._writer is None:
+            self.final.parent.mkdirs()
+            self._stream = self.output.fs.open_output_stream(self.temp.path)
+            self._hashing = HashingWriter(self._stream)
+            self._writer = pq.ParquetWriter(self._hashing, CLIP_SCHEMA, **PARQUET_WRITER_OPTIONS)
+        self._writer.write_table(pa.Table.from_pylist([row], schema=CLIP_SCHEMA))
 
     def finish(self) -> dict:
-        """Rename the finished file into place, then write its done-record; returns the record."""
+        """Close and move the file into place, then write its done-record; returns the record."""
         record = {
-            "key": self.plan.key,
+            "key": self.plan["key"],
             "path": None,
             "rows": len(self.clips),
             "bytes": 0,
@@ -78,56 +65,138 @@ class ShardWriter:
             "quarantined": self.quarantined,
             "warnings": self.warnings,
         }
-        if self.writer is not None:
-            self.writer.close()
-            with self.temp.open("rb") as f:
-                os.fsync(f.fileno())
-            record |= {"path": self.plan.path, "bytes": self.temp.stat().st_size}
-            record["sha256"] = sha256_file(self.temp)
-            os.replace(self.temp, self.final)
-        write_json_atomic(self.output / self.plan.record_path, record)
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+            if self.output.is_local:
+                import os
+
+                with open(self.temp.path, "rb") as f:
+                    os.fsync(f.fileno())
+            record |= {"path": self.plan["path"], "bytes": self._hashing.size, "sha256": self._hashing.sha256}
+            self.output.fs.move(self.temp.path, self.final.path)
+        self.output.join(self.plan["record_path"]).write_json_atomic(record)
         return record
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.temp.unlink(missing_ok=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+        self.temp.delete()
 
 
-def completed_record(output: Path, plan: ShardPlan) -> dict | None:
-    """The shard's done-record if it matches the plan and the file on disk, else None (rewrite it)."""
-    record_path = output / plan.record_path
-    if not record_path.is_file():
-        return None
+def _clip_record(spec: dict, hr_shape, lr_shape, source_shape) -> dict:
+    return {
+        "clip_id": spec["clip_id"],
+        "split": spec["split"],
+        "shard": spec["shard"],
+        "source": spec["source"],
+        "frame_start": spec["frame_start"],
+        "num_frames": hr_shape[0],
+        "hr_size": list(hr_shape[1:3]),
+        "lr_size": list(lr_shape[1:3]),
+        "source_size": list(source_shape[1:3]),
+        "cropped": list(source_shape[1:3]) != list(hr_shape[1:3]),
+    }
+
+
+def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
+    """Prepare and write one shard (a Ray task); returns its done-record plus ``node``, ``timings``, ``frames``.
+
+    ``settings``: ``degradation``, ``scale``, ``zstd_level``, ``strict``. Under ``strict`` the first
+    unreadable input ends the task with nothing written and the record's ``strict_error`` set.
+    """
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    timings = dict.fromkeys(STAGES, 0.0)
+    writer = ShardWriter(resolve(output_uri), plan)
+    frames = 0
     try:
-        record = json.loads(record_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        for spec in plan["clips"]:
+            started = time.perf_counter()
+            try:
+                decoded = decode_clip(spec)
+                decoded_at = time.perf_counter()
+                hr, lr = degrade_clip(decoded.frames, settings["degradation"], settings["scale"])
+            except UnreadableInput as err:
+                entry = {"input": err.path or spec["source"], "reason": err.reason}
+                if settings["strict"]:
+                    writer.abort()
+                    return {"strict_error": entry, "node": node}
+                writer.quarantined.append(entry)
+                continue
+            degraded_at = time.perf_counter()
+            hr_frames, lr_frames = compress_clip(hr, lr, settings["zstd_level"])
+            compressed_at = time.perf_counter()
+            writer.warnings += [
+                {"input": spec["source"], "clip_id": spec["clip_id"], "message": m} for m in decoded.warnings
+            ]
+            writer.add(
+                {k: spec[k] for k in ("clip_id", "split", "source", "frame_start")}
+                | {
+                    "num_frames": len(hr),
+                    "scale": settings["scale"],
+                    "hr_height": hr.shape[1],
+                    "hr_width": hr.shape[2],
+                    "lr_height": lr.shape[1],
+                    "lr_width": lr.shape[2],
+                    "frame_names": decoded.names,
+                    "hr_frames": hr_frames,
+                    "lr_frames": lr_frames,
+                }
+            )
+            writer.clips.append(_clip_record(spec, hr.shape, lr.shape, decoded.frames.shape))
+            frames += len(hr)
+            done = time.perf_counter()
+            for stage, seconds in zip(
+                STAGES,
+                (decoded_at - started, degraded_at - decoded_at, compressed_at - degraded_at, done - compressed_at),
+                strict=True,
+            ):
+                timings[stage] += seconds
+        started = time.perf_counter()
+        record = writer.finish()
+        timings["write"] += time.perf_counter() - started
+    except BaseException:
+        writer.abort()
+        raise
+    return record | {"node": node, "timings": timings, "frames": frames}
+
+
+def _valid_record(output: Location, plan: dict) -> dict | None:
+    record_file = output.join(plan["record_path"])
+    try:
+        record = record_file.read_json()
+    except (OSError, ValueError, FileNotFoundError):
         return None
-    if record.get("key") != plan.key:
+    if not isinstance(record, dict) or record.get("key") != plan["key"]:
         return None
     if record.get("path") is None:
-        return record if not (output / plan.path).exists() else None
-    shard = output / record["path"]
-    if (
-        not shard.is_file()
-        or shard.stat().st_size != record["bytes"]
-        or sha256_file(shard) != record["sha256"]
-    ):
+        return record if not output.join(plan["path"]).is_file() else None
+    shard = output.join(record["path"])
+    if shard.size() != record["bytes"] or sha256_location(shard) != record["sha256"]:
         return None
     return record
 
 
-def clean_output(output: Path, plans: list[ShardPlan]) -> None:
-    """Delete temporary files of interrupted runs and shards no longer in the plan."""
-    shards_dir = output / SHARDS_DIR
-    if not shards_dir.is_dir():
-        return
-    wanted = {p.path for p in plans} | {p.record_path for p in plans}
-    for path in shards_dir.rglob("*"):
-        if not path.is_file():
-            continue
-        rel = str(path.relative_to(output))
-        stale_temp = TEMP_MARKER in path.name and path.name.startswith(".")
-        orphan = path.name.startswith("part-") and rel not in wanted
+def check_shards(output_uri: str, plans: list[dict]) -> list[dict | None]:
+    """For each shard plan, its done-record if the record matches the plan and the file's sha256, else None.
+
+    Runs in a Ray task over a group of shards: this is where a resumed run verifies what it keeps.
+    """
+    output = resolve(output_uri)
+    return [_valid_record(output, plan) for plan in plans]
+
+
+def clean_output(output: Location, plans: list[dict]) -> None:
+    """Delete temporary files of interrupted runs and shards no longer in the plan (one listing)."""
+    wanted = {p["path"] for p in plans} | {p["record_path"] for p in plans}
+    shards_dir = output.join(SHARDS_DIR)
+    prefix = output.path.rstrip("/") + "/"
+    for info in shards_dir.list_files():
+        rel = info.path.removeprefix(prefix)
+        stale_temp = TEMP_MARKER in info.base_name and info.base_name.startswith(".")
+        orphan = info.base_name.startswith("part-") and rel not in wanted
         if stale_temp or orphan:
-            path.unlink()
+            output.fs.delete_file(info.path)

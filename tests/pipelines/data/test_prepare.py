@@ -115,7 +115,9 @@ def test_changed_source_rewrites_its_shard(ray_local, frame_dataset, tmp_path):
     assert (summary.shards_written, summary.shards_skipped) == (1, 3)
 
 
-def test_load_manifest_refuses_a_corrupted_shard(ray_local, frame_dataset, tmp_path):
+def test_verify_refuses_a_corrupted_shard_and_the_fast_check_a_cut_or_missing_one(
+    ray_local, frame_dataset, tmp_path
+):
     out = tmp_path / "prepared"
     cfg = _config(frame_dataset, out)
     prepare_dataset(cfg)
@@ -123,11 +125,19 @@ def test_load_manifest_refuses_a_corrupted_shard(ray_local, frame_dataset, tmp_p
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
+    load_manifest(out)  # the fast start check sees the right size: only the checksums can tell
     with pytest.raises(DataError, match="sha256 does not match") as err:
-        load_manifest(out)
+        load_manifest(out, verify=True)  # hashed in Ray tasks
     assert str(shard) in str(err.value) and "Re-run prepare with the same --output" in str(err.value)
     assert prepare_dataset(cfg).shards_written == 1  # the done-record no longer matches the file
-    load_manifest(out)
+    load_manifest(out, verify=True)
+
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(DataError, match="bytes but the manifest lists"):
+        load_manifest(out)
+    shard.unlink()
+    with pytest.raises(DataError, match="shard listed in the manifest is missing"):
+        load_manifest(out)
 
 
 def test_corrupt_png_is_quarantined_and_strict_stops(ray_local, frame_dataset, tmp_path):
