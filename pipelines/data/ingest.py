@@ -1,4 +1,4 @@
-"""Training and validation ingestion of prepared datasets (ARCHITECTURE.md, data flow 5).
+"""Training and validation ingestion of prepared datasets (ARCHITECTURE.md, data flow 4).
 
 Training samples follow the released TTVSR recipe (``docs/models.md#training-recipes``): a random window of
 ``num_frames`` consecutive frames, a random ``lr_patch`` x ``lr_patch`` LR crop with the HR crop
@@ -6,19 +6,23 @@ Training samples follow the released TTVSR recipe (``docs/models.md#training-rec
 temporal reverse, each with probability 0.5 and always the same for LR and HR. On request the
 sequence is mirror-extended (``[x, reversed x]``) as the recurrent models are fed Vimeo-90K septuplets.
 
+The training dataset is a *sampling plan*: row ``i`` is epoch ``first_epoch + i // n`` and the clip at
+position ``i % n`` of that epoch's shuffled order (``n`` clips). Its Ray Data stage reads that clip's row
+group from its shard (any filesystem the dataset lives on) and draws ``samples_per_clip`` crops. The
+plan covers as many epochs as the run needs (``CropSpec.epochs``), so the pipeline starts once per run
+rather than once per epoch, and the epoch is data this project owns rather than a counter inside Ray.
+
 Randomness is a function of ``(seed, epoch, clip id, draw)`` only, so a sample does not depend on which
 worker received its clip, on the number of workers, or on the order Ray Data delivers clips in. That
 lets the crops run in two places with identical results:
 
-- in Ray Data, before the training workers (``train_dataset(..., crop=CropSpec(...))``): the epoch is
-  the dataset's execution index, which Ray Data increments each time the dataset is iterated anew
-  (``DataContext._execution_idx``); the workers receive small crops and only collate them;
-- in the worker (``train_dataset(...)`` without ``crop``): the worker receives whole decoded clips and
-  :func:`make_train_batch_iterator` crops them, counting epochs itself.
+- in Ray Data, before the training workers (``train_dataset(..., crop=CropSpec(...))``): the workers
+  receive small crops, collated by ``iter_torch_batches`` and placed on the worker's device;
+- in the worker (``train_dataset(..., whole_clips=CropSpec(...))``): the worker receives whole decoded
+  clips and :func:`make_train_batch_iterator` crops them with the same draws (the reference).
 
-The first moves less data to the workers (a crop instead of a whole clip) and spreads the decoding over
-the cluster, so it is what training should use; the second keeps ``train_dataset(data_dir)`` usable
-on its own and is the reference the first is tested against.
+The first moves less data to the workers and spreads the decoding over the cluster, so it is what
+training uses.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ import itertools
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import Manifest, load_manifest
 from pipelines.data.schema import READ_COLUMNS, decode_frames
 from vsr_models.frames import mirror_extend, uint8_to_float
 
@@ -48,9 +52,20 @@ class CropSpec:
     seed: int = 0
     augment: bool = True  # flips, transpose, temporal reverse (each p=0.5)
     samples_per_clip: int = 1  # crops drawn from each clip per epoch
-    # Number of the first epoch. A resumed run passes the iteration it resumes from: a run has seen at
-    # most one epoch per iteration, so its new epochs draw crops it has not drawn before.
+    # Number of the first epoch. A resumed run passes the number of samples it has consumed: every
+    # epoch holds at least one sample, so its new epochs draw crops it has not drawn before.
     first_epoch: int = 0
+    epochs: int = 1  # epochs in one pass of the sampling plan (one Ray Data execution)
+    shuffle_seed: int | None = 0  # the clip order of each epoch; None: clip id order every epoch
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "lr_patch", "samples_per_clip", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CropSpec.{name} must be at least 1, got {getattr(self, name)}")
+
+    def epochs_for(self, samples: int, clips: int) -> int:
+        """Epochs a pass needs so that ``clips`` clips give at least ``samples`` samples."""
+        return max(1, -(-samples // max(1, clips * self.samples_per_clip)))
 
 
 def sample_rng(seed: int, epoch: int, clip_id: str, draw: int) -> np.random.Generator:
@@ -127,84 +142,126 @@ def _rows(table: pa.Table) -> Iterator[tuple[dict, pa.Array, pa.Array]]:
         yield row, table["lr_frames"][i].values, table["hr_frames"][i].values
 
 
+@dataclass(frozen=True)
+class PlanClip:
+    """Where one clip of the sampling plan is stored: its shard (path on the dataset's filesystem) and row group."""
+
+    clip_id: str
+    shard: str
+    row_group: int
+
+
+def plan_clips(manifest: Manifest, split: str) -> list[PlanClip]:
+    """The split's clips in id order, with their row groups (one clip per row group, in the shard's order)."""
+    manifest.shard_locations(split)  # a split the dataset lacks is a DataError naming the others
+    clips = [
+        PlanClip(clip_id, manifest.location.join(shard["path"]).path, index)
+        for shard in manifest.shards(split)
+        for index, clip_id in enumerate(shard["clips"])
+    ]
+    if not clips:
+        raise DataError(f"{manifest.root}: split '{split}' has no shards (every input was quarantined?)")
+    return sorted(clips, key=lambda c: c.clip_id)
+
+
+def epoch_order(num_clips: int, epoch: int, shuffle_seed: int | None) -> np.ndarray:
+    """The clip positions of one epoch, in the order the plan visits them."""
+    if shuffle_seed is None:
+        return np.arange(num_clips)
+    return np.random.default_rng([shuffle_seed, epoch, 7]).permutation(num_clips)
+
+
+def plan_row(index: int, num_clips: int, spec: CropSpec) -> tuple[int, int]:
+    """``(epoch, clip position)`` of row ``index`` of the sampling plan."""
+    epoch, position = divmod(index, num_clips)
+    epoch += spec.first_epoch
+    return epoch, int(epoch_order(num_clips, epoch, spec.shuffle_seed)[position])
+
+
+def _read_clip(filesystem, clip: PlanClip) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    with filesystem.open_input_file(clip.shard) as f:
+        table = pq.ParquetFile(f).read_row_group(clip.row_group, columns=READ_COLUMNS)
+    if table.num_rows != 1 or table["clip_id"][0].as_py() != clip.clip_id:
+        raise DataError(
+            f"{clip.shard}: row group {clip.row_group} is not clip {clip.clip_id} as the manifest says; the "
+            "shard was changed after preparation: prepare the dataset again"
+        )
+    return table
+
+
 def _empty_crops(spec: CropSpec, scale: int) -> dict:
     t, p = spec.num_frames, spec.lr_patch
     return {
         "clip_id": np.array([], dtype=object),
+        "epoch": np.array([], dtype=np.int64),
         "lr": np.empty((0, t, p, p, 3), np.uint8),
         "gt": np.empty((0, t, p * scale, p * scale, 3), np.uint8),
     }
 
 
-def _crop_stage(table: pa.Table, spec: CropSpec, scale: int) -> dict:
-    """Ray Data stage: crops of every clip in the batch, seeded with the dataset's execution index."""
-    from ray.data import DataContext
-
-    # Ray Data counts the completed executions of a dataset; each training epoch is one execution.
-    epoch = spec.first_epoch + getattr(DataContext.get_current(), "_execution_idx", 0)
-    ids, lrs, gts = [], [], []
-    for row, lr_frames, hr_frames in _rows(table):
+def _crop_stage(batch: dict, clips: list[PlanClip], filesystem, spec: CropSpec, scale: int) -> dict:
+    """Ray Data stage over plan rows: read each row's clip and draw its crops for the row's epoch."""
+    ids, epochs, lrs, gts = [], [], [], []
+    for index in batch["id"]:
+        epoch, position = plan_row(int(index), len(clips), spec)
+        clip = clips[position]
+        ((row, lr_frames, hr_frames),) = list(_rows(_read_clip(filesystem, clip)))
         for draw in range(spec.samples_per_clip):
-            sample = crop_clip(
-                row, lr_frames, hr_frames, sample_rng(spec.seed, epoch, row["clip_id"], draw), spec, scale
-            )
+            rng = sample_rng(spec.seed, epoch, row["clip_id"], draw)
+            sample = crop_clip(row, lr_frames, hr_frames, rng, spec, scale)
             if sample is not None:
                 ids.append(row["clip_id"])
+                epochs.append(epoch)
                 lrs.append(sample[0])
                 gts.append(sample[1])
     if not ids:
         return _empty_crops(spec, scale)
-    return {"clip_id": np.array(ids, dtype=object), "lr": np.stack(lrs), "gt": np.stack(gts)}
+    return {"clip_id": np.array(ids, dtype=object), "epoch": np.array(epochs), "lr": np.stack(lrs), "gt": np.stack(gts)}
 
 
-def _decode_shard_stage(table: pa.Table) -> dict:
-    """Ray Data stage: whole clips, decoded to ``(t, h, w, 3)`` uint8 (one clip per batch)."""
-    ((row, lr_frames, hr_frames),) = list(_rows(table))
+def _decode_clip_stage(batch: dict, clips: list[PlanClip], filesystem, spec: CropSpec) -> dict:
+    """Ray Data stage over plan rows: the row's whole clip, decoded to ``(t, h, w, 3)`` uint8 (one row)."""
+    (index,) = batch["id"]
+    epoch, position = plan_row(int(index), len(clips), spec)
+    ((row, lr_frames, hr_frames),) = list(_rows(_read_clip(filesystem, clips[position])))
     return {
         "clip_id": np.array([row["clip_id"]], dtype=object),
-        "num_frames": np.array([row["num_frames"]]),
-        "lr_height": np.array([row["lr_height"]]),
-        "lr_width": np.array([row["lr_width"]]),
-        "hr_height": np.array([row["hr_height"]]),
-        "hr_width": np.array([row["hr_width"]]),
+        "epoch": np.array([epoch]),
+        **{k: np.array([row[k]]) for k in ("num_frames", "lr_height", "lr_width", "hr_height", "hr_width")},
         "lr": decode_frames(lr_frames, row["lr_height"], row["lr_width"])[None],
         "gt": decode_frames(hr_frames, row["hr_height"], row["hr_width"])[None],
     }
 
 
 def train_dataset(
-    data_dir: str | Path,
+    data_dir,
     split: str = "train",
     *,
     crop: CropSpec | None = None,
-    verify: bool = True,
-    shuffle_seed: int | None = 0,
+    whole_clips: CropSpec | None = None,
+    verify: bool = False,
 ):
-    """A Ray Dataset of the split's training samples (``crop`` given) or whole decoded clips.
+    """A Ray Dataset of the split's training samples (``crop``) or whole decoded clips (``whole_clips``).
 
-    Rows have ``clip_id`` and uint8 ``lr (t, h, w, 3)`` / ``gt (t, H, W, 3)``; with ``crop`` they are
-    already cropped and augmented. Shard files are read in a new order every epoch
-    (``shuffle_seed`` None: not reproducible). Pass it to ``TorchTrainer(datasets={"train": ...})`` and
-    call :func:`make_train_batch_iterator` on ``ray.train.get_dataset_shard("train")``.
+    Both follow the sampling plan of the spec given (module docstring): rows carry ``clip_id``, ``epoch``
+    and uint8 ``lr (t, h, w, 3)`` / ``gt (t, H, W, 3)``; with ``crop`` they are already cropped and
+    augmented. Pass it to ``TorchTrainer(datasets={"train": ...})`` and call
+    :func:`make_train_batch_iterator` on ``ray.train.get_dataset_shard("train")``.
     """
     import ray.data
-    from ray.data import FileShuffleConfig
 
+    if (crop is None) == (whole_clips is None):
+        raise ValueError("train_dataset: pass exactly one of crop= (samples) or whole_clips= (decoded clips)")
+    spec = crop or whole_clips
     manifest = load_manifest(data_dir, verify=verify)
-    paths = [str(p) for p in manifest.shard_paths(split)]
-    if not paths:
-        raise DataError(f"{manifest.root}: split '{split}' has no shards (every input was quarantined?)")
-    shuffle = (
-        FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-        if shuffle_seed is not None
-        else None
-    )
-    ds = ray.data.read_parquet(paths, columns=READ_COLUMNS, shuffle=shuffle)
+    clips = plan_clips(manifest, split)
+    rows = ray.data.range(len(clips) * spec.epochs, override_num_blocks=min(len(clips) * spec.epochs, 200))
+    common = {"clips": clips, "filesystem": manifest.filesystem, "spec": spec}
     if crop is None:
-        return ds.map_batches(_decode_shard_stage, batch_size=1, batch_format="pyarrow")
-    return ds.map_batches(
-        _crop_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": crop, "scale": manifest.scale}
-    )
+        return rows.map_batches(_decode_clip_stage, batch_size=1, fn_kwargs=common)
+    return rows.map_batches(_crop_stage, batch_size=1, fn_kwargs=common | {"scale": manifest.scale})
 
 
 def _worker_rank() -> int:
@@ -214,6 +271,41 @@ def _worker_rank() -> int:
         return ray.train.get_context().get_world_rank()
     except Exception:  # not inside a Ray Train worker
         return 0
+
+
+class _CropCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate: a batch of crops -> uint8 tensors ``(n, t, h, w, 3)``, shapes checked.
+
+    The tensors stay uint8 until they are on the worker's device (a quarter of the bytes to move).
+    """
+
+    def __init__(self, spec: CropSpec, scale: int):
+        self.expected = (spec.num_frames, spec.lr_patch, spec.lr_patch, 3)
+        self.gt_side = spec.lr_patch * scale
+        self.scale = scale
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        lr, gt = batch["lr"], batch["gt"]
+        if "num_frames" in batch:
+            raise DataError(
+                "make_train_batch_iterator(crop_here=False) was given whole clips: build the dataset with "
+                "train_dataset(..., crop=CropSpec(...)), or pass crop_here=True"
+            )
+        if lr.shape[1:] != self.expected or gt.shape[2:4] != (self.gt_side,) * 2:
+            raise DataError(
+                f"train_dataset made crops lr {lr.shape[1:]} gt {gt.shape[1:]} but the batch iterator expects "
+                f"lr {self.expected} at scale {self.scale}: give train_dataset's CropSpec the same num_frames, "
+                "lr_patch and the dataset's scale"
+            )
+        return {"lr": torch.from_numpy(np.ascontiguousarray(lr)), "gt": torch.from_numpy(np.ascontiguousarray(gt))}
+
+
+def _as_float(batch: dict[str, torch.Tensor], mirror_times: int) -> dict[str, torch.Tensor]:
+    """uint8 ``(n, t, h, w, 3)`` -> float ``(n, t, 3, h, w)`` in [0, 1] on the tensors' device, mirrored on request."""
+    lr, gt = uint8_to_float(batch["lr"]), uint8_to_float(batch["gt"])
+    if mirror_times:
+        lr, gt = mirror_extend(lr, mirror_times), mirror_extend(gt, mirror_times)
+    return {"lr": lr, "gt": gt}
 
 
 def make_train_batch_iterator(
@@ -228,82 +320,75 @@ def make_train_batch_iterator(
     augment: bool = True,
     samples_per_clip: int = 1,
     shuffle_buffer: int = 0,
-    start_epoch: int = 0,
     prefetch_batches: int = 2,
+    device: torch.device | str = "cpu",
+    crop_here: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless training batches ``{'lr': (n, t, 3, h, w), 'gt': (n, t, 3, sh, sw)}`` float in [0, 1].
+    """Endless training batches ``{'lr': (n, t, 3, h, w), 'gt': (n, t, 3, sh, sw)}`` float in [0, 1] on ``device``.
 
-    ``shard`` is a Ray ``DataIterator`` (``ray.train.get_dataset_shard('train')``) over
-    :func:`train_dataset` rows; it is iterated epoch after epoch for an iteration-based schedule.
-    Rows that are already crops are checked against ``lr_patch``/``num_frames``/``scale`` and collated;
-    whole clips are cropped here with the same draws the Ray Data stage would make. ``mirror_times``
-    appends the reversed sequence that many times (2: TTVSR's 28 frames from a Vimeo-90K septuplet). ``shuffle_buffer``
-    > 0 shuffles samples through a buffer seeded by ``(seed, epoch, worker rank)``.
+    ``shard`` is a Ray ``DataIterator`` (``ray.train.get_dataset_shard('train')``) over :func:`train_dataset`
+    rows; it is iterated pass after pass of the sampling plan. Crops from Ray Data (the default) are
+    collated by ``iter_torch_batches`` (``prefetch_batches`` ahead, placed on ``device``, shuffled through
+    ``shuffle_buffer`` samples); with ``crop_here`` the rows are whole clips, cropped here with the same
+    draws the Ray Data stage would make (the reference path). ``mirror_times`` appends the reversed
+    sequence that many times (2: TTVSR's 28 frames from a Vimeo-90K septuplet).
     """
     spec = CropSpec(num_frames, lr_patch, seed, augment, samples_per_clip)
     rank = _worker_rank()
-    buffer: list[tuple[np.ndarray, np.ndarray]] = []
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-    for epoch in itertools.count(start_epoch):
-        shuffler = np.random.default_rng([seed, epoch, rank, 1])
+    for passes in itertools.count():
+        if crop_here:
+            batches = _crop_in_worker(shard, spec, scale, batch_size, prefetch_batches)
+        else:
+            batches = shard.iter_torch_batches(
+                batch_size=batch_size,
+                collate_fn=_CropCollate(spec, scale),
+                device=device,
+                prefetch_batches=prefetch_batches,
+                local_shuffle_buffer_size=shuffle_buffer or None,
+                local_shuffle_seed=(seed * 1_000_003 + rank * 1009 + passes) if shuffle_buffer else None,
+            )
         drawn = 0
-        for batch in shard.iter_batches(
-            batch_size=1, batch_format="numpy", prefetch_batches=prefetch_batches
-        ):
-            for sample in _samples(batch, spec, scale, epoch):
-                drawn += 1
-                if shuffle_buffer > 0:
-                    buffer.append(sample)
-                    if len(buffer) < shuffle_buffer:
-                        continue
-                    sample = buffer.pop(int(shuffler.integers(len(buffer))))
-                pending.append(sample)
-                if len(pending) == batch_size:
-                    yield _collate(pending, mirror_times)
-                    pending = []
+        for batch in batches:
+            drawn += 1
+            yield _as_float({k: batch[k].to(device, non_blocking=True) for k in ("lr", "gt")}, mirror_times)
         if drawn == 0:  # would otherwise loop forever without yielding
             raise DataError(
-                "make_train_batch_iterator: this worker's shard gave no training sample in a whole epoch: "
-                f"no clip with at least {num_frames} frames of at least {lr_patch}x{lr_patch} LR pixels, or "
-                "fewer training clips than workers; lower num_frames / lr_patch or prepare more clips"
+                "make_train_batch_iterator: this worker's shard gave no training batch in a whole pass: no clip "
+                f"with at least {num_frames} frames of at least {lr_patch}x{lr_patch} LR pixels, or fewer "
+                "training clips than workers; lower num_frames / lr_patch or prepare more clips"
             )
 
 
-def _samples(batch: dict, spec: CropSpec, scale: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The training samples in one ``iter_batches`` batch: crops pass through, whole clips are cropped."""
-    lr_rows, gt_rows = batch["lr"], batch["gt"]
-    for i, clip_id in enumerate(batch["clip_id"]):
-        lr, gt = np.asarray(lr_rows[i]), np.asarray(gt_rows[i])
-        if "num_frames" not in batch:  # a crop from the Ray Data stage
-            expected = (spec.num_frames, spec.lr_patch, spec.lr_patch, 3)
-            if lr.shape != expected or gt.shape[1:3] != (spec.lr_patch * scale,) * 2:
-                raise DataError(
-                    f"train_dataset made crops lr {lr.shape} gt {gt.shape} but the batch iterator expects "
-                    f"lr {expected} at scale {scale}: give train_dataset's CropSpec the same num_frames, "
-                    "lr_patch and the dataset's scale"
-                )
-            yield lr, gt
-            continue
-        row = {k: int(batch[k][i]) for k in ("num_frames", "lr_height", "lr_width", "hr_height", "hr_width")}
+def _crop_in_worker(shard, spec: CropSpec, scale: int, batch_size: int, prefetch_batches: int):
+    """The reference path: whole clips from Ray Data, cropped here; uint8 batches of ``batch_size``."""
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    for batch in shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=prefetch_batches):
+        if "num_frames" not in batch:
+            raise DataError(
+                "make_train_batch_iterator(crop_here=True) needs whole clips: build the dataset with "
+                "train_dataset(..., whole_clips=CropSpec(...))"
+            )
+        row = {k: int(batch[k][0]) for k in ("num_frames", "lr_height", "lr_width", "hr_height", "hr_width")}
+        lr, gt, epoch = np.asarray(batch["lr"][0]), np.asarray(batch["gt"][0]), int(batch["epoch"][0])
         for draw in range(spec.samples_per_clip):
-            sample = crop_clip(row, lr, gt, sample_rng(spec.seed, epoch, str(clip_id), draw), spec, scale)
-            if sample is not None:
-                yield sample
-
-
-def _collate(samples: list[tuple[np.ndarray, np.ndarray]], mirror_times: int) -> dict[str, torch.Tensor]:
-    lr = uint8_to_float(np.stack([s[0] for s in samples]))
-    gt = uint8_to_float(np.stack([s[1] for s in samples]))
-    if mirror_times:
-        lr, gt = mirror_extend(lr, mirror_times), mirror_extend(gt, mirror_times)
-    return {"lr": lr, "gt": gt}
+            rng = sample_rng(spec.seed, epoch, str(batch["clip_id"][0]), draw)
+            sample = crop_clip(row, lr, gt, rng, spec, scale)
+            if sample is None:
+                continue
+            pending.append(sample)
+            if len(pending) == batch_size:
+                yield {
+                    "lr": torch.from_numpy(np.stack([s[0] for s in pending])),
+                    "gt": torch.from_numpy(np.stack([s[1] for s in pending])),
+                }
+                pending = []
 
 
 def iter_val_clips(
-    data_dir: str | Path,
+    data_dir,
     split: str = "val",
     *,
-    verify: bool = True,
+    verify: bool = False,
     rank: int = 0,
     world_size: int = 1,
     max_clips: int | None = None,
@@ -319,8 +404,8 @@ def iter_val_clips(
 
     manifest = load_manifest(data_dir, verify=verify)
     index = 0
-    for path in manifest.shard_paths(split):
-        parquet = pq.ParquetFile(path)
+    for location in manifest.shard_locations(split):
+        parquet = pq.ParquetFile(location.open_input())
         for group in range(parquet.num_row_groups):
             for row, lr_frames, hr_frames in _rows(parquet.read_row_group(group, columns=READ_COLUMNS)):
                 if max_clips is not None and index >= max_clips:

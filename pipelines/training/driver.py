@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,9 @@ from typing import Any
 from pipelines.common.cli import run_job
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, DataError
-from pipelines.common.files import sha256_file
 from pipelines.common.ray_session import init_ray
 from pipelines.data.ingest import CropSpec, train_dataset
-from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset
+from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset, load_manifest
 from pipelines.tracking import (
     RegisteredVersion,
     RunTracker,
@@ -83,6 +83,37 @@ class TrainingSummary:
         return "\n".join(lines)
 
 
+def training_crops(cfg: Experiment, manifest: Manifest) -> CropSpec:
+    """The sampling plan of the run's training crops (``pipelines.data.ingest``), drawn in Ray Data tasks.
+
+    The plan covers every sample the run still needs in one pass (one Ray Data execution per run). A
+    resumed run numbers its epochs past the samples it has consumed, so it draws crops it has not drawn.
+    """
+    done = latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name) if "://" not in cfg.run.storage_path else 0
+    per_iteration = cfg.data.batch_size * cfg.scaling.num_workers
+    spec = CropSpec(
+        cfg.data.num_frames,
+        cfg.data.lr_patch,
+        cfg.train.seed,
+        True,
+        cfg.data.samples_per_clip,
+        first_epoch=done * per_iteration,
+        shuffle_seed=cfg.train.seed,
+    )
+    fitting = len(fitting_clips(cfg, manifest))
+    # One spare iteration per worker: streaming_split may hand the workers unequal shares.
+    needed = (cfg.train.total_iters - done + cfg.scaling.num_workers) * per_iteration
+    return dataclasses.replace(spec, epochs=spec.epochs_for(needed, fitting))
+
+
+def fitting_clips(cfg: Experiment, manifest: Manifest) -> list[dict]:
+    """The training clips that hold a ``data.num_frames`` x ``data.lr_patch`` crop."""
+    return [
+        c for c in manifest.clips(cfg.data.train_split)
+        if c["num_frames"] >= cfg.data.num_frames and min(c["lr_size"]) >= cfg.data.lr_patch
+    ]  # fmt: skip
+
+
 def check_training_inputs(cfg: Experiment, manifest: Manifest) -> None:
     """Refuse up front what the manifest and the config can tell will fail later (in a worker, after retries).
 
@@ -97,10 +128,7 @@ def check_training_inputs(cfg: Experiment, manifest: Manifest) -> None:
             f"data with --scale {scale}"
         )
     clips = manifest.clips(cfg.data.train_split)
-    fitting = [
-        c for c in clips
-        if c["num_frames"] >= cfg.data.num_frames and min(c["lr_size"]) >= cfg.data.lr_patch
-    ]  # fmt: skip
+    fitting = fitting_clips(cfg, manifest)
     if not fitting:
         longest = max(clips, key=lambda c: (c["num_frames"], min(c["lr_size"])), default=None)
         found = (
@@ -148,19 +176,18 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     cfg = resolve_paths(cfg)
-    manifest = check_dataset(cfg.data.path, [cfg.data.train_split, cfg.data.val_split])
+    manifest = check_dataset(cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify)
     check_training_inputs(cfg, manifest)
     if "://" not in cfg.run.storage_path:
         check_checkpoints(Path(cfg.run.storage_path) / cfg.run.name)
-    manifest_file = Path(cfg.data.path) / MANIFEST_NAME
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
-    tracker.log_params(flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": sha256_file(manifest_file)})
+    tracker.log_params(flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": manifest.sha256})
     tracker.log_dict(config_to_dict(cfg), "config.yaml")
-    tracker.log_artifact(manifest_file, "dataset")
+    tracker.log_dict(manifest.data, f"dataset/{MANIFEST_NAME}")
     tracker.log_dataset(
-        name=Path(cfg.data.path).name,
-        digest=sha256_file(manifest_file)[:32],
+        name=manifest.location.name,
+        digest=manifest.sha256[:32],
         source=cfg.data.path,
         profile={
             "clips": len(manifest.clips()),
@@ -173,14 +200,8 @@ def run_training(
     )
 
     init_ray(cfg.run.address)
-    # Crops are drawn in Ray Data tasks (off the training workers' CPUs), seeded by (seed, epoch, clip).
-    # A resumed run starts its epoch numbering past what it has seen (Ray Data counts from 0 again).
-    first_epoch = latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name)
-    crop = CropSpec(
-        cfg.data.num_frames, cfg.data.lr_patch, cfg.train.seed, True, cfg.data.samples_per_clip, first_epoch
-    )
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
-    # Each epoch is one Ray Data execution with the same plan: do not print it every epoch.
+    # A pass over the plan that ran short would start another execution: do not print its plan again.
     ray.data.DataContext.get_current().print_on_execution_start = False
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -206,7 +227,7 @@ def run_training(
             ),
             callbacks=list(callbacks),
         ),
-        datasets={"train": train_dataset(cfg.data.path, split=cfg.data.train_split, crop=crop, verify=False)},
+        datasets={"train": train_dataset(cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest))},
     )
     try:
         result = trainer.fit()
@@ -246,7 +267,7 @@ def validation_lineage(cfg: Experiment) -> dict[str, str]:
         "max_frames": val.max_frames,
     }
     return {
-        "val_dataset": sha256_file(Path(cfg.data.path) / MANIFEST_NAME),
+        "val_dataset": load_manifest(cfg.data.path).sha256,
         "val_protocol": json.dumps(protocol, sort_keys=True),
     }
 

@@ -33,18 +33,18 @@ from vsr_models.vsrt import VSRTConfig
 class DataSection:
     """The prepared dataset (``jobs/prepare_data.py`` output) and the training crops drawn from it."""
 
-    path: str = "data/reds_bi"  # folder holding manifest.json and shards/
+    path: str = "data/reds_bi"  # folder holding manifest.json and shards/: a path or a URI (s3://...)
     train_split: str = "train"
     val_split: str = "val"
     num_frames: int = 50  # frames per training sequence
     lr_patch: int = 64  # LR crop side; the GT crop is scale x larger (256 for x4)
     batch_size: int = 1  # sequences per worker per iteration
-    samples_per_clip: int = (
-        1  # crops drawn from each clip per epoch (more: fewer epoch restarts on tiny sets)
-    )
+    samples_per_clip: int = 4  # crops drawn from each clip each time it is read (one read, several crops)
     mirror_times: int = (
         0  # append the reversed sequence this many times (Vimeo-90K: TTVSR feeds 7 -> 28 frames, 2)
     )
+    shuffle_buffer: int = 8  # samples each worker shuffles through (crops of one clip arrive together)
+    verify: bool = False  # check every shard's sha256 at start (--verify-data), in Ray tasks
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "lr_patch", "batch_size", "samples_per_clip"):
@@ -267,6 +267,13 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--storage-path", help="where checkpoints go (run.storage_path); shared storage for multi-node"
     )
+    parser.add_argument(
+        "--verify-data",
+        action="store_true",
+        default=None,
+        help="check every shard's sha256 before training (data.verify; in parallel Ray tasks); by default "
+        "only the manifest, shard presence and sizes are checked",
+    )
     return parser
 
 
@@ -287,13 +294,15 @@ def experiment_from_args(cls: type[Experiment], args: argparse.Namespace) -> Exp
         "tracking.uri": args.mlflow_uri,
         "run.name": args.name,
         "run.storage_path": args.storage_path,
+        "data.verify": args.verify_data,
     }
     return load_config(cls, args.config, overrides + flag_overrides(flags))
 
 
 def resolve_paths(cfg: Experiment) -> Experiment:
     """Absolute data and storage paths, so Ray workers (other processes, maybe other cwd) find them."""
-    data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve()))
+    data_path = cfg.data.path if "://" in cfg.data.path else str(Path(cfg.data.path).expanduser().resolve())
+    data = dataclasses.replace(cfg.data, path=data_path)
     storage = cfg.run.storage_path
     if "://" not in storage:  # s3://, gs://, ... are already absolute
         storage = str(Path(storage).expanduser().resolve())

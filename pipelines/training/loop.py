@@ -181,7 +181,7 @@ def setup(loop_config: dict[str, Any]) -> Worker:
         tracker.log_metrics({"resumed_from_iteration": state.iteration}, step=state.iteration)
         if rank == 0:
             logger.info("resumed from iteration %d", state.iteration)
-    # Endless: the shard is iterated epoch after epoch; crops were drawn in Ray Data (see the driver).
+    # Endless: crops drawn in Ray Data (the driver's sampling plan), collated onto this worker's device.
     batches = make_train_batch_iterator(
         ray.train.get_dataset_shard("train"),
         lr_patch=cfg.data.lr_patch,
@@ -190,6 +190,9 @@ def setup(loop_config: dict[str, Any]) -> Worker:
         scale=loop_config["scale"],
         seed=cfg.train.seed,
         mirror_times=cfg.data.mirror_times,
+        samples_per_clip=cfg.data.samples_per_clip,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        device=device,
     )
     return Worker(
         cfg, rank, world_size, device, model, optimizer, scheduler, state, tracker, batches,

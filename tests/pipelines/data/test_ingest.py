@@ -56,8 +56,8 @@ def ordered():
 
 def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **kwargs):
     with ordered():
-        spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=seed) if crop_in_ray_data else None
-        ds = train_dataset(data_dir, crop=spec)
+        spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=seed, epochs=2)
+        ds = train_dataset(data_dir, crop=spec) if crop_in_ray_data else train_dataset(data_dir, whole_clips=spec)
         iterator = make_train_batch_iterator(
             ds.iterator(),
             lr_patch=LR_PATCH,
@@ -65,6 +65,7 @@ def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **
             batch_size=batch_size,
             scale=SCALE,
             seed=seed,
+            crop_here=not crop_in_ray_data,
             **kwargs,
         )
         try:
@@ -74,7 +75,7 @@ def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **
 
 
 def _cached(name, data_dir, **kwargs):
-    """Two batches of 3 from 3 training clips: one per epoch (each test would otherwise re-run Ray Data)."""
+    """Two batches of 3 from 3 training clips: one per epoch of the plan (cached: Ray Data runs once)."""
     if name not in _PREPARED:
         _PREPARED[name] = _batches(data_dir, 2, **kwargs)
     return _PREPARED[name]
@@ -114,18 +115,33 @@ def test_crops_in_ray_data_and_in_the_worker_are_the_same_draws(prepared):
 
 
 def test_first_epoch_shifts_the_crop_stream(prepared):
-    """A resumed run (first_epoch = its checkpoint's iteration) draws new crops, not epoch 0's again."""
-    import pyarrow.parquet as pq
-
-    from pipelines.data.ingest import _crop_stage
+    """A resumed run (first_epoch past the samples it consumed) draws new crops, not epoch 0's again."""
+    from pipelines.data.ingest import _crop_stage, plan_clips
     from pipelines.data.manifest import load_manifest
 
-    table = pq.read_table(load_manifest(prepared).shard_paths("train")[0])
-    first = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3), SCALE)
-    again = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3), SCALE)
-    resumed = _crop_stage(table.slice(0, 1), CropSpec(NUM_FRAMES, LR_PATCH, seed=3, first_epoch=5), SCALE)
-    assert np.array_equal(first["lr"], again["lr"])
-    assert not np.array_equal(first["lr"], resumed["lr"])
+    manifest = load_manifest(prepared)
+    clips, first_row = plan_clips(manifest, "train"), {"id": np.array([0])}
+
+    def crops(**spec):
+        return _crop_stage(first_row, clips, manifest.filesystem, CropSpec(NUM_FRAMES, LR_PATCH, seed=3, **spec), SCALE)
+
+    first, again, resumed = crops(), crops(), crops(first_epoch=5)
+    assert np.array_equal(first["lr"], again["lr"]) and list(first["epoch"]) == [0]
+    assert not np.array_equal(first["lr"], resumed["lr"]) and list(resumed["epoch"]) == [5]
+
+
+def test_the_sampling_plan_visits_every_clip_once_per_epoch_in_a_new_order():
+    from pipelines.data.ingest import plan_row
+
+    spec = CropSpec(NUM_FRAMES, LR_PATCH, first_epoch=3, epochs=40, shuffle_seed=1)
+    rows = [plan_row(i, 5, spec) for i in range(5 * spec.epochs)]
+    epochs = [[clip for epoch, clip in rows if epoch == e] for e in range(3, 43)]
+    assert all(sorted(order) == [0, 1, 2, 3, 4] for order in epochs)
+    assert len({tuple(order) for order in epochs}) > 20  # shuffled anew each epoch
+    unshuffled = CropSpec(NUM_FRAMES, LR_PATCH, shuffle_seed=None)
+    assert [plan_row(i, 3, unshuffled) for i in range(4)] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    # A pass long enough for 400k iterations of 8 samples over REDS's 266 training clips, 4 crops per read:
+    assert CropSpec(50, 64, samples_per_clip=4).epochs_for(400_000 * 8, 266) == 3008
 
 
 def test_draws_cover_positions_and_each_augmentation_half_the_time():
@@ -208,7 +224,7 @@ def test_crop_shape_mismatch_is_a_clear_error(prepared):
 
 def test_clips_too_short_for_the_window_are_a_clear_error(prepared):
     iterator = make_train_batch_iterator(
-        train_dataset(prepared).iterator(), num_frames=50, lr_patch=8, batch_size=1
+        train_dataset(prepared, crop=CropSpec(50, 8)).iterator(), num_frames=50, lr_patch=8, batch_size=1
     )
     with pytest.raises(DataError, match="no clip with at least 50 frames"):
         next(iterator)
@@ -216,4 +232,4 @@ def test_clips_too_short_for_the_window_are_a_clear_error(prepared):
 
 def test_unknown_split_names_the_known_ones(prepared):
     with pytest.raises(DataError, match=r"no split 'test' .*splits: train, val"):
-        train_dataset(prepared, "test")
+        train_dataset(prepared, "test", crop=CropSpec(NUM_FRAMES, LR_PATCH))
