@@ -3,7 +3,10 @@ against what one training step of the small CPU TTVSR (configs/ttvsr_sample.yaml
 
 Builds a sample dataset of 60-frame clips, prepares it, then times `make_train_batch_iterator` with
 batch size 1 on one process (as one Ray Train worker would run it) in both modes: crops drawn in Ray
-Data tasks before the worker (what training uses) and whole clips cropped in the worker.
+Data tasks from the sampling plan and collated by `iter_torch_batches` (what training uses), and whole
+clips cropped in the worker (the reference). Then prints how many Ray Data pipeline starts a REDS run
+of the recipe's length incurs with the defaults (the plan covers the run) and with the former design
+(one pipeline execution per epoch of one crop per clip).
 
     .venv/bin/python bench/bench_ingest.py [--samples 20] [--cpus 2] [--model-steps 2]
 """
@@ -11,6 +14,7 @@ Data tasks before the worker (what training uses) and whole clips cropped in the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +31,16 @@ NUM_FRAMES, LR_PATCH, SCALE = 50, 64, 4
 
 
 def loader_samples_per_s(data_dir: Path, crop_in_ray_data: bool, samples: int, per_clip: int) -> float:
-    crop = CropSpec(NUM_FRAMES, LR_PATCH, seed=0, samples_per_clip=per_clip) if crop_in_ray_data else None
+    spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=0, samples_per_clip=per_clip)
+    spec = dataclasses.replace(spec, epochs=spec.epochs_for(samples + 1, 4))  # the sample has 4 train clips
+    dataset = train_dataset(data_dir, crop=spec) if crop_in_ray_data else train_dataset(data_dir, whole_clips=spec)
     batches = make_train_batch_iterator(
-        train_dataset(data_dir, crop=crop).iterator(),
+        dataset.iterator(),
         lr_patch=LR_PATCH,
         num_frames=NUM_FRAMES,
         batch_size=1,
         samples_per_clip=per_clip,
+        crop_here=not crop_in_ray_data,
     )
     try:
         next(batches)  # first batch: starts the Ray Data pipeline
@@ -71,6 +78,16 @@ def model_samples_per_s(steps: int) -> float | None:
     return steps / (time.perf_counter() - started)
 
 
+def pipeline_starts(total_iters: int, batch: int, workers: int, clips: int) -> tuple[int, int]:
+    """(starts with the defaults, starts with one execution per epoch of one crop per clip) for a run."""
+    from pipelines.training.experiment import DataSection
+
+    spec = CropSpec(NUM_FRAMES, LR_PATCH, samples_per_clip=DataSection().samples_per_clip)
+    samples = total_iters * batch * workers
+    passes = -(-samples // (spec.epochs_for(samples, clips) * clips * spec.samples_per_clip))
+    return passes, -(-samples // clips)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,7 +101,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[1, 4],
-        help="crops per clip and epoch (configs/ttvsr_sample.yaml: 4); each epoch re-runs the Ray Data pipeline",
+        help="crops drawn per clip read (the default data.samples_per_clip is 4)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
@@ -100,6 +117,10 @@ def main() -> None:
                     f"({rate * NUM_FRAMES:7.1f} LR frames/s)"
                 )
         ray.shutdown()
+    # REDS recipe (docs/models.md#training-recipes): 400k iterations, 8 GPUs x 1 sequence, 266 training clips.
+    now, before = pipeline_starts(400_000, 1, 8, 266)
+    print(f"REDS, 400k iterations x 8 workers: {now} Ray Data pipeline start(s) with the defaults "
+          f"(was {before:,}: one per epoch of 266 crops)")
     rate = model_samples_per_s(args.model_steps) if args.model_steps > 0 else None
     if rate is not None:
         print(
