@@ -83,3 +83,57 @@ def test_user_mistakes_exit_2_with_one_message(tmp_path):
         and "both networks upscale x4" in result.stderr
         and "--any-scale" in result.stderr
     )
+
+
+def _many_clips(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(1)
+    for c in range(count):
+        (root / f"clip{c:02d}").mkdir(parents=True)
+        base = rng.integers(0, 256, (256, 320, 3), dtype=np.uint8)
+        for i in range(8):
+            Image.fromarray(np.roll(base, i, axis=1)).save(root / f"clip{c:02d}" / f"{i:03d}.png")
+    return root
+
+
+def _interrupt(args: list[str], out: Path, sig: int, after_records: int) -> None:
+    """Start the job, send ``sig`` once ``after_records`` shards are recorded, wait for it to end."""
+    import signal
+    import time
+
+    job = subprocess.Popen([sys.executable, str(JOB), *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("shards/*/*.done.json"))) < after_records and job.poll() is None:
+        assert time.monotonic() < deadline, "no shard was recorded in 2 minutes"
+        time.sleep(0.02)
+    job.send_signal(sig)
+    try:
+        job.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.wait()
+    if sig == signal.SIGINT:
+        assert job.returncode != 0
+    assert not (out / "manifest.json").is_file(), "the job finished before the signal: nothing was interrupted"
+
+
+def test_a_driver_stopped_by_ctrl_c_then_killed_then_rerun_gives_the_same_dataset(tmp_path):
+    """SIGINT, then SIGKILL of the driver mid-job; the same command then finishes with the shards of an
+    uninterrupted run (same checksums), and no temporary or partial file is left."""
+    import signal
+
+    source = _many_clips(tmp_path / "src", 16)
+    common = ["--source", str(source), "--num-cpus", "2", "--set", "shard_size=1"]
+    reference, out = tmp_path / "reference", tmp_path / "interrupted"
+    assert _run(*common, "--output", str(reference)).returncode == 0
+    args = [*common, "--output", str(out)]
+    _interrupt(args, out, signal.SIGINT, after_records=1)
+    _interrupt(args, out, signal.SIGKILL, after_records=len(list(out.glob("shards/*/*.done.json"))) + 1)
+    rerun = _run(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+    def shards(folder: Path) -> dict:
+        return {s["path"]: s["sha256"] for s in json.loads((folder / "manifest.json").read_text())["shards"]}
+
+    assert shards(out) == shards(reference) and len(shards(out)) == 16
+    assert not [p.name for p in out.rglob("*") if ".tmp-" in p.name]
