@@ -33,7 +33,9 @@ NUM_FRAMES, LR_PATCH, SCALE = 50, 64, 4
 def loader_samples_per_s(data_dir: Path, crop_in_ray_data: bool, samples: int, per_clip: int) -> float:
     spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=0, samples_per_clip=per_clip)
     spec = dataclasses.replace(spec, epochs=spec.epochs_for(samples + 1, 4))  # the sample has 4 train clips
-    dataset = train_dataset(data_dir, crop=spec) if crop_in_ray_data else train_dataset(data_dir, whole_clips=spec)
+    dataset = (
+        train_dataset(data_dir, crop=spec) if crop_in_ray_data else train_dataset(data_dir, whole_clips=spec)
+    )
     batches = make_train_batch_iterator(
         dataset.iterator(),
         lr_patch=LR_PATCH,
@@ -119,8 +121,10 @@ def main() -> None:
         ray.shutdown()
     # REDS recipe (docs/models.md#training-recipes): 400k iterations, 8 GPUs x 1 sequence, 266 training clips.
     now, before = pipeline_starts(400_000, 1, 8, 266)
-    print(f"REDS, 400k iterations x 8 workers: {now} Ray Data pipeline start(s) with the defaults "
-          f"(was {before:,}: one per epoch of 266 crops)")
+    print(
+        f"REDS, 400k iterations x 8 workers: {now} Ray Data pipeline start(s) with the defaults "
+        f"(was {before:,}: one per epoch of 266 crops)"
+    )
     rate = model_samples_per_s(args.model_steps) if args.model_steps > 0 else None
     if rate is not None:
         print(

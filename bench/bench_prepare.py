@@ -91,7 +91,9 @@ def job(source: Path, num_cpus: int) -> dict:
     init_ray(num_cpus=num_cpus)
     try:
         with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as timed:
-            prepare_dataset(PrepareConfig(source=str(source), output=warm, shard_size=1), progress=lambda *_: None)
+            prepare_dataset(
+                PrepareConfig(source=str(source), output=warm, shard_size=1), progress=lambda *_: None
+            )
             before = resource.getrusage(resource.RUSAGE_SELF)
             summary = prepare_dataset(
                 PrepareConfig(source=str(source), output=timed, shard_size=1), progress=lambda *_: None
@@ -130,8 +132,12 @@ def _subset(root: Path, frames: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=600, help="frames of the base dataset (a multiple of 100)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--frames", type=int, default=600, help="frames of the base dataset (a multiple of 100)"
+    )
     parser.add_argument("--cache", default="data/bench_reds", help="where the REDS-like frames are rendered")
     parser.add_argument("--measure", choices=["reference", "job"], help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -147,28 +153,38 @@ def main() -> None:
     started = time.perf_counter()
     full = render_reds_like(Path(args.cache), 2 * args.frames)
     base = _subset(full, args.frames)
-    print(f"REDS-like source: {2 * args.frames} frames of {WIDTH}x{HEIGHT} in {full} "
-          f"(rendered or found in {time.perf_counter() - started:.0f} s)")
+    print(
+        f"REDS-like source: {2 * args.frames} frames of {WIDTH}x{HEIGHT} in {full} "
+        f"(rendered or found in {time.perf_counter() - started:.0f} s)"
+    )
     ref = _in_subprocess("reference", base, args.frames)
     runs = {cpus: _in_subprocess("job", base, args.frames, cpus) for cpus in (1, 2)}
     doubled = _in_subprocess("job", full, 2 * args.frames, 2)
 
     ref_rate = ref["frames"] / ref["seconds"]
-    print(f"\nreference (one process, one thread, no Ray, no write): {ref_rate:.1f} frames/s; ms per frame: "
-          + ", ".join(f"{k} {1000 * v / ref['frames']:.1f}" for k, v in ref["stages"].items()))
-    header = (f"{'Ray CPUs':>8} {'frames':>6} {'wall s':>7} {'frames/s':>8} {'driver CPU %':>12} "
-              f"{'driver peak MiB':>15} {'to driver KiB':>13}  ms per frame (task time)")
+    print(
+        f"\nreference (one process, one thread, no Ray, no write): {ref_rate:.1f} frames/s; ms per frame: "
+        + ", ".join(f"{k} {1000 * v / ref['frames']:.1f}" for k, v in ref["stages"].items())
+    )
+    header = (
+        f"{'Ray CPUs':>8} {'frames':>6} {'wall s':>7} {'frames/s':>8} {'driver CPU %':>12} "
+        f"{'driver peak MiB':>15} {'to driver KiB':>13}  ms per frame (task time)"
+    )
     print(header)
     for cpus, run in [(1, runs[1]), (2, runs[2]), (2, doubled)]:
         per_frame = ", ".join(f"{k} {1000 * v / run['frames']:.1f}" for k, v in run["stages"].items())
-        print(f"{cpus:>8} {run['frames']:>6} {run['seconds']:>7.1f} {run['frames'] / run['seconds']:>8.1f} "
-              f"{100 * run['driver_cpu_s'] / run['seconds']:>12.1f} {run['driver_peak_rss_mib']:>15.0f} "
-              f"{run['driver_received_kib']:>13.1f}  {per_frame}")
+        print(
+            f"{cpus:>8} {run['frames']:>6} {run['seconds']:>7.1f} {run['frames'] / run['seconds']:>8.1f} "
+            f"{100 * run['driver_cpu_s'] / run['seconds']:>12.1f} {run['driver_peak_rss_mib']:>15.0f} "
+            f"{run['driver_received_kib']:>13.1f}  {per_frame}"
+        )
     rate1, rate2 = (runs[c]["frames"] / runs[c]["seconds"] for c in (1, 2))
     print(f"\n2 CPUs / 1 CPU: {rate2 / rate1:.2f}x (target >= 1.6x)")
     print(f"reference / job at 1 CPU: {ref_rate / rate1:.2f}x (target <= 1.5x)")
-    print(f"driver peak memory, {2 * args.frames} vs {args.frames} frames: "
-          f"{doubled['driver_peak_rss_mib'] - runs[2]['driver_peak_rss_mib']:+.0f} MiB (target: flat)")
+    print(
+        f"driver peak memory, {2 * args.frames} vs {args.frames} frames: "
+        f"{doubled['driver_peak_rss_mib'] - runs[2]['driver_peak_rss_mib']:+.0f} MiB (target: flat)"
+    )
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def resolve(where: str | os.PathLike | Location) -> Location:
         try:
             fs, path = pafs.FileSystem.from_uri(text)
         except Exception as error:  # pyarrow raises ArrowInvalid / OSError for bad URIs and credentials
-            raise DataError(f"{text}: cannot open this storage URI ({error}); check the URI and credentials") from None
+            raise DataError(
+                f"{text}: cannot open this storage URI ({error}); check the URI and credentials"
+            ) from None
         return Location(fs, path.rstrip("/"), text.rstrip("/"))
     try:
         import fsspec
@@ -164,7 +166,9 @@ def resolve(where: str | os.PathLike | Location) -> Location:
     try:
         fs_spec, path = fsspec.core.url_to_fs(text)
     except (ImportError, ValueError) as error:
-        raise DataError(f"{text}: no filesystem for {scheme}:// ({error}); install its fsspec backend") from None
+        raise DataError(
+            f"{text}: no filesystem for {scheme}:// ({error}); install its fsspec backend"
+        ) from None
     return Location(pafs.PyFileSystem(pafs.FSSpecHandler(fs_spec)), path.rstrip("/"), text.rstrip("/"))
 
 

@@ -218,7 +218,12 @@ def _crop_stage(batch: dict, clips: list[PlanClip], filesystem, spec: CropSpec, 
                 gts.append(sample[1])
     if not ids:
         return _empty_crops(spec, scale)
-    return {"clip_id": np.array(ids, dtype=object), "epoch": np.array(epochs), "lr": np.stack(lrs), "gt": np.stack(gts)}
+    return {
+        "clip_id": np.array(ids, dtype=object),
+        "epoch": np.array(epochs),
+        "lr": np.stack(lrs),
+        "gt": np.stack(gts),
+    }
 
 
 def _decode_clip_stage(batch: dict, clips: list[PlanClip], filesystem, spec: CropSpec) -> dict:
@@ -297,7 +302,10 @@ class _CropCollate(NumpyBatchCollateFn):
                 f"lr {self.expected} at scale {self.scale}: give train_dataset's CropSpec the same num_frames, "
                 "lr_patch and the dataset's scale"
             )
-        return {"lr": torch.from_numpy(np.ascontiguousarray(lr)), "gt": torch.from_numpy(np.ascontiguousarray(gt))}
+        return {
+            "lr": torch.from_numpy(np.ascontiguousarray(lr)),
+            "gt": torch.from_numpy(np.ascontiguousarray(gt)),
+        }
 
 
 def _as_float(batch: dict[str, torch.Tensor], mirror_times: int) -> dict[str, torch.Tensor]:

@@ -74,9 +74,7 @@ class Manifest:
 
 
 def _fix(root: str) -> str:
-    return (
-        f"Re-run prepare with the same --output {root} to rewrite it, or delete {root} and prepare again."
-    )
+    return f"Re-run prepare with the same --output {root} to rewrite it, or delete {root} and prepare again."
 
 
 def load_manifest(data_dir, verify: bool = False) -> Manifest:

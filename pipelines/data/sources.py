@@ -241,7 +241,9 @@ def inspect_clip_folders(root: str, candidates: list[tuple[str, str, str | None]
         where = Path(folder)
         try:
             if not where.is_dir():
-                raise DataError(f"{where}: listed by the dataset but missing; restore it or remove it from the list")
+                raise DataError(
+                    f"{where}: listed by the dataset but missing; restore it or remove it from the list"
+                )
             found = _frame_item(item_id, image_files(where), base, where, split)
         except DataError as err:
             out["error"] = str(err)

@@ -14,10 +14,10 @@ likewise and keeps logging to the same MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,11 @@ def training_crops(cfg: Experiment, manifest: Manifest) -> CropSpec:
     The plan covers every sample the run still needs in one pass (one Ray Data execution per run). A
     resumed run numbers its epochs past the samples it has consumed, so it draws crops it has not drawn.
     """
-    done = latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name) if "://" not in cfg.run.storage_path else 0
+    done = (
+        latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name)
+        if "://" not in cfg.run.storage_path
+        else 0
+    )
     per_iteration = cfg.data.batch_size * cfg.scaling.num_workers
     spec = CropSpec(
         cfg.data.num_frames,
@@ -176,7 +180,9 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     cfg = resolve_paths(cfg)
-    manifest = check_dataset(cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify)
+    manifest = check_dataset(
+        cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify
+    )
     check_training_inputs(cfg, manifest)
     if "://" not in cfg.run.storage_path:
         check_checkpoints(Path(cfg.run.storage_path) / cfg.run.name)
@@ -227,7 +233,11 @@ def run_training(
             ),
             callbacks=list(callbacks),
         ),
-        datasets={"train": train_dataset(cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest))},
+        datasets={
+            "train": train_dataset(
+                cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest)
+            )
+        },
     )
     try:
         result = trainer.fit()

@@ -114,7 +114,9 @@ def _interrupt(args: list[str], out: Path, sig: int, after_records: int) -> None
         job.wait()
     if sig == signal.SIGINT:
         assert job.returncode != 0
-    assert not (out / "manifest.json").is_file(), "the job finished before the signal: nothing was interrupted"
+    assert not (out / "manifest.json").is_file(), (
+        "the job finished before the signal: nothing was interrupted"
+    )
 
 
 def test_a_driver_stopped_by_ctrl_c_then_killed_then_rerun_gives_the_same_dataset(tmp_path):

@@ -1,7 +1,7 @@
 """Preparation: a video dataset -> Parquet shards of uint8 frame sequences + ``manifest.json``.
 
 :func:`prepare_dataset` (``jobs/prepare_data.py``) is the entry point; the steps live in ``plan``
-(clips, splits, shards), ``stages`` (the Ray Data stages), ``shards`` (files and done-records) and
+(clips, splits, shards), ``stages`` (what is done to one clip), ``shards`` (the per-shard Ray task, files and done-records) and
 ``job`` (orchestration, summary, command line).
 """
 

@@ -34,9 +34,9 @@ from pipelines.common.files import project_version
 from pipelines.common.progress import ThroughputReporter
 from pipelines.common.ray_session import init_ray
 from pipelines.common.storage import Location, iter_chunks, resolve
-from pipelines.data.manifest import MANIFEST_NAME
+from pipelines.data.manifest import MANIFEST_NAME, SHARDS_DIR
 from pipelines.data.prepare.config import SAMPLE_OUTPUT, SAMPLE_SOURCE, PrepareConfig
-from pipelines.data.prepare.plan import ShardPlan, assign_splits, plan_clips, plan_shards
+from pipelines.data.prepare.plan import assign_splits, plan_clips, plan_shards
 from pipelines.data.prepare.shards import STAGES, check_shards, clean_output, write_shard
 from pipelines.data.prepare.stages import probe_videos
 from pipelines.data.schema import FORMAT_VERSION
@@ -97,7 +97,8 @@ class PrepareSummary:
         ]
         if self.frames_processed:
             per_frame = ", ".join(
-                f"{stage} {1000 * seconds / self.frames_processed:.1f}" for stage, seconds in self.stage_seconds.items()
+                f"{stage} {1000 * seconds / self.frames_processed:.1f}"
+                for stage, seconds in self.stage_seconds.items()
             )
             rows.insert(7, ("ms per frame (task time)", per_frame))
         width = max(len(k) for k, _ in rows)
@@ -145,7 +146,11 @@ def _probe_videos(items: list[SourceItem], cfg: PrepareConfig):
 
     videos = [i for i in items if i.kind == "video"]
     task = _tasks(probe_videos, "probe video", cfg.decode_retries)
-    rows = [r for rs in ray.get([task.remote([{"item_id": v.item_id, "path": v.path}]) for v in videos]) for r in rs]
+    rows = [
+        r
+        for rs in ray.get([task.remote([{"item_id": v.item_id, "path": v.path}]) for v in videos])
+        for r in rs
+    ]
     by_id = {v.item_id: v for v in videos}
     info, warnings, quarantined = {}, [], []
     for row in rows:
@@ -272,10 +277,12 @@ def _kept_shards(output: Location, tasks: list[dict]) -> list[dict | None]:
     """The done-records of shards already complete (checked in Ray tasks, checksums included), else None."""
     import ray
 
-    if not output.join("shards").is_dir():
+    if not output.join(SHARDS_DIR).is_dir():
         return [None] * len(tasks)
     check = _tasks(check_shards, "check prepared shards")
-    groups = list(iter_chunks([{k: t[k] for k in ("path", "record_path", "key")} for t in tasks], CHECK_SHARDS_PER_TASK))
+    groups = list(
+        iter_chunks([{k: t[k] for k in ("path", "record_path", "key")} for t in tasks], CHECK_SHARDS_PER_TASK)
+    )
     return [record for group in ray.get([check.remote(output.uri, g) for g in groups]) for record in group]
 
 
@@ -290,7 +297,12 @@ def _write_shards(todo: list[dict], cfg: PrepareConfig, output: Location, record
     run = {"frames": 0, "nodes": Counter(), "stages": dict.fromkeys(STAGES, 0.0), "received": 0}
     if not todo:
         return run
-    settings = {"degradation": cfg.degradation, "scale": cfg.scale, "zstd_level": cfg.zstd_level, "strict": cfg.strict}
+    settings = {
+        "degradation": cfg.degradation,
+        "scale": cfg.scale,
+        "zstd_level": cfg.zstd_level,
+        "strict": cfg.strict,
+    }
     task = _tasks(write_shard, "write shard", cfg.decode_retries)
     pending = {task.remote(output.uri, plan, settings): plan for plan in todo}
     done = 0
@@ -305,7 +317,9 @@ def _write_shards(todo: list[dict], cfg: PrepareConfig, output: Location, record
                 raise DataError(
                     f"{failed['input']}: {failed['reason']} (--strict stops at the first unreadable input)"
                 )
-            records[plan["path"]] = {k: v for k, v in result.items() if k not in ("node", "timings", "frames")}
+            records[plan["path"]] = {
+                k: v for k, v in result.items() if k not in ("node", "timings", "frames")
+            }
             run["frames"] += result["frames"]
             run["nodes"][result["node"]] += 1
             for stage, seconds in result["timings"].items():

@@ -151,7 +151,12 @@ def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
             done = time.perf_counter()
             for stage, seconds in zip(
                 STAGES,
-                (decoded_at - started, degraded_at - decoded_at, compressed_at - degraded_at, done - compressed_at),
+                (
+                    decoded_at - started,
+                    degraded_at - decoded_at,
+                    compressed_at - degraded_at,
+                    done - compressed_at,
+                ),
                 strict=True,
             ):
                 timings[stage] += seconds

@@ -85,7 +85,9 @@ def degrade_clip(frames: np.ndarray, degradation: str, scale: int) -> tuple[np.n
             "prepare at a smaller scale",
         )
     # (t, h, w, 3) -> (t, 3, h, w); the copy makes the tensor contiguous.
-    hr_tensor, _ = crop_to_multiple(torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), scale)
+    hr_tensor, _ = crop_to_multiple(
+        torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), scale
+    )
     # Frame by frame: the float64 working copy of a whole 100-frame 720p clip would be 2.2 GB, 5x slower.
     lr = torch.cat([degrade(chunk, degradation, scale) for chunk in hr_tensor.split(DEGRADE_CHUNK)])
     hr = hr_tensor.permute(0, 2, 3, 1).numpy()

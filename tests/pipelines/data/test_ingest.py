@@ -57,7 +57,11 @@ def ordered():
 def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **kwargs):
     with ordered():
         spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=seed, epochs=2)
-        ds = train_dataset(data_dir, crop=spec) if crop_in_ray_data else train_dataset(data_dir, whole_clips=spec)
+        ds = (
+            train_dataset(data_dir, crop=spec)
+            if crop_in_ray_data
+            else train_dataset(data_dir, whole_clips=spec)
+        )
         iterator = make_train_batch_iterator(
             ds.iterator(),
             lr_patch=LR_PATCH,
@@ -123,7 +127,9 @@ def test_first_epoch_shifts_the_crop_stream(prepared):
     clips, first_row = plan_clips(manifest, "train"), {"id": np.array([0])}
 
     def crops(**spec):
-        return _crop_stage(first_row, clips, manifest.filesystem, CropSpec(NUM_FRAMES, LR_PATCH, seed=3, **spec), SCALE)
+        return _crop_stage(
+            first_row, clips, manifest.filesystem, CropSpec(NUM_FRAMES, LR_PATCH, seed=3, **spec), SCALE
+        )
 
     first, again, resumed = crops(), crops(), crops(first_epoch=5)
     assert np.array_equal(first["lr"], again["lr"]) and list(first["epoch"]) == [0]
