@@ -8,12 +8,15 @@
    meanwhile) or an authors' released checkpoint (``official`` + ``arch``);
 3. scores it in one Ray task, on a GPU (``num_gpus=1``) when ``device`` is ``auto`` and the cluster has
    one, or ``cuda``; else on one CPU. The task loads the network itself from the path or URI: only
-   paths and small settings travel to it, and only the per-clip scores come back;
+   paths and small settings travel to it, and only the per-clip scores come back. ``model_settings``
+   change config fields of the loaded network that keep its weights, such as TTVSR's
+   ``key_frame_stride`` (:func:`with_model_settings`; the frame-interval sweeps of ``docs/tuning.md``);
 4. logs a new MLflow run ``eval-<model>-<dataset folder>`` in ``experiment`` (tags: what was evaluated,
    the dataset and the protocol; params; metrics ``psnr``, ``ssim``, ``bicubic_psnr``, ``bicubic_ssim``;
    artifacts ``per_clip.csv``, ``per_clip.md``), under the version's training run
    (``mlflow.parentRunId``, ``source_run_id``) for a registered model, whose version then also gets
-   ``eval_<manifest sha256[:12]>_psnr`` / ``_ssim`` / ``_channel`` / ``_run_id`` tags;
+   ``eval_<manifest sha256[:12]>_psnr`` / ``_ssim`` / ``_channel`` / ``_run_id`` tags (not when
+   ``model_settings`` changed how it computes: that score is not the version's own);
 5. writes ``per_clip.csv`` / ``per_clip.md`` to ``output`` when one is given.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +60,8 @@ class EvaluationConfig:
     mirror_times: int = 0  # Vimeo-90K-T with TTVSR: 2 (7 -> 28 frames, outputs averaged over copies)
     max_clips: int | None = None
     chunk: int | None = None  # temporal window for long clips on small memory
+    # config fields of the network that keep its weights, e.g. {key_frame_stride: 5} (with_model_settings)
+    model_settings: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"  # auto: a GPU when the Ray cluster has one, else a CPU; cpu; cuda
     output: str | None = None  # folder for per_clip.csv / per_clip.md (default: none written locally)
     log_to_mlflow: bool = True  # a new run in `experiment`: metrics, per-clip tables, what was evaluated
@@ -111,6 +117,7 @@ class ScoringRequest:
     mirror_times: int
     max_clips: int | None
     chunk: int | None
+    model_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,11 +171,51 @@ def task_options(device: str, cluster_resources: dict[str, float]) -> tuple[dict
     return {"num_cpus": 1}, "cpu"
 
 
+def with_model_settings(model: Any, settings: Mapping[str, Any]) -> Any:
+    """``model`` rebuilt with other values of config fields that keep its tensors, its weights kept.
+
+    Such a field says how the trained network computes, not what it learnt: TTVSR's ``key_frame_stride``
+    (which frames become key frames, whose tokens the attention reaches; Table 5 of the paper varies it
+    on one trained model) or any ``runtime_fields`` entry of the family. A field that would change a
+    tensor's name or shape (``mid_channels``, ``token_size``) is a :class:`ConfigError` naming it.
+    """
+    if not settings:
+        return model
+    import torch
+
+    import vsr_models
+
+    arch = vsr_models.model_arch(model)
+    family = vsr_models.get_family(arch)
+    config = vsr_models.model_config(model) | dict.fromkeys(family.init_only_fields) | dict(settings)
+    given = ", ".join(f"model.{k}={v!r}" for k, v in settings.items())
+    try:
+        with torch.device("meta"):  # shapes only: the weights are the loaded network's
+            rebuilt = vsr_models.build_model(arch, **config)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{given}: {error}") from None
+    weights, expected = model.state_dict(), rebuilt.state_dict()
+    changed = sorted(
+        name
+        for name in weights.keys() | expected.keys()
+        if name not in weights or name not in expected or weights[name].shape != expected[name].shape
+    )
+    if changed:
+        raise ConfigError(
+            f"{given} changes the network's tensors ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): an evaluation can only vary {arch} settings that keep "
+            "the trained weights (such as key_frame_stride); train a model for each value instead"
+        )
+    rebuilt.load_state_dict(weights, assign=True)
+    return rebuilt.eval()
+
+
 def score_task(request: ScoringRequest) -> EvaluationReport:
     """The body of the Ray task: load the network where it runs, score the split, return the scores."""
     model = load_model(
         request.model, device=request.device, arch=request.arch, tracking_uri=request.tracking_uri
     )
+    model = with_model_settings(model, request.model_settings)
     return evaluate(
         model,
         request.data,
@@ -299,8 +346,12 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationResult:
         mirror_times=cfg.mirror_times,
         max_clips=cfg.max_clips,
         chunk=cfg.chunk,
+        model_settings=dict(cfg.model_settings),
     )
-    task = ray.remote(score_task).options(name=f"evaluate {source.label}", **resources)
+    # DEFAULT: scheduled on the cluster, never in a caller's placement group (a Tune trial's holds no CPU)
+    task = ray.remote(score_task).options(
+        name=f"evaluate {source.label}", scheduling_strategy="DEFAULT", **resources
+    )
     report: EvaluationReport = ray.get(task.remote(request))
 
     files = _write_tables(report, cfg.output) if cfg.output is not None else ()
@@ -324,7 +375,7 @@ def _log_to_mlflow(
     sha256 = sha256_file(Path(cfg.data) / MANIFEST_NAME)
     dataset_name = Path(_absolute(cfg.data)).name
     params = asdict(cfg) | {"model": None if cfg.official else cfg.source}
-    params = {k: v for k, v in params.items() if v is not None and k not in ("tracking_uri", "output")}
+    params = {k: v for k, v in params.items() if v not in (None, {}) and k not in ("tracking_uri", "output")}
     run_id = log_evaluation(
         tracking_uri,
         cfg.experiment,
@@ -334,7 +385,7 @@ def _log_to_mlflow(
         metrics=report.metrics(),
         texts={PER_CLIP_CSV: report.csv(), PER_CLIP_MARKDOWN: report.markdown()},
     )
-    if source.version is not None:
+    if source.version is not None and not cfg.model_settings:  # the version's own score, as registered
         prefix = f"eval_{sha256[:12]}"
         set_model_version_tags(
             tracking_uri,

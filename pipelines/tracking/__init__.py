@@ -14,8 +14,16 @@ from pipelines.tracking.registry import (
     promote_champion,
     register_checkpoint,
     register_model,
+    set_alias,
 )
-from pipelines.tracking.runs import RunTracker, artifact_root, find_run, mlflow_client, resolve_tracking_uri
+from pipelines.tracking.runs import (
+    RunTracker,
+    artifact_root,
+    find_run,
+    find_run_by_tag,
+    mlflow_client,
+    resolve_tracking_uri,
+)
 
 __all__ = [
     "FLAVOR_NAME",
@@ -25,6 +33,7 @@ __all__ = [
     "artifact_root",
     "example_input",
     "find_run",
+    "find_run_by_tag",
     "load_registered_model",
     "mlflow_client",
     "promote_champion",
@@ -32,4 +41,5 @@ __all__ = [
     "register_model",
     "resolve_tracking_uri",
     "save_model",
+    "set_alias",
 ]

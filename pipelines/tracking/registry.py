@@ -150,6 +150,11 @@ def promote_champion(
     return RegisteredVersion(name, version, False, champion.version, champion_psnr, alias)
 
 
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` of ``name``, whatever it pointed at (an alias one search owns)."""
+    mlflow_client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
 def register_checkpoint(
     checkpoint_dir: str | os.PathLike,
     registered_model: str,

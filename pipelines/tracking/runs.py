@@ -70,19 +70,25 @@ def filter_literal(value: str) -> str:
     raise ConfigError(f"name {value!r} holds both quote characters, which MLflow cannot search for; drop one")
 
 
-def find_run(tracking_uri: str, experiment: str, run_name: str) -> str | None:
-    """The id of the newest run named ``run_name`` in ``experiment``, or None."""
+def _newest_run(tracking_uri: str, experiment: str, filter_string: str) -> str | None:
     client = mlflow_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
     runs = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"attributes.run_name = {filter_literal(run_name)}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        [found.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
     )
     return runs[0].info.run_id if runs else None
+
+
+def find_run(tracking_uri: str, experiment: str, run_name: str) -> str | None:
+    """The id of the newest run named ``run_name`` in ``experiment``, or None."""
+    return _newest_run(tracking_uri, experiment, f"attributes.run_name = {filter_literal(run_name)}")
+
+
+def find_run_by_tag(tracking_uri: str, experiment: str, key: str, value: str) -> str | None:
+    """The id of the newest run of ``experiment`` tagged ``key=value``, or None."""
+    return _newest_run(tracking_uri, experiment, f"tags.`{key}` = {filter_literal(value)}")
 
 
 class RunTracker:
@@ -111,6 +117,22 @@ class RunTracker:
             return cls(tracking_uri, run_id)
         experiment_id = _experiment_id(client, tracking_uri, experiment)
         run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+        return cls(tracking_uri, run_id)
+
+    @classmethod
+    def start_tagged(
+        cls, tracking_uri: str, experiment: str, run_name: str, key: str, value: str, tags: Mapping[str, str]
+    ) -> RunTracker:
+        """The run of ``experiment`` tagged ``key=value``, else a new one named ``run_name``, whatever other
+        runs bear that name (e.g. a search's parent run: its id tag, not its name, says which search)."""
+        client = mlflow_client(tracking_uri)
+        run_id = find_run_by_tag(tracking_uri, experiment, key, value)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return cls(tracking_uri, run_id)
+        experiment_id = _experiment_id(client, tracking_uri, experiment)
+        all_tags = {**tags, key: value}
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         return cls(tracking_uri, run_id)
 
     @classmethod
@@ -144,6 +166,10 @@ class RunTracker:
         for key, value in tags.items():
             self._client.set_tag(self.run_id, key, str(value))
 
+    def status(self) -> str | None:
+        """``RUNNING``, ``FINISHED``, ``FAILED``, ``KILLED`` (None for an inactive tracker)."""
+        return self._client.get_run(self.run_id).info.status if self.active else None
+
     def tags(self) -> dict[str, str]:
         return dict(self._client.get_run(self.run_id).data.tags) if self.active else {}
 
@@ -154,6 +180,10 @@ class RunTracker:
     def log_dict(self, data: dict, artifact_file: str) -> None:
         if self.active:
             self._client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.active:
+            self._client.log_text(self.run_id, text, artifact_file)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """A ``(h, w, 3)`` uint8 image as a PNG, browsable per step in the MLflow UI."""
