@@ -1,30 +1,61 @@
-"""Hyperparameter search on Ray Tune: many training runs of one base config, each with sampled values.
+"""Searches on Ray Tune: many training runs of one base config with drawn values, or many evaluations of
+one trained network with drawn inference settings (``jobs/tune_ttvsr.py``, ``jobs/tune_vsrt.py``).
 
-The search is a YAML file (``configs/tune_ttvsr_sample.yaml``) loaded into :class:`SearchConfig`:
+The search is a YAML file (``configs/search/*.yaml``, ``docs/tuning.md``) loaded into
+:class:`SearchConfig`:
 
 - ``base``: the training config every trial starts from (``configs/ttvsr_sample.yaml``);
   ``experiment``: a partial training config applied on top of it for every trial;
 - ``search``: dotted training-config keys mapped to distributions, e.g.
-  ``optim.lr: {loguniform: [1.0e-5, 1.0e-3]}`` (see :data:`DISTRIBUTIONS`);
-- ``num_samples``, ``metric`` (``val_psnr``, maximised), ``scheduler`` (ASHA or none) and
-  ``max_concurrent_trials`` (default: as many trials as the cluster's CPUs/GPUs hold at once).
+  ``optim.lr: {loguniform: [1.0e-5, 1.0e-3]}`` (:mod:`pipelines.tuning.space`); a tied group, several
+  keys separated by commas, draws them together (``model.num_frames, data.num_frames: {grid: [3, 5]}``);
+- ``evaluate``: a model (``models:/ttvsr@champion``, a checkpoint): each trial then evaluates it on the
+  base config's validation split with the drawn ``model.*`` settings (ones that keep the weights, such
+  as ``model.key_frame_stride``) or ``val.*`` protocol keys, and nothing trains;
+- ``num_samples``, ``metric`` (``val_psnr``, maximised), ``scheduler`` (ASHA or none),
+  ``max_concurrent_trials`` (default: as many trials as the cluster holds, or can scale to:
+  :mod:`pipelines.tuning.resources`), ``register_best`` and ``promote_champion``.
 
-Ray Train V2 runs inside Tune as the Ray docs recommend: the Tuner runs :func:`run_trial`, a plain
-function that builds the trial's experiment config (base + sampled values as ``--set`` overrides) and
-calls :func:`pipelines.training.driver.run_training`, which starts a ``TorchTrainer`` named after the trial id.
-:class:`ValidationReportCallback` passes each validation from the Train run up to Tune.
+Every value a trial can draw is checked against the training config before anything starts
+(:func:`base_experiment`): a mistyped key, a wrong type, or a combination the config refuses (a token
+size its token scales do not fit, a model frame count the data's differs from) is one
+:class:`ConfigError` naming the key.
 
-Every trial is its own MLflow run (named after the trial id, tagged ``tune_experiment=<name>``) nested
-under one parent run named after the search. At the end the best trial's final network is registered,
-and the ``champion`` alias moves to it if it beats the current champion (:mod:`pipelines.tracking`).
+Training trials follow the Train V2 pattern: the Tuner runs :func:`run_trial`, a plain function that
+builds the trial's config and calls :func:`pipelines.training.driver.run_training`, whose
+``TorchTrainer`` is named after the trial id; :class:`ValidationReportCallback` passes every validation
+up to Tune, and ASHA compares trials at validations. Evaluation trials (:func:`run_evaluation_trial`)
+call :func:`pipelines.evaluation.job.run_evaluation`, one Ray task each (a GPU when there is one).
+
+The Tune experiment lives in ``<run.storage_path>/<name>/``, beside :data:`STATE_FILE`, which holds the
+search's id and what it was started with. Running the same command again restores the experiment
+(``Tuner.restore``): finished trials are kept, unfinished ones resume from their last checkpoint;
+running another search under a name in use is refused. The MLflow parent run is found by the search's
+id (tag :data:`SEARCH_ID_TAG`), never by its name, so a search never adopts another's parent run. Every
+trial is a run nested under it (named after the trial id, tagged with its status: completed, stopped
+early, errored). At the end the parent run gets the results table (CSV, Markdown) and plots
+(:mod:`pipelines.tuning.results`); the best training trial is re-scored on the whole validation clips
+and registered with the alias ``best-<name>``, and the ``champion`` alias moves to it only with
+``promote_champion`` and only if it beats the champion (:func:`pipelines.tracking.promote_champion`).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
+import hashlib
+import itertools
+import json
 import logging
 import math
-from collections.abc import Mapping
+import os
+import re
+import signal
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -36,20 +67,52 @@ from pipelines.common.config import as_overrides, config_to_dict, dump_config, f
 from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
 from pipelines.data.manifest import check_dataset
-from pipelines.tracking import RegisteredVersion, RunTracker, find_run, resolve_tracking_uri
+from pipelines.evaluation.job import EvaluationConfig, run_evaluation, with_model_settings
+from pipelines.tracking import (
+    RegisteredVersion,
+    RunTracker,
+    find_run,
+    promote_champion,
+    resolve_tracking_uri,
+    set_alias,
+)
 from pipelines.training.driver import register_result, run_training
 from pipelines.training.experiment import EXPERIMENTS, Experiment, resolve_paths
-from pipelines.tuning.space import Distribution, parse_search_space
+from pipelines.tuning.resources import (
+    autoscaler_maximum,
+    concurrent_trials,
+    largest,
+    parse_resources,
+    training_trial_resources,
+)
+from pipelines.tuning.results import (
+    COMPLETED,
+    ERRORED,
+    SCORES,
+    STOPPED_EARLY,
+    TrialSummary,
+    fmt,
+    text_table,
+    write_reports,
+)
+from pipelines.tuning.space import Distribution, assign, parse_search_space, tied_keys
 
 logger = logging.getLogger("ray_vsr.tune")
 
 TUNE_EXPERIMENT_TAG = "tune_experiment"
 TUNE_TRIAL_TAG = "tune_trial_id"
+SEARCH_ID_TAG = "tune_search_id"  # on the parent run and every trial run: which search they belong to
+TRIAL_STATUS_TAG = "tune_status"  # completed | stopped early | errored
+REGISTERED_TAG = "best_registered_version"  # on the parent run: the version registered as best-<name>
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the trial runs under the search
 LATEST_CHECKPOINT_KEY = "latest_checkpoint"  # Tune result key: the trial's newest checkpoint folder
 TRAIN_RUNS_DIR = "train"  # the trials' Train runs: <storage_path>/<search name>/train/<trial id>/
-DATA_CPUS_PER_TRIAL = 1  # CPUs left to each trial's Ray Data crop tasks when sizing concurrency
+STATE_FILE = "ray_vsr_search.json"  # <storage_path>/<search name>/: the search id and its fingerprint
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes reserved for each trial's driver function (it holds no CPU)
+MAX_COMBINATIONS = 512  # combinations of the entries' extremes checked up front (beyond: pairs only)
+# Keys an evaluation sweep may draw besides model settings: the validation protocol of the evaluation.
+EVALUATION_VAL_KEYS = ("channel", "crop_border", "centre_frame_only", "mirror_times", "max_clips", "chunk")
+_NAME = re.compile(r"^[\w-]+$")  # a Tune folder and part of an MLflow alias (best-<name>)
 
 
 # -- the search config -----------------------------------------------------------------------------------
@@ -72,38 +135,106 @@ class SchedulerSection:
 
 @dataclass
 class SearchConfig:
-    """A Tune search (``jobs/tune_ttvsr.py --config``); see the module docstring."""
+    """A Tune search (``jobs/tune_<arch>.py --config``); see the module docstring."""
 
     base: str  # the training config every trial starts from
     experiment: dict[str, Any] = field(default_factory=dict)  # partial training config for every trial
-    search: dict[str, Any] = field(default_factory=dict)  # dotted key -> {distribution: args}
-    name: str = "tune"  # Tune experiment: <run.storage_path>/<name>/, MLflow parent run <name>
+    search: dict[str, Any] = field(default_factory=dict)  # dotted key (or tied keys) -> {distribution: args}
+    name: str = "tune"  # Tune experiment <run.storage_path>/<name>/, MLflow parent run <name>
     num_samples: int = 8  # trials (with grid entries: samples per grid point)
     metric: Literal["val_psnr", "val_ssim"] = "val_psnr"  # the validation metric to maximise
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
-    max_concurrent_trials: int | None = None  # None: as many as the cluster's CPUs / GPUs hold at once
+    evaluate: str | None = None  # a model to evaluate in every trial (nothing trains); None: train
+    device: str = "auto"  # evaluation trials: auto (a GPU when the cluster has one), cpu or cuda
+    max_concurrent_trials: int | None = None  # None: as many as the cluster holds (or can scale to)
+    max_cluster_resources: dict[str, float] | None = None  # the autoscaler's maximum, e.g. {GPU: 8}
     seed: int | None = 0  # seeds the sampling, so a search draws the same values again
-    register_best: bool = True  # register the best trial's network (champion alias if it is the best)
+    register_best: bool = True  # training searches: register the best trial's network as best-<name>
+    promote_champion: bool = False  # ... and move `champion` to it if it beats the champion
 
     def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"name must be letters, digits, '_' or '-' (a folder and an alias), got {self.name!r}"
+            )
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ValueError(
                 f"max_concurrent_trials must be at least 1 (or null), got {self.max_concurrent_trials}"
             )
+        if not self.search:
+            raise ValueError(
+                "search: no key to search; e.g. search: {optim.lr: {loguniform: [1.0e-4, 1.0e-3]}}"
+            )
         self.search = {key: {d.kind: d.args} for key, d in parse_search_space(self.search).items()}
 
     def space(self) -> dict[str, Distribution]:
         return parse_search_space(self.search)
 
+    @property
+    def best_alias(self) -> str:
+        return f"best-{self.name}"
+
+
+# -- checking every value a trial can draw, before any trial starts --------------------------------------
+
+
+def _dotted_keys(text: str, known: set[str]) -> set[str]:
+    """The config keys a message names (``data.num_frames (5) must equal model.num_frames (3)``)."""
+    return {word for word in re.findall(r"[a-z_]+\.[a-z_]+", text) if word in known}
+
+
+def _tie_hint(entries: list[str], message: str, known: set[str]) -> str:
+    """How to draw together the keys whose values the config refused in combination."""
+    if "unknown config key" in message:
+        return ""
+    drawn = [key for entry in entries for key in tied_keys(entry)]
+    others = sorted(_dotted_keys(message, known) - set(drawn))
+    if len(entries) == 1 and not others:
+        return "; a value that needs other keys changed with it is drawn with them in a tied group (docs/tuning.md)"
+    group = ", ".join([*drawn, *others])
+    return f"; draw them together in a tied group, e.g. '{group}: {{grid: [...]}}' (docs/tuning.md)"
+
+
+def _check_evaluation_entry(entry: str, distribution: Distribution, base: Experiment) -> None:
+    """An evaluation sweep trains nothing: it may draw model settings that keep the weights, and the protocol."""
+    import torch
+
+    import vsr_models
+
+    for key in tied_keys(entry):
+        section, _, name = key.partition(".")
+        if section == "model":
+            continue
+        if section == "val" and name in EVALUATION_VAL_KEYS:
+            continue
+        raise ConfigError(
+            f"search.{entry}: an evaluation sweep (evaluate: / --evaluate) trains nothing, so it can draw "
+            f"model settings that keep the weights (model.key_frame_stride, ...) and val.{{{', '.join(EVALUATION_VAL_KEYS)}}}, "
+            f"not {key}"
+        )
+    with torch.device("meta"):
+        network = vsr_models.build_model(base.arch, **base.model_overrides())
+    for value in distribution.extremes():
+        settings = {
+            k.removeprefix("model."): v for k, v in assign(entry, value).items() if k.startswith("model.")
+        }
+        try:
+            with_model_settings(network, settings)
+        except ConfigError as err:
+            raise ConfigError(f"search.{entry} = {value!r}: {err}") from None
+
 
 def base_experiment(spec: SearchConfig, cls: type[Experiment]) -> Experiment:
-    """The base config with the shared ``experiment`` changes; every searched value is checked against it.
+    """The base config with the shared ``experiment`` changes; every value a trial can draw is checked.
 
-    Each searched key is applied at its extremes (both bounds, every option), so a typo, a wrong type or
-    a value the config rejects (``data.lr_patch`` not a multiple of ``model.token_size``) is a
-    :class:`ConfigError` before any trial starts.
+    Each searched entry is applied at its extremes (both bounds, every option), alone and then in every
+    combination with the other entries' extremes (pairs only, past :data:`MAX_COMBINATIONS`), so a
+    typo, a wrong type, or a value the config rejects in combination (``model.token_size`` 8 with token
+    scales (4, 6, 8); VSR-Transformer's ``model.num_frames`` without ``data.num_frames``) is a
+    :class:`ConfigError` before any trial starts. An evaluation sweep checks its keys with
+    :func:`_check_evaluation_entry` as well.
     """
     if not Path(spec.base).is_file():
         raise ConfigError(
@@ -116,12 +247,35 @@ def base_experiment(spec: SearchConfig, cls: type[Experiment]) -> Experiment:
     except ConfigError as err:
         raise ConfigError(f"experiment: {err}") from None
     base_overrides = as_overrides(flatten(base))
-    for key, distribution in spec.space().items():
+    known = set(flatten(base))
+
+    def check(drawn: list[tuple[str, Any]]) -> None:
+        values: dict[str, Any] = {}
+        for entry, value in drawn:
+            values |= assign(entry, value)
+        try:
+            load_config(cls, None, [*base_overrides, *as_overrides(values)])
+        except ConfigError as err:
+            where = " with ".join(f"search.{entry} = {value!r}" for entry, value in drawn)
+            hint = _tie_hint([entry for entry, _ in drawn], str(err), known)
+            raise ConfigError(f"{where}: {err}{hint}") from None
+
+    space = spec.space()
+    for entry, distribution in space.items():
         for value in distribution.extremes():
-            try:
-                load_config(cls, None, [*base_overrides, *as_overrides({key: value})])
-            except ConfigError as err:
-                raise ConfigError(f"search.{key} = {value!r}: {err}") from None
+            check([(entry, value)])
+        if spec.evaluate is not None:
+            _check_evaluation_entry(entry, distribution, base)
+    options = [[(entry, value) for value in d.extremes()] for entry, d in space.items()]
+    if math.prod(len(o) for o in options) <= MAX_COMBINATIONS:
+        combinations = itertools.product(*options)
+    else:
+        combinations = (
+            pair for a, b in itertools.combinations(options, 2) for pair in itertools.product(a, b)
+        )
+    if len(space) > 1:
+        for drawn in combinations:
+            check(list(drawn))
     return base
 
 
@@ -137,18 +291,33 @@ class TrialPlan:
     tune_experiment: str
     parent_run_id: str
     metric: str
+    search_id: str = ""
+    evaluate: str | None = None  # evaluation sweeps: the model, pinned (models:/name/<version>, a path)
+    device: str = "auto"
 
     def experiment(self, sampled: Mapping[str, Any], trial_id: str) -> Experiment:
-        """The trial's training config: base + sampled values, its Train run named after the trial."""
-        overrides = [*self.base_overrides, *as_overrides(sampled), *as_overrides({"run.name": trial_id})]
+        """The trial's training config: base + drawn values, its Train run named after the trial."""
+        values: dict[str, Any] = {}
+        for entry, value in sampled.items():
+            values |= assign(entry, value)
+        overrides = [*self.base_overrides, *as_overrides(values), *as_overrides({"run.name": trial_id})]
         return load_config(EXPERIMENTS[self.arch], None, overrides)
+
+    def trial_tags(self, trial_id: str) -> dict[str, str]:
+        return {
+            "arch": self.arch,
+            TUNE_EXPERIMENT_TAG: self.tune_experiment,
+            TUNE_TRIAL_TAG: trial_id,
+            SEARCH_ID_TAG: self.search_id,
+            PARENT_RUN_TAG: self.parent_run_id,
+        }
 
 
 class ValidationReportCallback(TuneReportCallback):
     """Passes the Train run's validations up to Tune, each with the newest checkpoint's folder.
 
-    The training loop also reports the loss every ``log_every`` iterations; Tune rejects results
-    without the searched metric, and ASHA should compare trials at validations only.
+    The training loop also reports at checkpoints between validations; Tune rejects results without
+    the searched metric, and ASHA should compare trials at validations only.
     """
 
     def __init__(self, metric: str) -> None:
@@ -166,53 +335,105 @@ class ValidationReportCallback(TuneReportCallback):
 
 
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
-    """One Tune trial (runs in a Tune actor): train the base config with this trial's sampled values."""
+    """One training trial (runs in a Tune actor): train the base config with this trial's drawn values."""
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.experiment(config, trial_id)
     # Created here so the tags are set from the start; run_training finds the run by its name.
-    RunTracker.start(
-        cfg.tracking.uri,
-        cfg.tracking.experiment,
-        cfg.run.name,
-        tags={
-            "arch": cfg.arch,
-            TUNE_EXPERIMENT_TAG: plan.tune_experiment,
-            TUNE_TRIAL_TAG: trial_id,
-            PARENT_RUN_TAG: plan.parent_run_id,
-        },
-    )
+    RunTracker.start(cfg.tracking.uri, cfg.tracking.experiment, cfg.run.name, tags=plan.trial_tags(trial_id))
     run_training(cfg, callbacks=[ValidationReportCallback(plan.metric)], register=False)
+
+
+def validation_evaluation(
+    cfg: Experiment,
+    model: str,
+    *,
+    max_clips: int | None,
+    device: str = "auto",
+    settings: Mapping | None = None,
+) -> EvaluationConfig:
+    """An evaluation of ``model`` on ``cfg``'s validation split and protocol, on whole clips."""
+    val = cfg.val
+    return EvaluationConfig(
+        model=model,
+        data=cfg.data.path,
+        split=cfg.data.val_split,
+        channel=val.channel,
+        crop_border=val.crop_border,
+        centre_frame_only=val.centre_frame_only,
+        mirror_times=val.mirror_times,
+        max_clips=max_clips,
+        chunk=val.chunk,
+        model_settings=dict(settings or {}),
+        device=device,
+        tracking_uri=cfg.tracking.uri,
+        log_to_mlflow=False,
+    )
+
+
+def run_evaluation_trial(config: dict[str, Any], plan: TrialPlan) -> None:
+    """One evaluation trial (runs in a Tune actor): score ``plan.evaluate`` with the drawn settings.
+
+    The evaluation is one Ray task (:func:`run_evaluation`); its scores go to Tune and to the trial's
+    MLflow run (params: the drawn values; metrics ``val/psnr``, ...; the per-clip tables).
+    """
+    import ray.tune
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = plan.experiment(config, trial_id)
+    values: dict[str, Any] = {}
+    for entry, value in config.items():
+        values |= assign(entry, value)
+    settings = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
+    uri = cfg.tracking.uri
+    tracker = RunTracker.start(uri, cfg.tracking.experiment, trial_id, tags=plan.trial_tags(trial_id))
+    try:
+        tracker.log_params(values | {"evaluate": plan.evaluate, "data.path": cfg.data.path})
+        request = validation_evaluation(
+            cfg, str(plan.evaluate), max_clips=cfg.val.max_clips, device=plan.device, settings=settings
+        )
+        result = run_evaluation(request)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    metrics = result.metrics()
+    tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=0)
+    tracker.log_text(result.report.csv(), "per_clip.csv")
+    tracker.log_text(result.report.markdown(), "per_clip.md")
+    tracker.set_tags({"eval.device": result.device})
+    tracker.finish("FINISHED")
+    ray.tune.report({f"val_{k}": v for k, v in metrics.items()})
 
 
 # -- the search ------------------------------------------------------------------------------------------
 
 
 def trial_resources(cfg: Experiment) -> dict[str, float]:
-    """What one trial's Train run holds: its workers, plus a CPU for its Ray Data tasks."""
-    workers = cfg.scaling.num_workers
-    resources = {"CPU": workers * cfg.scaling.cpus_per_worker + DATA_CPUS_PER_TRIAL}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = float(workers)
-    return resources
+    """What one training trial holds: its Train workers, plus a CPU for its Ray Data tasks."""
+    scaling = cfg.scaling
+    return training_trial_resources(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu)
 
 
-def concurrent_trials(per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> int:
-    """How many trials fit on the cluster at once (at least one).
+def evaluation_resources(device: str, cluster: Mapping[str, float]) -> dict[str, float]:
+    """What one evaluation trial's Ray task holds: a GPU (``cuda``, or ``auto`` with GPUs), else a CPU."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and cluster.get("GPU", 0) >= 1)
+    return {"GPU": 1.0} if on_gpu else {"CPU": 1.0}
 
-    Each trial's driver function holds no resources (Train reserves its workers itself), so without
-    this bound Tune would start every trial and leave all but a few waiting for workers.
-    """
-    fits = [math.floor(cluster.get(name, 0.0) / amount) for name, amount in per_trial.items() if amount > 0]
-    return max(1, min(fits, default=1))
+
+def total_trials(spec: SearchConfig) -> int:
+    """How many trials the search runs: ``num_samples`` for every point of the grid entries."""
+    space = spec.space().values()
+    return spec.num_samples * math.prod(len(d.args) for d in space if d.kind == "grid")
 
 
 def asha_scheduler(spec: SearchConfig, base: Experiment) -> Any:
     """ASHA on the training iteration: rungs at multiples of ``val_every``, up to ``total_iters``."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if spec.scheduler.name == "none":
+    if (
+        spec.scheduler.name == "none" or spec.evaluate is not None
+    ):  # one result per evaluation: nothing to stop
         return FIFOScheduler()
     grace = spec.scheduler.grace_validations * base.train.val_every
     if grace >= base.train.total_iters:
@@ -224,31 +445,18 @@ def asha_scheduler(spec: SearchConfig, base: Experiment) -> Any:
     return ASHAScheduler(
         time_attr="iteration",
         grace_period=grace,
-        max_t=base.train.total_iters,
+        # Rungs at grace x reduction_factor^k below max_t; ASHA would also place one at max_t itself when
+        # total_iters / grace is a power of the factor. A trial at total_iters is finishing on its own:
+        # stopping it there would cut its MLflow bookkeeping, so the last rung stays below total_iters.
+        max_t=base.train.total_iters - 1,
         reduction_factor=spec.scheduler.reduction_factor,
-        # A trial at total_iters is finishing on its own; stopping it would cut its MLflow bookkeeping.
         stop_last_trials=False,
     )
 
 
 @dataclass(frozen=True)
-class TrialSummary:
-    """One trial's outcome."""
-
-    trial_id: str
-    params: dict[str, Any]  # the sampled values
-    status: str  # finished | stopped (by the scheduler) | error
-    iteration: int  # last validated iteration
-    last: float  # the metric at the trial's last validation (what its final network scores)
-    best: float  # the best value over its validations
-    mlflow_run_id: str | None
-    checkpoint: str | None  # URI of its newest checkpoint folder
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class SearchSummary:
-    """What :func:`run_search` produced; :meth:`describe` is what ``jobs/tune_ttvsr.py`` prints."""
+    """What :func:`run_search` produced; :meth:`describe` is what ``jobs/tune_<arch>.py`` prints."""
 
     name: str
     metric: str
@@ -257,65 +465,151 @@ class SearchSummary:
     best_config: Experiment  # the base config with the best trial's values
     parent_run_id: str
     tracking_uri: str
-    registered: RegisteredVersion | None
+    registered: RegisteredVersion | None  # the best trial's version (alias best-<name>)
+    champion: RegisteredVersion | None = None  # with promote_champion: the champion comparison
+    reports: tuple[str, ...] = ()  # artifact paths on the parent run: results table and plots
+    resumed: bool = False  # restored from an interrupted (or finished) run of the same search
 
     def table(self) -> str:
-        keys = sorted({key for trial in self.trials for key in trial.params})
-        header = ["trial", "status", *keys, "iters", self.metric, f"best {self.metric}"]
-        rows = [
-            [
-                t.trial_id,
-                t.status,
-                *(_fmt(t.params.get(k)) for k in keys),
-                str(t.iteration),
-                _fmt(t.last),
-                _fmt(t.best),
-            ]
-            for t in self.trials
-        ]
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        lines = [
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            for row in [header, *rows]
-        ]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
+        return text_table(self.trials, self.metric)
 
     def describe(self) -> str:
+        kind = "resumed, " if self.resumed else ""
         lines = [
-            f"Tune search {self.name}: {len(self.trials)} trials, best {self.metric} is the highest",
+            f"Tune search {self.name} ({kind}{len(self.trials)} trials), the highest {self.metric} wins:",
             self.table(),
             "",
-            f"best trial {self.best.trial_id}: {self.metric} {_fmt(self.best.last)}, "
+            f"best trial {self.best.trial_id}: {self.metric} {fmt(self.best.last)}, "
             f"MLflow run {self.best.mlflow_run_id} (parent {self.parent_run_id} in {self.tracking_uri})",
+            f"parent run artifacts: {', '.join(self.reports)}",
         ]
         if self.registered is not None:
             lines.append(self.registered.describe())
+        if self.champion is not None:
+            lines.append(self.champion.describe())
         lines += ["", "best config:", dump_config(self.best_config)]
         return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
+# -- the search's identity: its id, kept beside the Tune experiment --------------------------------------
 
 
-def _start_parent_run(spec: SearchConfig, base: Experiment, tracking_uri: str, arch: str) -> RunTracker:
-    """The search's MLflow parent run, with the search space as params and the search YAML."""
-    parent = RunTracker.start(
-        tracking_uri, base.tracking.experiment, spec.name, tags={TUNE_EXPERIMENT_TAG: spec.name, "arch": arch}
+def _fingerprint(spec: SearchConfig, base: Experiment) -> str:
+    """What makes a search the same search: its space, scheduler, sampling and base config (not where it
+    runs, how many trials run at once or what happens to the winner)."""
+    ignored = (
+        "max_concurrent_trials",
+        "max_cluster_resources",
+        "register_best",
+        "promote_champion",
+        "device",
+    )
+    search = {k: v for k, v in config_to_dict(spec).items() if k not in (*ignored, "experiment")}
+    trial_config = {k: v for k, v in flatten(base).items() if k not in ("run.address", "tracking.uri")}
+    text = json.dumps({"search": search, "base": trial_config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _filesystem(path: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def read_search_state(experiment_path: str) -> dict[str, Any] | None:
+    """:data:`STATE_FILE` of the search at ``experiment_path``, or None."""
+    import pyarrow.fs
+
+    fs, path = _filesystem(f"{experiment_path}/{STATE_FILE}")
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
+
+
+def _write_search_state(experiment_path: str, state: dict[str, Any]) -> None:
+    fs, path = _filesystem(f"{experiment_path}/{STATE_FILE}")
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(state, indent=2).encode())
+
+
+def open_search(experiment_path: str, fingerprint: str, evaluate: str | None) -> tuple[dict[str, Any], bool]:
+    """The search's state and whether Tune can restore it: that of the search already at
+    ``experiment_path`` if it is this one, a new one (new id) if nothing ran there yet.
+
+    Raises:
+        ConfigError: another search (other space, base config, ...) has run under this name.
+    """
+    from ray import tune
+
+    state = read_search_state(experiment_path)
+    restorable = tune.Tuner.can_restore(experiment_path)
+    if restorable and (state is None or state["fingerprint"] != fingerprint):
+        name = PurePosixPath(experiment_path).name
+        raise ConfigError(
+            f"a different Tune search already ran as {name} ({experiment_path}: other search space, base "
+            f"config or settings); run the same config to resume it, or give this one another name "
+            f"(--set name=...)"
+        )
+    if state is None or state["fingerprint"] != fingerprint:
+        state = {"search_id": uuid.uuid4().hex, "fingerprint": fingerprint, "evaluate": evaluate}
+        _write_search_state(experiment_path, state)
+    return state, restorable
+
+
+def _pinned_model(model: str, tracking_uri: str) -> str:
+    """``models:/ttvsr@champion`` -> ``models:/ttvsr/<its version>``: every trial scores the same weights,
+    even if the alias moves meanwhile; a path becomes absolute (trials run in other folders)."""
+    from pipelines.evaluation.job import resolve_source
+
+    return resolve_source(EvaluationConfig(model=model, tracking_uri=tracking_uri), tracking_uri).spec
+
+
+@contextlib.contextmanager
+def _sigterm_stops_gracefully() -> Iterator[None]:
+    """SIGTERM (``ray job stop``, a node being drained) stops the search as Ctrl-C does: Tune ends the
+    trials and saves the experiment state, and the same command resumes it. Tune's handler for SIGUSR1
+    does that; SIGTERM is passed on to it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_parent_run(
+    spec: SearchConfig, base: Experiment, tracking_uri: str, arch: str, search_id: str
+) -> RunTracker:
+    """The search's MLflow parent run (found by the search id), with the space as params and the YAML."""
+    parent = RunTracker.start_tagged(
+        tracking_uri,
+        base.tracking.experiment,
+        spec.name,
+        SEARCH_ID_TAG,
+        search_id,
+        tags={TUNE_EXPERIMENT_TAG: spec.name, "arch": arch},
     )
     parent.log_params(
         {f"search.{key}": {d.kind: d.args} for key, d in spec.space().items()}
-        | {"num_samples": spec.num_samples, "metric": spec.metric, "scheduler": spec.scheduler.name}
+        | {
+            "num_samples": spec.num_samples,
+            "metric": spec.metric,
+            "scheduler": spec.scheduler.name,
+            "evaluate": spec.evaluate,
+        }
     )
     parent.log_dict(config_to_dict(spec), "search.yaml")
     return parent
 
 
 def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
-    """Run the search ``spec`` over the training config class ``cls``; see the module docstring."""
+    """Run (or resume) the search ``spec`` over the training config class ``cls``: module docstring."""
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -323,50 +617,76 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     base = resolve_paths(base_experiment(spec, cls))
     check_dataset(base.data.path, [base.data.train_split, base.data.val_split])  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
+    experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
+    state, restoring = open_search(experiment_path, _fingerprint(spec, base), spec.evaluate)
+    evaluate = None
+    if spec.evaluate is not None:  # pinned when the search started: a resumed one scores the same version
+        evaluate = state.get("pinned") or _pinned_model(spec.evaluate, tracking_uri)
+        _write_search_state(experiment_path, state | {"pinned": evaluate})
     # Trials run in Tune actors whose working folder is their trial folder: every path is absolute.
     # Tune keeps <storage>/<name>/<trial id>/; the trials' Train runs go to <storage>/<name>/train/<trial id>/.
-    storage = f"{base.run.storage_path.rstrip('/')}/{spec.name}/{TRAIN_RUNS_DIR}"
     trial_base = dataclasses.replace(
         base,
-        run=dataclasses.replace(base.run, storage_path=storage),
+        run=dataclasses.replace(base.run, storage_path=f"{experiment_path}/{TRAIN_RUNS_DIR}"),
         tracking=dataclasses.replace(base.tracking, uri=tracking_uri),
     )
-    space = spec.space()
-    parent = _start_parent_run(spec, base, tracking_uri, cls.arch)
-    plan = TrialPlan(cls.arch, as_overrides(flatten(trial_base)), spec.name, parent.run_id, spec.metric)
+    parent = _start_parent_run(spec, base, tracking_uri, cls.arch, state["search_id"])
+    plan = TrialPlan(
+        cls.arch,
+        as_overrides(flatten(trial_base)),
+        spec.name,
+        parent.run_id,
+        spec.metric,
+        state["search_id"],
+        evaluate,
+        spec.device,
+    )
 
     init_ray(base.run.address)
-    max_concurrent = spec.max_concurrent_trials or concurrent_trials(
-        trial_resources(base), ray.cluster_resources()
-    )
+    cluster = largest(ray.cluster_resources(), spec.max_cluster_resources)
+    per_trial = trial_resources(base) if evaluate is None else evaluation_resources(spec.device, cluster)
+    max_concurrent = spec.max_concurrent_trials or concurrent_trials(per_trial, cluster)
     logger.info(
-        "Tune search %s: %d samples, at most %d trials at once", spec.name, spec.num_samples, max_concurrent
+        "Tune search %s: %d samples, at most %d trials at once%s",
+        spec.name, spec.num_samples, max_concurrent, " (resumed)" if restoring else "",
+    )  # fmt: skip
+    # The trial function only waits on its Train run or evaluation task, which reserve their own
+    # resources; Tune needs some resource per trial, and a CPU here would starve them on a 2-core machine.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial if evaluate is None else run_evaluation_trial, plan=plan),
+        {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
-    tuner = tune.Tuner(
-        # The trial function only waits on its Train run, which reserves the workers' resources itself;
-        # Tune needs some resource per trial, and a CPU here would starve Ray Data on a 2-core machine.
-        tune.with_resources(
-            tune.with_parameters(run_trial, plan=plan), {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
-        ),
-        param_space={key: d.to_tune() for key, d in space.items()},
-        tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode="max",
-            num_samples=spec.num_samples,
-            scheduler=asha_scheduler(spec, base),
-            search_alg=BasicVariantGenerator(max_concurrent=max_concurrent, random_state=spec.seed),
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=tune.RunConfig(name=spec.name, storage_path=base.run.storage_path),
-    )
+    if restoring:
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: d.to_tune() for key, d in spec.space().items()},
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode="max",
+                num_samples=spec.num_samples,
+                scheduler=asha_scheduler(spec, base),
+                search_alg=BasicVariantGenerator(max_concurrent=max_concurrent, random_state=spec.seed),
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(name=spec.name, storage_path=base.run.storage_path),
+        )
     try:
-        results = tuner.fit()
+        with _sigterm_stops_gracefully():
+            results = tuner.fit()
+        ended = results.num_terminated + results.num_errors
+        if ended < len(results) or len(results) < total_trials(spec):  # Ctrl-C / SIGTERM: state saved
+            raise KeyboardInterrupt
         trials = [_summarise_trial(result, plan, spec) for result in results]
+    except KeyboardInterrupt:
+        parent.finish("KILLED")
+        raise
     except BaseException:
         parent.finish("FAILED")
         raise
-    _close_stopped_runs(trials, tracking_uri)
-    finished = [t for t in trials if t.status != "error" and math.isfinite(t.last)]
+    _record_statuses(trials, tracking_uri)
+    finished = [t for t in trials if t.status != ERRORED and math.isfinite(t.last)]
     if not finished:
         parent.finish("FAILED")
         errors = (
@@ -375,16 +695,29 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
         raise RuntimeError(f"every trial of Tune search {spec.name} failed ({errors})")
     best = max(finished, key=lambda t: t.last)
     best_trial_cfg = plan.experiment(best.params, best.trial_id)
-    registered = _register_best(best, best_trial_cfg) if spec.register_best else None
+    registered = champion = None
+    if evaluate is None and spec.register_best:
+        registered, champion = _register_best(spec, best, best_trial_cfg, parent)
 
     parent.log_metrics({f"best_{spec.metric}": best.last}, step=0)
     parent.set_tags({"best_trial_id": best.trial_id, "best_mlflow_run_id": best.mlflow_run_id})
     parent.log_dict({"trials": [dataclasses.asdict(t) for t in trials]}, "trials.json")
     best_config = dataclasses.replace(best_trial_cfg, run=base.run, tracking=base.tracking)
     parent.log_dict(config_to_dict(best_config), "best_config.yaml")
+    reports = _log_reports(parent, trials, spec.metric)
     parent.finish("FINISHED")
     return SearchSummary(
-        spec.name, spec.metric, trials, best, best_config, parent.run_id, tracking_uri, registered
+        spec.name,
+        spec.metric,
+        trials,
+        best,
+        best_config,
+        parent.run_id,
+        tracking_uri,
+        registered,
+        champion,
+        reports,
+        restoring,
     )
 
 
@@ -394,16 +727,23 @@ def _trial_dirname(trial: Any) -> str:
 
 def _summarise_trial(result: Any, plan: TrialPlan, spec: SearchConfig) -> TrialSummary:
     trial_id = PurePosixPath(result.path).name  # see _trial_dirname
-    params = dict(result.config)
+    params = {key: value for key, value in result.config.items() if key in spec.search}
     cfg = plan.experiment(params, trial_id)
     history = result.metrics_dataframe
-    values = [] if history is None or spec.metric not in history else history[spec.metric].dropna().tolist()
-    iteration = int(result.metrics.get("iteration", 0))
-    if result.error is not None:
-        status = "error"
+    rows = [] if history is None or spec.metric not in history else history.dropna(subset=[spec.metric])
+    values = [] if len(rows) == 0 else rows[spec.metric].tolist()
+    metrics = result.metrics or {}
+    if plan.evaluate is not None:
+        iteration, steps = None, []
+        status = ERRORED if result.error is not None else COMPLETED
     else:
-        status = "finished" if iteration == cfg.train.total_iters else "stopped"
-    latest = result.metrics.get(LATEST_CHECKPOINT_KEY)
+        iteration = int(metrics.get("iteration", 0))
+        steps = [] if len(rows) == 0 else [int(i) for i in rows["iteration"].tolist()]
+        if result.error is not None:
+            status = ERRORED
+        else:
+            status = COMPLETED if iteration == cfg.train.total_iters else STOPPED_EARLY
+    latest = metrics.get(LATEST_CHECKPOINT_KEY)
     return TrialSummary(
         trial_id=trial_id,
         params=params,
@@ -414,58 +754,83 @@ def _summarise_trial(result: Any, plan: TrialPlan, spec: SearchConfig) -> TrialS
         mlflow_run_id=find_run(cfg.tracking.uri, cfg.tracking.experiment, trial_id),
         # URI, not the filesystem path Train reported: the storage may be s3://, gs://, ...
         checkpoint=f"{cfg.run.storage_path}/{trial_id}/{PurePosixPath(latest).name}" if latest else None,
+        scores={s: float(metrics[s]) for s in SCORES if s in metrics},
+        history=list(zip(steps, values, strict=False)),
         error=None if result.error is None else str(result.error).strip().splitlines()[-1],
     )
 
 
-def _close_stopped_runs(trials: list[TrialSummary], tracking_uri: str) -> None:
-    """Mark the MLflow runs of trials the scheduler stopped early as KILLED (their actor was ended)."""
+def _record_statuses(trials: list[TrialSummary], tracking_uri: str) -> None:
+    """Tag every trial run with its status; close the runs of trials stopped early (their actor was
+    ended: KILLED) or errored (FAILED)."""
     for trial in trials:
-        if trial.status == "stopped" and trial.mlflow_run_id:
-            tracker = RunTracker.attach(tracking_uri, trial.mlflow_run_id)
-            tracker.set_tags({"tune_stopped_early": "true"})
+        if not trial.mlflow_run_id:
+            continue
+        tracker = RunTracker.attach(tracking_uri, trial.mlflow_run_id)
+        tracker.set_tags({TRIAL_STATUS_TAG: trial.status})
+        if trial.status == STOPPED_EARLY:
             tracker.finish("KILLED")
+        elif trial.status == ERRORED:
+            tracker.finish("FAILED")
+        elif tracker.status() == "RUNNING":  # its actor ended with its last result, before closing it
+            tracker.finish("FINISHED")
 
 
-def _register_best(best: TrialSummary, cfg: Experiment) -> RegisteredVersion | None:
-    """Re-score the best trial's final network on the whole validation clips, then register it.
+def _log_reports(parent: RunTracker, trials: list[TrialSummary], metric: str) -> tuple[str, ...]:
+    """The results table and plots, as artifacts of the parent run; their artifact paths."""
+    with tempfile.TemporaryDirectory() as folder:
+        written = write_reports(trials, metric, Path(folder))
+        for path in written:
+            parent.log_artifact(path, None if path.parent == Path(folder) else path.parent.name)
+        return tuple(str(path.relative_to(folder)) for path in written)
+
+
+def _register_best(
+    spec: SearchConfig, best: TrialSummary, cfg: Experiment, parent: RunTracker
+) -> tuple[RegisteredVersion | None, RegisteredVersion | None]:
+    """Re-score the best trial's final network on the whole validation clips, register it with the alias
+    ``best-<name>`` and, with ``promote_champion``, offer it to the champion alias.
 
     Trials validate on capped clips (``val.max_clips`` / ``val.max_frames``) to stay cheap; the
     registered version carries the full score, measured as ``jobs/evaluate.py`` measures it (a Ray task,
     on a GPU when there is one), so the ``champion`` alias compares it with training runs validated on
-    the same dataset and protocol. The trial's own score is kept as the ``trial_val_psnr`` tag.
+    the same dataset and protocol. The trial's own score is kept as the ``trial_val_psnr`` tag. A search
+    run again after it finished registers nothing new (the parent's :data:`REGISTERED_TAG`).
     """
     import ray.train
 
-    from pipelines.evaluation.job import EvaluationConfig, run_evaluation
-
     if best.checkpoint is None or best.mlflow_run_id is None:
         logger.warning("best trial %s left no checkpoint: nothing to register", best.trial_id)
-        return None
-    full = dataclasses.replace(cfg, val=dataclasses.replace(cfg.val, max_clips=None, max_frames=None))
-    val = full.val
-    rescored = run_evaluation(
-        EvaluationConfig(
-            model=best.checkpoint,
-            data=cfg.data.path,
-            split=cfg.data.val_split,
-            channel=val.channel,
-            crop_border=val.crop_border,
-            centre_frame_only=val.centre_frame_only,
-            mirror_times=val.mirror_times,
-            chunk=val.chunk,
-            tracking_uri=cfg.tracking.uri,
-            log_to_mlflow=False,
-        )
-    ).report.metrics()
+        return None, None
+    if parent.tags().get(REGISTERED_TAG):
+        logger.info("search %s registered %s before", spec.name, parent.tags()[REGISTERED_TAG])
+        return None, None
+    full = dataclasses.replace(
+        cfg,
+        val=dataclasses.replace(cfg.val, max_clips=None, max_frames=None),
+        tracking=dataclasses.replace(cfg.tracking, champion_alias=spec.best_alias),
+    )
+    rescored = run_evaluation(validation_evaluation(full, best.checkpoint, max_clips=None)).metrics()
     logger.info(
         "best trial %s: %s %.4g on capped validation, PSNR %.2f dB on the whole clips",
-        best.trial_id, "val", best.last, rescored["psnr"],
+        best.trial_id, spec.metric, best.last, rescored["psnr"],
     )  # fmt: skip
     tracker = RunTracker.attach(cfg.tracking.uri, best.mlflow_run_id)
     tracker.set_tags({"trial_val_psnr": best.last})
     summary = register_result(full, tracker, ray.train.Checkpoint(best.checkpoint), val_metrics=rescored)
-    return summary.registered
+    registered = summary.registered
+    if registered is None:  # registered when an interrupted run of this search got that far
+        return None, None
+    name, version = registered.name, registered.version
+    set_alias(cfg.tracking.uri, name, spec.best_alias, version)  # this search's own alias: always its best
+    registered = RegisteredVersion(name, version, True, version, rescored["psnr"], spec.best_alias)
+    parent.set_tags({REGISTERED_TAG: f"{name}/{version}"})
+    champion = None
+    if spec.promote_champion:
+        champion = promote_champion(
+            cfg.tracking.uri, name, version, rescored["psnr"], cfg.tracking.champion_alias
+        )
+    return registered, champion
 
 
 # -- command line ----------------------------------------------------------------------------------------
@@ -473,18 +838,46 @@ def _register_best(best: TrialSummary, cfg: Experiment) -> RegisteredVersion | N
 
 def search_from_args(args) -> SearchConfig:
     """Load ``--config`` with ``--set`` overrides, then the shared flags on top."""
+    maximum = None
+    if args.cluster_config is not None:
+        maximum = autoscaler_maximum(args.cluster_config)
+    if args.max_cluster_resources is not None:
+        maximum = parse_resources(args.max_cluster_resources)
     flags = {
         "num_samples": args.num_samples,
+        "evaluate": args.evaluate,
+        "promote_champion": True if args.champion else None,
+        "max_cluster_resources": maximum,
         "experiment.run.address": args.address,
         "experiment.tracking.uri": args.mlflow_uri,
     }
     return load_config(SearchConfig, args.config, [*args.overrides, *flag_overrides(flags)])
 
 
-def main(cls: type[Experiment], argv: list[str] | None = None, description: str | None = None) -> int:
-    """Command-line entry of ``jobs/tune_<arch>.py``: parse, load the search, run it, print the results."""
+def search_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``jobs/tune_<arch>.py``: ``--config`` / ``--set`` and the flags below."""
     parser = job_parser(description)
-    parser.add_argument("--num-samples", type=int, help="trials to sample (num_samples)")
+    parser.add_argument("--num-samples", type=int, help="trials to draw (num_samples)")
+    parser.add_argument(
+        "--evaluate",
+        metavar="MODEL",
+        help="evaluate MODEL (models:/ttvsr@champion, a checkpoint) in every trial instead of training",
+    )
+    parser.add_argument(
+        "--champion",
+        action="store_true",
+        help="move the champion alias to the best trial if it beats the champion (promote_champion)",
+    )
+    parser.add_argument(
+        "--max-cluster-resources",
+        metavar="NAME=N,...",
+        help="the most the autoscaler can add up to, e.g. GPU=8,CPU=96: sizes how many trials run at once",
+    )
+    parser.add_argument(
+        "--cluster-config",
+        metavar="FILE",
+        help="read that maximum from a ray_cluster.yaml or KubeRay RayCluster / RayJob manifest",
+    )
     parser.add_argument(
         "--address", help="Ray cluster address (experiment.run.address); default: a local Ray"
     )
@@ -492,7 +885,13 @@ def main(cls: type[Experiment], argv: list[str] | None = None, description: str 
         "--mlflow-uri",
         help="MLflow tracking URI (experiment.tracking.uri); default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
     )
+    return parser
+
+
+def main(cls: type[Experiment], argv: list[str] | None = None, description: str | None = None) -> int:
+    """Command-line entry of ``jobs/tune_<arch>.py``: parse, load the search, run it, print the results."""
+    parser = search_parser(description)
     args = parser.parse_args(argv)
     if args.config is None:
-        parser.error("--config is required (e.g. configs/tune_ttvsr_sample.yaml)")
+        parser.error(f"--config is required (e.g. configs/search/{cls.arch}_*_sample.yaml)")
     return run_job(lambda: print(run_search(search_from_args(args), cls).describe()))

@@ -2,6 +2,15 @@
 
 ``optim.lr: {loguniform: [1.0e-5, 1.0e-3]}`` is one searched key (:data:`DISTRIBUTIONS` lists the
 kinds); each becomes a ``ray.tune`` sampler when the search runs.
+
+A tied group draws several keys together: its name lists them, separated by commas, and every drawn
+value sets all of them (:func:`assign`)::
+
+    model.num_frames, data.num_frames: {grid: [3, 5]}               # the same value to each key
+    model.token_size, model.token_scales: {grid: [[4, [4, 6, 8]], [8, [8, 12, 16]]]}   # one per key
+
+An option that is a list of exactly one value per key gives each key its own value, in order; any other
+value goes to every key of the group.
 """
 
 from __future__ import annotations
@@ -79,12 +88,37 @@ class Distribution:
         return list(self.args)
 
 
+def tied_keys(name: str) -> tuple[str, ...]:
+    """The config keys a search entry sets: ``"model.num_frames, data.num_frames"`` -> both."""
+    return tuple(key.strip() for key in name.split(","))
+
+
+def assign(name: str, value: Any) -> dict[str, Any]:
+    """The config values one drawn ``value`` of the entry ``name`` sets (see the module docstring)."""
+    keys = tied_keys(name)
+    if len(keys) > 1 and isinstance(value, list | tuple) and len(value) == len(keys):
+        return dict(zip(keys, value, strict=True))
+    return dict.fromkeys(keys, value)
+
+
+def _entry_name(key: str) -> str:
+    """``"model.num_frames,data.num_frames "`` -> ``"model.num_frames, data.num_frames"``; one key each."""
+    keys = tied_keys(key)
+    if any(not k for k in keys) or len(set(keys)) != len(keys):
+        raise ConfigError(
+            f"search.{key}: a tied group lists distinct config keys separated by commas, "
+            f"e.g. 'model.num_frames, data.num_frames'"
+        )
+    return ", ".join(keys)
+
+
 def parse_search_space(search: Mapping[str, Any]) -> dict[str, Distribution]:
     """``{"optim.lr": Distribution(...)}`` from the YAML ``search`` section.
 
     Keys may be dotted (``optim.lr: {...}``) or nested (``optim: {lr: {...}}``), which is what
-    ``--set search.optim.lr={loguniform: [1e-4, 1e-3]}`` writes. A leaf that is not a
-    ``{distribution: args}`` mapping is a :class:`ConfigError` listing the distributions.
+    ``--set search.optim.lr={loguniform: [1e-4, 1e-3]}`` writes; a tied group's name is several keys
+    separated by commas. A leaf that is not a ``{distribution: args}`` mapping is a :class:`ConfigError`
+    listing the distributions; a key in two entries is one too.
     """
     space: dict[str, Distribution] = {}
 
@@ -92,6 +126,7 @@ def parse_search_space(search: Mapping[str, Any]) -> dict[str, Distribution]:
         if isinstance(node, dict) and len(node) == 1:
             ((kind, args),) = node.items()
             if kind in DISTRIBUTIONS:
+                key = _entry_name(key)
                 try:
                     space[key] = Distribution.parse(kind, args)
                 except ConfigError as err:
@@ -114,4 +149,12 @@ def parse_search_space(search: Mapping[str, Any]) -> dict[str, Distribution]:
 
     for key, node in search.items():
         walk(node, str(key))
+    seen: dict[str, str] = {}
+    for name in space:
+        for key in tied_keys(name):
+            if key in seen:
+                raise ConfigError(
+                    f"search: {key} is drawn by two entries ('{seen[key]}' and '{name}'): keep one"
+                )
+            seen[key] = name
     return space

@@ -1,11 +1,9 @@
-"""Tune searches: the YAML search space and its validation, trial sizing, and a real two-trial search
-(Ray Tune running Ray Train runs of a tiny TTVSR, a real MLflow SQLite store) through the command line."""
+"""Tune searches without running one: the YAML search space (tied groups included) and its validation
+before any trial starts, trial sizing from per-trial and autoscaler resources, ASHA's rungs, the shipped
+search configs, the results table and plots. Real searches: test_searches.py."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +12,21 @@ import pytest
 import yaml
 
 from pipelines.common.config import ConfigError, as_overrides, flatten, load_config
-from pipelines.tracking import mlflow_client
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.experiment import TTVSRExperiment, VSRTExperiment
+from pipelines.tuning.resources import autoscaler_maximum, concurrent_trials, largest, parse_resources
+from pipelines.tuning.results import COMPLETED, STOPPED_EARLY, TrialSummary, markdown_table, write_reports
 from pipelines.tuning.search import (
-    PARENT_RUN_TAG,
-    TUNE_EXPERIMENT_TAG,
     SearchConfig,
     TrialPlan,
     asha_scheduler,
     base_experiment,
-    concurrent_trials,
     main,
+    search_from_args,
+    search_parser,
+    total_trials,
     trial_resources,
 )
-from pipelines.tuning.space import Distribution, parse_search_space
+from pipelines.tuning.space import Distribution, assign, parse_search_space
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
@@ -36,6 +35,7 @@ LR_BOUNDS = (1e-4, 1e-2)
 
 
 def write_search(path: Path, **fields) -> Path:
+    fields = {"search": {"optim.lr": {"loguniform": list(LR_BOUNDS)}}} | fields
     path.write_text(yaml.safe_dump({"base": str(TEST_CONFIG), **fields}, sort_keys=False))
     return path
 
@@ -59,6 +59,10 @@ def test_search_space_accepts_dotted_and_nested_keys_alike():
         }
     )
     assert Distribution("randint", [2, 5]).extremes() == [2, 4]  # tune.randint excludes the upper bound
+    # a tied group: its name lists its keys (spaces as written or not), nested by --set like any key
+    tied = {"model.num_frames, data.num_frames": Distribution("grid", [3, 5])}
+    assert parse_search_space({"model.num_frames,data.num_frames": {"grid": [3, 5]}}) == tied
+    assert parse_search_space({"model": {"num_frames, data": {"num_frames": {"grid": [3, 5]}}}}) == tied
     # YAML reads 1e-5 (no dot) as a string: bounds still become numbers
     assert parse_search_space(yaml.safe_load("optim.lr: {loguniform: [1e-5, 1e-3]}")) == {
         "optim.lr": Distribution("loguniform", [1e-5, 1e-3])
@@ -101,6 +105,21 @@ def test_set_overrides_reach_the_search_space_and_the_shared_experiment(tmp_path
         ({"search": {"optim.lr": 1e-4}}, "search.optim.lr: expected a distribution such as {loguniform"),
         ({"search": {"optim.lr": {"choice": []}}}, "takes a non-empty list"),
         ({"num_sample": 2}, "unknown config key 'num_sample'. Did you mean 'num_samples'?"),
+        ({"search": {}}, "search: no key to search"),
+        ({"name": "a/b"}, "name must be letters, digits"),
+        (
+            {"search": {"model.num_frames, model.num_frames": {"grid": [3]}}},
+            "a tied group lists distinct config keys",
+        ),
+        (
+            {
+                "search": {
+                    "model.num_frames": {"grid": [3]},
+                    "model.num_frames, data.num_frames": {"grid": [3]},
+                }
+            },
+            "search: model.num_frames is drawn by two entries",
+        ),
         ({"metric": "val_lpips"}, "metric: 'val_lpips' is not one of ['val_psnr', 'val_ssim']"),
         ({"scheduler": {"name": "pbt"}}, "scheduler.name: 'pbt' is not one of ['asha', 'none']"),
     ],
@@ -113,41 +132,154 @@ def test_bad_search_file_is_a_config_error_naming_the_key(tmp_path, fields, mess
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("cls", "fields", "message"),
     [
         # a key the training config does not have: config.py's message, prefixed by the search entry
         (
+            TTVSRExperiment,
             {"search": {"optim.lrr": {"loguniform": [1e-5, 1e-3]}}},
             "search.optim.lrr = 1e-05: unknown config key 'optim.lrr'. Did you mean 'lr'?",
         ),
         # a value the training config rejects: crops must be a multiple of TTVSR's 4x4 tokens
         (
+            TTVSRExperiment,
             {"search": {"data.lr_patch": {"choice": [64, 66]}}},
             "search.data.lr_patch = 66: TTVSRExperiment: data.lr_patch (66) must be a multiple",
         ),
-        ({"search": {"train.precision": {"choice": ["fp32", "fp8"]}}}, "search.train.precision = 'fp8'"),
         (
+            TTVSRExperiment,
+            {"search": {"train.precision": {"choice": ["fp32", "fp8"]}}},
+            "search.train.precision = 'fp8'",
+        ),
+        (
+            TTVSRExperiment,
             {"experiment": {"trian": {"total_iters": 4}}},
             "experiment: unknown config key 'trian'. Did you mean 'train'?",
         ),
-        ({"base": "configs/no_such.yaml"}, "base: training config configs/no_such.yaml not found"),
+        (
+            TTVSRExperiment,
+            {"base": "configs/no_such.yaml"},
+            "base: training config configs/no_such.yaml not found",
+        ),
+        # an untied key: the frame count of the model without the data's, named with the fix
+        (
+            VSRTExperiment,
+            {
+                "base": str(REPO_ROOT / "configs" / "vsrt_sample.yaml"),
+                "search": {"model.num_frames": {"grid": [3, 5]}},
+            },
+            "search.model.num_frames = 3: VSRTExperiment: data.num_frames (5) must equal model.num_frames (3); "
+            "draw them together in a tied group, e.g. 'model.num_frames, data.num_frames: {grid: [...]}'",
+        ),
+        # two entries that are fine alone but not together: every combination is checked
+        (
+            TTVSRExperiment,
+            {
+                "search": {
+                    "model.token_size": {"choice": [4, 8]},
+                    "model.token_scales": {"choice": [[4, 6, 8], [8, 12, 16]]},
+                },
+                "experiment": {"model": {"token_scales": [8, 12, 16]}},
+            },
+            "search.model.token_size = 8 with search.model.token_scales = [4, 6, 8]: model: TTVSRConfig: "
+            "token scale 4 must be >= token_size 8",
+        ),
+        # the paper's (6, 9, 12) row: a 9-pixel window cannot be centred on a 4-pixel token
+        (
+            TTVSRExperiment,
+            {"search": {"model.token_scales": {"grid": [[4, 6, 8], [6, 9, 12]]}}},
+            "search.model.token_scales = [6, 9, 12]: model: TTVSRConfig: token scale 9",
+        ),
+        # evaluation sweeps train nothing: no recipe keys, no settings that change the weights
+        (
+            TTVSRExperiment,
+            {"evaluate": "models:/ttvsr@champion", "search": {"optim.lr": {"grid": [1e-4]}}},
+            "search.optim.lr: an evaluation sweep (evaluate: / --evaluate) trains nothing",
+        ),
+        (
+            TTVSRExperiment,
+            {"evaluate": "models:/ttvsr@champion", "search": {"model.mid_channels": {"grid": [8, 16]}}},
+            "search.model.mid_channels = 16: model.mid_channels=16 changes the network's tensors",
+        ),
     ],
 )
-def test_search_that_does_not_fit_the_training_config_fails_before_any_trial(tmp_path, fields, message):
+def test_search_that_does_not_fit_the_training_config_fails_before_any_trial(tmp_path, cls, fields, message):
     spec = load_config(SearchConfig, write_search(tmp_path / "search.yaml", **fields))
     with pytest.raises(ConfigError) as error:
-        base_experiment(spec, TTVSRExperiment)
+        base_experiment(spec, cls)
     assert message in str(error.value)
 
 
-def test_shipped_search_configs_load_against_their_base_configs(monkeypatch):
+def test_typo_is_one_line_error_before_ray_mlflow_or_tune_start(tmp_path, capsys):
+    config = write_search(
+        tmp_path / "s.yaml",
+        search={"model.token_scale": {"grid": [[4], [4, 6]]}},
+        experiment={"run": {"storage_path": str(tmp_path / "runs")}},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(TTVSRExperiment, ["--config", str(config), "--mlflow-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: search.model.token_scale = [4]: unknown config key 'model.token_scale'")
+    assert "Did you mean 'token_scales'?" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_evaluation_sweep_may_draw_settings_that_keep_the_weights(tmp_path):
+    spec = load_config(
+        SearchConfig,
+        write_search(
+            tmp_path / "s.yaml",
+            evaluate="models:/ttvsr@champion",
+            num_samples=1,
+            search={
+                "model.key_frame_stride": {"grid": [1, 2, 5]},
+                "model.implementation, val.chunk": {"grid": [["fast", None], ["reference", 4]]},
+            },
+        ),
+    )
+    assert base_experiment(spec, TTVSRExperiment).model.key_frame_stride == 3  # the base keeps its own
+    assert total_trials(spec) == 6
+    assert asha_scheduler(spec, base_experiment(spec, TTVSRExperiment)).__class__.__name__ == "FIFOScheduler"
+
+
+def test_tied_group_gives_one_value_to_every_key_or_one_per_key():
+    assert assign("model.num_frames, data.num_frames", 3) == {"model.num_frames": 3, "data.num_frames": 3}
+    assert assign("model.token_size, model.token_scales", [8, [8, 12, 16]]) == {
+        "model.token_size": 8,
+        "model.token_scales": [8, 12, 16],
+    }
+    assert assign("model.token_scales", [4, 6]) == {"model.token_scales": [4, 6]}  # one key: the value
+
+
+SHIPPED = sorted((REPO_ROOT / "configs" / "search").glob("*.yaml")) + sorted(
+    (REPO_ROOT / "configs").glob("tune_*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_search_configs_load_against_their_base_configs(monkeypatch, path):
     monkeypatch.chdir(REPO_ROOT)  # their base paths are relative to the repository root
-    sample = load_config(SearchConfig, REPO_ROOT / "configs" / "tune_ttvsr_sample.yaml")
-    base = base_experiment(sample, TTVSRExperiment)
-    assert base.train.total_iters == 200 and base.data.path == "data/sample"
-    assert set(sample.search) == {"optim.lr", "optim.spynet_lr_mult"}
-    reds = load_config(SearchConfig, REPO_ROOT / "configs" / "tune_ttvsr_reds4.yaml")
-    assert base_experiment(reds, TTVSRExperiment).scaling.num_workers == 2
+    spec = load_config(SearchConfig, path)
+    base = base_experiment(spec, VSRTExperiment if path.stem.startswith("vsrt") else TTVSRExperiment)
+    assert spec.name == path.stem
+    sample = path.stem.endswith("_sample")
+    assert base.data.path == ("data/sample" if sample else "data/reds_bi")
+    if spec.evaluate is None:
+        assert base.scaling.num_workers == (1 if sample else 2)
+        assert asha_scheduler(spec, base) is not None
+        assert total_trials(spec) >= 3
+
+
+def test_shipped_searches_are_the_papers_ablations(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    search = {p.stem: load_config(SearchConfig, p) for p in SHIPPED}
+    assert search["ttvsr_token_scales"].search == {
+        "model.token_scales": {"grid": [[4], [4, 6], [4, 6, 8], [8, 12, 16]]}
+    }
+    strides = search["ttvsr_frame_interval"].search["model.key_frame_stride"]["grid"]
+    assert [len(range(0, 99, s)) for s in strides] == [5, 10, 20, 33, 50]  # key frames of a 100-frame clip
+    assert search["ttvsr_frame_interval"].evaluate == "models:/ttvsr@champion"
+    assert "model.num_frames, data.num_frames, model.depth" in search["vsrt_patch_frames_lr"].search
 
 
 def test_trial_config_is_the_base_with_the_sampled_values_and_the_trial_id_as_run_name(tmp_path):
@@ -169,6 +301,40 @@ def test_concurrency_is_bounded_by_what_one_trial_holds():
     assert trial_resources(gpus) == {"CPU": 3.0, "GPU": 2.0}
     assert concurrent_trials(trial_resources(gpus), {"CPU": 64.0, "GPU": 8.0}) == 4  # GPUs bound it
     assert concurrent_trials(trial_resources(gpus), {"CPU": 64.0}) == 1  # never zero
+
+
+def test_concurrency_counts_what_the_autoscaler_can_add():
+    # the KubeRay cluster: a CPU-less head, GPU workers scaled from 0 to 4 x (32 CPUs, 4 GPUs), CPU
+    # workers 0 to 8 x 16 CPUs; while every GPU pod is scaled down the cluster itself shows no GPU
+    maximum = autoscaler_maximum(REPO_ROOT / "infra" / "kuberay" / "raycluster.yaml")
+    assert maximum == {"CPU": 4 * 32 + 8 * 16, "GPU": 16.0}
+    assert autoscaler_maximum(REPO_ROOT / "infra" / "kuberay" / "rayjob-tune.yaml") == {
+        "CPU": 48.0,
+        "GPU": 8.0,
+    }
+    two_gpus = {"CPU": 9.0, "GPU": 2.0}
+    now = {"CPU": 8.0}
+    assert concurrent_trials(two_gpus, now) == 1
+    assert concurrent_trials(two_gpus, largest(now, maximum)) == 8
+    assert parse_resources("GPU=8, CPU=96") == {"GPU": 8.0, "CPU": 96.0}
+    with pytest.raises(ConfigError, match="NAME=AMOUNT"):
+        parse_resources("GPU8")
+    # the launcher config lets Ray detect the GPU nodes' resources: no maximum to read, and it says so
+    with pytest.raises(ConfigError, match="node type ray.worker.gpu declares no resources"):
+        autoscaler_maximum(REPO_ROOT / "ray_cluster.yaml")
+
+
+def test_max_cluster_resources_and_cluster_config_flags_reach_the_search():
+    def parse(*flags: str) -> SearchConfig:
+        config = str(REPO_ROOT / "configs" / "tune_ttvsr_sample.yaml")
+        return search_from_args(search_parser().parse_args(["--config", config, *flags]))
+
+    assert parse().max_cluster_resources is None and not parse().promote_champion
+    assert parse("--max-cluster-resources", "GPU=4").max_cluster_resources == {"GPU": 4.0}
+    kuberay = str(REPO_ROOT / "infra" / "kuberay" / "rayjob-tune.yaml")
+    assert parse("--cluster-config", kuberay).max_cluster_resources == {"CPU": 48.0, "GPU": 8.0}
+    evaluation = parse("--champion", "--evaluate", "models:/ttvsr@champion")
+    assert evaluation.promote_champion and evaluation.evaluate == "models:/ttvsr@champion"
 
 
 def test_asha_compares_trials_at_validations(tmp_path):
@@ -196,123 +362,51 @@ def test_asha_compares_trials_at_validations(tmp_path):
         asha_scheduler(spec, base)
 
 
-def test_job_help_lists_its_options():
+@pytest.mark.parametrize(
+    ("job", "words"),
+    [
+        (
+            "tune_ttvsr.py",
+            ["--config", "--set", "--num-samples", "--evaluate", "--champion", "--cluster-config"],
+        ),
+        (
+            "tune_vsrt.py",
+            ["--evaluate", "--max-cluster-resources", "VSR-Transformer", "vsrt_patch_frames_lr_sample"],
+        ),
+    ],
+)
+def test_job_help_lists_its_options(job, words):
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "jobs" / "tune_ttvsr.py"), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, str(REPO_ROOT / "jobs" / job), "--help"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    for word in ["--config", "--set", "--num-samples", "--address", "--mlflow-uri", "tune_ttvsr_sample.yaml"]:
+    for word in words:
         assert word in done.stdout
 
 
-# -- a real search -------------------------------------------------------------------------------------
+def test_results_table_and_plots_from_trial_summaries(tmp_path):
+    def trial(i, scales, status, history):
+        return TrialSummary(
+            f"t_{i}", {"model.token_scales": scales, "optim.lr": 1e-4 * (i + 1)}, status, history[-1][0],
+            history[-1][1], max(v for _, v in history), None, None,
+            {"val_psnr": history[-1][1], "val_ssim": 0.7}, history,
+        )  # fmt: skip
 
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tiny_prepared_dataset) -> Path:
-    return tiny_prepared_dataset
-
-
-@pytest.fixture(scope="module")
-def two_trial_search(tiny_dataset, tmp_path_factory):
-    """``jobs/tune_ttvsr.py``'s main: 2 trials of lr ~ loguniform(1e-4, 1e-2), 3 iterations each, one at a time."""
-    workdir = tmp_path_factory.mktemp("tune")
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    config = write_search(
-        workdir / "search.yaml",
-        experiment={
-            "data": {"path": str(tiny_dataset)},
-            # loss-only report at iteration 1, validations at 2 and 3, one checkpoint at 3
-            "train": {"total_iters": 3, "val_every": 2, "checkpoint_every": 3},
-            "run": {"storage_path": str(workdir / "runs")},
-            "tracking": {"experiment": "tune-test", "registered_model": "ttvsr_tune_test"},
-        },
-        search={"optim.lr": {"loguniform": list(LR_BOUNDS)}},
-        name="lr_search",
-        scheduler={"name": "none"},  # ASHA could stop the second trial: this test wants both to finish
-        max_concurrent_trials=1,
+    trials = [
+        trial(0, [4, 6, 8], COMPLETED, [(2, 24.0), (4, 25.0)]),
+        trial(1, [4], STOPPED_EARLY, [(2, 22.5)]),
+    ]
+    markdown = markdown_table(trials, "val_psnr")
+    assert markdown.splitlines()[0] == (
+        "| trial | status | model.token_scales | optim.lr | iterations | val_psnr | val_ssim | best val_psnr |"
     )
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        status = main(TTVSRExperiment, ["--config", str(config), "--num-samples", "2", "--mlflow-uri", uri])
-    assert status == 0
-    return uri, workdir, stdout.getvalue()
-
-
-@pytest.mark.slow
-def test_each_trial_trains_with_its_own_sampled_lr_and_is_its_own_mlflow_run(two_trial_search):
-    uri, workdir, _ = two_trial_search
-    client = mlflow_client(uri)
-    experiment = client.get_experiment_by_name("tune-test")
-    trials = client.search_runs([experiment.experiment_id], f"tags.{TUNE_EXPERIMENT_TAG} = 'lr_search'")
-    parent = next(r for r in trials if r.info.run_name == "lr_search")
-    children = [r for r in trials if r is not parent]
-    assert len(children) == 2  # one MLflow run per trial ...
-    assert all(
-        r.data.tags[PARENT_RUN_TAG] == parent.info.run_id for r in children
-    )  # ... nested under the search
-    assert all(r.info.status == "FINISHED" for r in [parent, *children])
-    lrs = [float(r.data.params["optim.lr"]) for r in children]
-    assert lrs[0] != lrs[1]
-    assert all(LR_BOUNDS[0] <= lr <= LR_BOUNDS[1] for lr in lrs)
-    for run in children:
-        # each Train run is named after its trial, checkpointed and validated at iterations 2 and 3
-        trial_id = run.data.tags["tune_trial_id"]
-        assert run.info.run_name == trial_id
-        search_dir = workdir / "runs" / "lr_search"
-        assert (search_dir / "train" / trial_id / "checkpoint_00000003").is_dir()
-        psnr = client.get_metric_history(run.info.run_id, "val/psnr")
-        assert sorted(m.step for m in psnr) == [2, 3]
-        assert all(10 < m.value < 60 for m in psnr)
-        # Tune saw the validations only (not the loss-only report of iteration 1), with the same PSNR
-        tune_results = [
-            json.loads(line) for line in (search_dir / trial_id / "result.json").read_text().splitlines()
-        ]
-        assert [r["iteration"] for r in tune_results] == [2, 3]
-        assert [r["val_psnr"] for r in tune_results] == pytest.approx(
-            [m.value for m in sorted(psnr, key=lambda m: m.step)]
-        )
-
-
-@pytest.mark.slow
-def test_best_trial_has_the_highest_final_psnr_and_is_registered_as_champion(two_trial_search, tiny_dataset):
-    uri, workdir, stdout = two_trial_search
-    client = mlflow_client(uri)
-    experiment = client.get_experiment_by_name("tune-test")
-    children = client.search_runs([experiment.experiment_id], "tags.tune_trial_id != ''")
-    final_psnr = {
-        r.info.run_id: max(client.get_metric_history(r.info.run_id, "val/psnr"), key=lambda m: m.step).value
-        for r in children
+    assert "| t_1 | stopped early | (4) | 0.0002 | 2 | 22.5 | 0.7 | 22.5 |" in markdown
+    written = {p.relative_to(tmp_path).as_posix() for p in write_reports(trials, "val_psnr", tmp_path)}
+    assert written == {
+        "results.csv",
+        "results.md",
+        "plots/val_psnr_vs_model.token_scales.png",
+        "plots/val_psnr_vs_optim.lr.png",
+        "plots/val_psnr_vs_iteration.png",
     }
-    best_run = max(final_psnr, key=final_psnr.get)
-    parent = client.search_runs([experiment.experiment_id], "attributes.run_name = 'lr_search'")[0]
-    assert parent.data.tags["best_mlflow_run_id"] == best_run
-    assert parent.data.metrics["best_val_psnr"] == pytest.approx(max(final_psnr.values()))
-
-    champion = client.get_model_version_by_alias("ttvsr_tune_test", "champion")
-    assert champion.run_id == best_run and str(champion.version) == "1"  # only the best trial was registered
-    # registered with its score on the whole validation clips (trials validate on capped clips)
-    assert float(client.get_run(best_run).data.tags["trial_val_psnr"]) == pytest.approx(
-        max(final_psnr.values())
-    )
-    assert json.loads(champion.tags["val_protocol"])["max_frames"] is None
-    from pipelines.evaluation.scoring import evaluate
-    from pipelines.inference.loading import load_model as load_any_model
-
-    trial = client.get_run(best_run).info.run_name
-    checkpoint = workdir / "runs" / "lr_search" / "train" / trial / "checkpoint_00000003"
-    full = evaluate(load_any_model(checkpoint), tiny_dataset, channel="rgb")
-    assert float(champion.tags["val_psnr"]) == pytest.approx(full.model.psnr)
-
-    # the printed table: one row per trial with its lr and PSNR, then the best config
-    for run in children:
-        row = next(line for line in stdout.splitlines() if line.startswith(run.info.run_name))
-        assert f"{float(run.data.params['optim.lr']):.4g}" in row
-        assert f"{final_psnr[run.info.run_id]:.4g}" in row
-    best_config = yaml.safe_load(stdout.split("best config:\n", 1)[1])
-    best_lr = float(client.get_run(best_run).data.params["optim.lr"])
-    assert best_config["optim"]["lr"] == pytest.approx(best_lr)
-    assert best_config["run"]["name"] == "ttvsr_test"  # the base's run name: ready for jobs/train_ttvsr.py
+    assert all((tmp_path / p).stat().st_size > 1000 for p in written if p.endswith(".png"))
