@@ -595,15 +595,10 @@ def _start_parent_run(
         search_id,
         tags={TUNE_EXPERIMENT_TAG: spec.name, "arch": arch},
     )
-    parent.log_params(
-        {f"search.{key}": {d.kind: d.args} for key, d in spec.space().items()}
-        | {
-            "num_samples": spec.num_samples,
-            "metric": spec.metric,
-            "scheduler": spec.scheduler.name,
-            "evaluate": spec.evaluate,
-        }
-    )
+    settings = {"num_samples": spec.num_samples, "metric": spec.metric, "scheduler": spec.scheduler.name}
+    if spec.evaluate is not None:
+        settings |= {"evaluate": spec.evaluate, "scheduler": "none"}
+    parent.log_params({f"search.{key}": {d.kind: d.args} for key, d in spec.space().items()} | settings)
     parent.log_dict(config_to_dict(spec), "search.yaml")
     return parent
 
@@ -615,7 +610,10 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     base = resolve_paths(base_experiment(spec, cls))
-    check_dataset(base.data.path, [base.data.train_split, base.data.val_split])  # before any trial starts
+    splits = (
+        [base.data.val_split] if spec.evaluate is not None else [base.data.train_split, base.data.val_split]
+    )
+    check_dataset(base.data.path, splits)  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
     state, restoring = open_search(experiment_path, _fingerprint(spec, base), spec.evaluate)
