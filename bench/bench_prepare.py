@@ -82,7 +82,7 @@ def reference(source: Path, num_frames: int) -> dict:
 
 
 def job(source: Path, num_cpus: int) -> dict:
-    """The preparation job on a local Ray of ``num_cpus`` CPUs: a warm-up, then the timed run."""
+    """The preparation job on a local Ray of ``num_cpus`` CPUs: a warm-up (a clip per CPU), then the timed run."""
     import ray
 
     from pipelines.common.ray_session import init_ray
@@ -91,8 +91,10 @@ def job(source: Path, num_cpus: int) -> dict:
     init_ray(num_cpus=num_cpus)
     try:
         with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as timed:
+            # Warm-up on a clip per CPU: every worker starts and imports torch before the timed run.
+            warm_source = str(_subset(source, num_cpus * FRAMES_PER_CLIP))
             prepare_dataset(
-                PrepareConfig(source=str(source), output=warm, shard_size=1), progress=lambda *_: None
+                PrepareConfig(source=warm_source, output=warm, shard_size=1), progress=lambda *_: None
             )
             before = resource.getrusage(resource.RUSAGE_SELF)
             summary = prepare_dataset(
