@@ -431,9 +431,7 @@ def asha_scheduler(spec: SearchConfig, base: Experiment) -> Any:
     """ASHA on the training iteration: rungs at multiples of ``val_every``, up to ``total_iters``."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if (
-        spec.scheduler.name == "none" or spec.evaluate is not None
-    ):  # one result per evaluation: nothing to stop
+    if spec.scheduler.name == "none" or spec.evaluate is not None:  # an evaluation reports once
         return FIFOScheduler()
     grace = spec.scheduler.grace_validations * base.train.val_every
     if grace >= base.train.total_iters:
@@ -536,7 +534,7 @@ def _write_search_state(experiment_path: str, state: dict[str, Any]) -> None:
         stream.write(json.dumps(state, indent=2).encode())
 
 
-def open_search(experiment_path: str, fingerprint: str, evaluate: str | None) -> tuple[dict[str, Any], bool]:
+def open_search(experiment_path: str, fingerprint: str) -> tuple[dict[str, Any], bool]:
     """The search's state and whether Tune can restore it: that of the search already at
     ``experiment_path`` if it is this one, a new one (new id) if nothing ran there yet.
 
@@ -555,7 +553,7 @@ def open_search(experiment_path: str, fingerprint: str, evaluate: str | None) ->
             f"(--set name=...)"
         )
     if state is None or state["fingerprint"] != fingerprint:
-        state = {"search_id": uuid.uuid4().hex, "fingerprint": fingerprint, "evaluate": evaluate}
+        state = {"search_id": uuid.uuid4().hex, "fingerprint": fingerprint}
         _write_search_state(experiment_path, state)
     return state, restorable
 
@@ -616,7 +614,7 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     check_dataset(base.data.path, splits)  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
-    state, restoring = open_search(experiment_path, _fingerprint(spec, base), spec.evaluate)
+    state, restoring = open_search(experiment_path, _fingerprint(spec, base))
     evaluate = None
     if spec.evaluate is not None:  # pinned when the search started: a resumed one scores the same version
         evaluate = state.get("pinned") or _pinned_model(spec.evaluate, tracking_uri)

@@ -201,3 +201,26 @@ def test_a_released_checkpoint_is_evaluated_through_the_job(
     assert run.data.metrics["psnr"] == pytest.approx(direct.model.psnr, rel=1e-9, abs=1e-6)
     rows = per_clip_rows((tmp_path / "out" / "per_clip.csv").read_text())
     assert np.isclose(float(rows[0]["psnr"]), direct.model.clips[rows[0]["clip"]].psnr)
+
+
+def test_model_settings_change_how_a_network_computes_and_keep_its_weights():
+    from pipelines.evaluation.job import with_model_settings
+
+    torch.manual_seed(0)
+    network = build_model("ttvsr", mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1).eval()
+    strided = with_model_settings(network, {"key_frame_stride": 5})
+    assert strided.config.key_frame_stride == 5 and network.config.key_frame_stride == 3
+    assert all(
+        torch.equal(a, b) for a, b in zip(network.state_dict().values(), strided.state_dict().values())
+    )
+    frames = torch.rand(1, 8, 3, 64, 64)
+    with torch.no_grad():
+        # the same weights: with stride 1 the 8 frames are all key frames, as opposed to 3 of them
+        assert not torch.allclose(
+            network(frames), with_model_settings(network, {"key_frame_stride": 1})(frames)
+        )
+    assert with_model_settings(network, {}) is network
+    with pytest.raises(ConfigError, match="model.mid_channels=16 changes the network's tensors"):
+        with_model_settings(network, {"mid_channels": 16})
+    with pytest.raises(ConfigError, match="model.key_frame_stride=0: TTVSRConfig"):
+        with_model_settings(network, {"key_frame_stride": 0})
