@@ -503,7 +503,8 @@ def _fingerprint(spec: SearchConfig, base: Experiment) -> str:
         "device",
     )
     search = {k: v for k, v in config_to_dict(spec).items() if k not in (*ignored, "experiment")}
-    trial_config = {k: v for k, v in flatten(base).items() if k not in ("run.address", "tracking.uri")}
+    where = ("run.address", "tracking.uri", "data.verify")
+    trial_config = {k: v for k, v in flatten(base).items() if k not in where}
     text = json.dumps({"search": search, "base": trial_config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -611,7 +612,7 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     splits = (
         [base.data.val_split] if spec.evaluate is not None else [base.data.train_split, base.data.val_split]
     )
-    check_dataset(base.data.path, splits)  # before any trial starts
+    check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
     state, restoring = open_search(experiment_path, _fingerprint(spec, base))
@@ -623,6 +624,7 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     # Tune keeps <storage>/<name>/<trial id>/; the trials' Train runs go to <storage>/<name>/train/<trial id>/.
     trial_base = dataclasses.replace(
         base,
+        data=dataclasses.replace(base.data, verify=False),  # checked once, above
         run=dataclasses.replace(base.run, storage_path=f"{experiment_path}/{TRAIN_RUNS_DIR}"),
         tracking=dataclasses.replace(base.tracking, uri=tracking_uri),
     )
@@ -846,6 +848,7 @@ def search_from_args(args) -> SearchConfig:
         "max_cluster_resources": maximum,
         "experiment.run.address": args.address,
         "experiment.tracking.uri": args.mlflow_uri,
+        "experiment.data.verify": args.verify_data,
     }
     return load_config(SearchConfig, args.config, [*args.overrides, *flag_overrides(flags)])
 
@@ -876,6 +879,12 @@ def search_parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--address", help="Ray cluster address (experiment.run.address); default: a local Ray"
+    )
+    parser.add_argument(
+        "--verify-data",
+        action="store_true",
+        default=None,
+        help="check every shard's sha256 once before the first trial (experiment.data.verify)",
     )
     parser.add_argument(
         "--mlflow-uri",
