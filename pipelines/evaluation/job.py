@@ -32,8 +32,9 @@ from typing import Any, Literal
 from pipelines.common.cli import flag_overrides, job_parser, run_job
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
-from pipelines.common.files import CHECKPOINT_MODEL_FILE, sha256_file
-from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset
+from pipelines.common.files import CHECKPOINT_MODEL_FILE
+from pipelines.common.storage import resolve
+from pipelines.data.manifest import Manifest, check_dataset
 from pipelines.evaluation.scoring import EvaluationReport, evaluate
 from pipelines.inference.loading import MODEL_URI, load_model
 from vsr_models import ARCHITECTURES
@@ -52,7 +53,8 @@ class EvaluationConfig:
     model: str | None = None
     official: str | None = None  # an authors' released checkpoint (.pth), instead of `model`; needs `arch`
     arch: Literal["ttvsr", "vsrt"] | None = None  # architecture of `official`
-    data: str = "data/sample"  # prepared dataset folder (manifest.json + shards/)
+    data: str = "data/sample"  # prepared dataset folder (manifest.json + shards/): a path or a URI (s3://...)
+    verify_data: bool = False  # check every shard's sha256 first (in Ray tasks); else manifest and sizes
     split: str = "val"
     channel: Literal["rgb", "y"] = "rgb"  # REDS4 / sample: rgb; Vid4, UDM10, Vimeo-90K-T (BD): y
     crop_border: int = 0
@@ -290,7 +292,7 @@ def resolve_source(cfg: EvaluationConfig, tracking_uri: str | None) -> ModelSour
 def _dataset_tags(cfg: EvaluationConfig, manifest: Manifest, sha256: str) -> dict[str, str]:
     return {
         "dataset.sha256": sha256,
-        "dataset.path": _absolute(cfg.data),
+        "dataset.path": resolve(cfg.data).uri,
         "dataset.split": cfg.split,
         "dataset.degradation": str(manifest.data.get("degradation", "")),
         "dataset.scale": str(manifest.data.get("scale", "")),
@@ -320,7 +322,12 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationResult:
     from pipelines.common.ray_session import init_ray
     from pipelines.tracking.runs import resolve_tracking_uri
 
-    manifest = check_dataset(cfg.data, [cfg.split])  # before any Ray or MLflow work
+    # before any Ray or MLflow work (a full verify, if asked, starts Ray for its tasks)
+    if cfg.verify_data:
+        from pipelines.common.ray_session import init_ray
+
+        init_ray()
+    manifest = check_dataset(cfg.data, [cfg.split], verify=cfg.verify_data)
     scales = sorted({family.scale for family in ARCHITECTURES.values()})
     if manifest.scale not in scales:
         raise DataError(
@@ -338,7 +345,7 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationResult:
         arch=source.arch,
         tracking_uri=tracking_uri,
         device=device,
-        data=_absolute(cfg.data),
+        data=resolve(cfg.data).uri,
         split=cfg.split,
         channel=cfg.channel,
         crop_border=cfg.crop_border,
@@ -372,8 +379,8 @@ def _log_to_mlflow(
     """The evaluation run (and, for a registered version, its ``eval_<sha256[:12]>_*`` tags); its id."""
     from pipelines.tracking.runs import log_evaluation, set_model_version_tags
 
-    sha256 = sha256_file(Path(cfg.data) / MANIFEST_NAME)
-    dataset_name = Path(_absolute(cfg.data)).name
+    sha256 = manifest.sha256
+    dataset_name = manifest.location.name
     params = asdict(cfg) | {"model": None if cfg.official else cfg.source}
     params = {k: v for k, v in params.items() if v not in (None, {}) and k not in ("tracking_uri", "output")}
     run_id = log_evaluation(
@@ -412,7 +419,13 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     )
     source.add_argument("--official", metavar="PATH", help="authors' released checkpoint (needs --arch)")
     parser.add_argument("--arch", choices=("ttvsr", "vsrt"), help="architecture of --official")
-    parser.add_argument("--data", help="prepared dataset folder")
+    parser.add_argument("--data", help="prepared dataset folder: a path or a URI such as s3://bucket/reds_bi")
+    parser.add_argument(
+        "--verify-data",
+        action="store_true",
+        default=None,
+        help="check every shard's sha256 first, in parallel Ray tasks (default: manifest and sizes only)",
+    )
     parser.add_argument("--split", help="split to score (default val)")
     parser.add_argument("--channel", choices=["rgb", "y"], help="score on RGB or the MATLAB Y channel")
     parser.add_argument(
@@ -432,6 +445,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
         "official": args.official,
         "arch": args.arch,
         "data": args.data,
+        "verify_data": args.verify_data,
         "split": args.split,
         "channel": args.channel,
         "device": args.device,
