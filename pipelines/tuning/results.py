@@ -50,6 +50,11 @@ def fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def score(value: float) -> str:
+    """A PSNR / SSIM cell: 4 decimals, since settings of one network differ by hundredths of a dB."""
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
 def table_rows(trials: list[TrialSummary], metric: str) -> tuple[list[str], list[list[str]]]:
     """The header and one row of cells per trial."""
     entries = list(dict.fromkeys(key for trial in trials for key in trial.params))
@@ -60,8 +65,8 @@ def table_rows(trials: list[TrialSummary], metric: str) -> tuple[list[str], list
             t.status,
             *(fmt(t.params.get(k)) for k in entries),
             fmt(t.iteration),
-            *(fmt(t.scores.get(s, math.nan)) for s in SCORES),
-            fmt(t.best),
+            *(score(t.scores.get(s, math.nan)) for s in SCORES),
+            score(t.best),
         ]
         for t in trials
     ]

@@ -91,7 +91,7 @@ from pipelines.tuning.results import (
     SCORES,
     STOPPED_EARLY,
     TrialSummary,
-    fmt,
+    score,
     text_table,
     write_reports,
 )
@@ -477,7 +477,7 @@ class SearchSummary:
             f"Tune search {self.name} ({kind}{len(self.trials)} trials), the highest {self.metric} wins:",
             self.table(),
             "",
-            f"best trial {self.best.trial_id}: {self.metric} {fmt(self.best.last)}, "
+            f"best trial {self.best.trial_id}: {self.metric} {score(self.best.last)}, "
             f"MLflow run {self.best.mlflow_run_id} (parent {self.parent_run_id} in {self.tracking_uri})",
             f"parent run artifacts: {', '.join(self.reports)}",
         ]
@@ -612,6 +612,8 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     splits = (
         [base.data.val_split] if spec.evaluate is not None else [base.data.train_split, base.data.val_split]
     )
+    if base.data.verify:
+        init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
     check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"

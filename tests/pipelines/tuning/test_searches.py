@@ -159,7 +159,7 @@ def test_token_scale_search_logs_the_table_and_plots_to_its_parent_run(token_sea
     for run in token_search["trials"]:
         row = next(line for line in token_search["stdout"].splitlines() if line.startswith(run.info.run_name))
         assert "(" + ", ".join(map(str, json.loads(run.data.params["model.token_scales"]))) + ")" in row
-        assert f"{trial_results(token_search['dir'] / run.info.run_name)[-1]['val_psnr']:.4g}" in row
+        assert f"{trial_results(token_search['dir'] / run.info.run_name)[-1]['val_psnr']:.4f}" in row
 
 
 def test_best_trial_is_rescored_and_registered_as_best_of_the_search_and_champion(token_search, workdir):

@@ -400,7 +400,7 @@ def test_results_table_and_plots_from_trial_summaries(tmp_path):
     assert markdown.splitlines()[0] == (
         "| trial | status | model.token_scales | optim.lr | iterations | val_psnr | val_ssim | best val_psnr |"
     )
-    assert "| t_1 | stopped early | (4) | 0.0002 | 2 | 22.5 | 0.7 | 22.5 |" in markdown
+    assert "| t_1 | stopped early | (4) | 0.0002 | 2 | 22.5000 | 0.7000 | 22.5000 |" in markdown
     written = {p.relative_to(tmp_path).as_posix() for p in write_reports(trials, "val_psnr", tmp_path)}
     assert written == {
         "results.csv",
