@@ -180,6 +180,8 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     cfg = resolve_paths(cfg)
+    if cfg.data.verify:
+        init_ray(cfg.run.address)  # the checksums are computed in Ray tasks, where the data is
     manifest = check_dataset(
         cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify
     )

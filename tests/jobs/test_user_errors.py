@@ -152,16 +152,38 @@ CORRUPT_SHARD_ARGS = {
 }
 
 
-@pytest.mark.parametrize("job", list(CORRUPT_SHARD_ARGS), ids=lambda job: job.removesuffix(".py"))
-def test_job_corrupt_shard_is_one_line_exit_2(job, corrupt_dataset, tiny_checkpoint, job_env, tmp_path):
+# train_vsrt.py shares train_ttvsr.py's flag and driver; each of these three starts Ray for the hashing.
+@pytest.mark.parametrize(
+    "job", ["train_ttvsr.py", "tune_ttvsr.py", "evaluate.py"], ids=lambda job: job.removesuffix(".py")
+)
+def test_job_corrupt_shard_is_one_line_exit_2_with_verify_data(
+    job, corrupt_dataset, tiny_checkpoint, job_env, tmp_path
+):
+    """--verify-data: every shard's sha256, hashed in Ray tasks, before any MLflow work."""
     dataset, shard = corrupt_dataset
+    fill = {"data": dataset, "tmp": tmp_path, "checkpoint": tiny_checkpoint}
+
+    result = run(job, [a.format(**fill) for a in CORRUPT_SHARD_ARGS[job]] + ["--verify-data"], job_env)
+
+    message = assert_one_line_user_error(result, [str(shard)], RE_PREPARE)
+    assert "sha256" in message
+    assert not (tmp_path / "mlflow.db").exists()  # the checksums are checked before any MLflow work
+
+
+@pytest.mark.parametrize("job", list(CORRUPT_SHARD_ARGS), ids=lambda job: job.removesuffix(".py"))
+def test_job_cut_short_shard_is_one_line_exit_2_at_start(
+    job, corrupt_dataset, tiny_checkpoint, job_env, tmp_path
+):
+    """Without --verify-data the start check compares every shard's size with the manifest's (no hashing)."""
+    dataset, shard = corrupt_dataset
+    shard.write_bytes(shard.read_bytes()[:-100])
     fill = {"data": dataset, "tmp": tmp_path, "checkpoint": tiny_checkpoint}
 
     result = run(job, [a.format(**fill) for a in CORRUPT_SHARD_ARGS[job]], job_env)
 
     message = assert_one_line_user_error(result, [str(shard)], RE_PREPARE)
-    assert "sha256" in message
-    assert not (tmp_path / "mlflow.db").exists()  # the checksums are checked before any MLflow (or Ray) work
+    assert "bytes but the manifest lists" in message
+    assert not (tmp_path / "mlflow.db").exists()  # checked before any Ray or MLflow work
 
 
 # -- a config typo -----------------------------------------------------------------------------------------
