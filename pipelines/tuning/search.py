@@ -675,8 +675,7 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     try:
         with _sigterm_stops_gracefully():
             results = tuner.fit()
-        ended = results.num_terminated + results.num_errors
-        if ended < len(results) or len(results) < total_trials(spec):  # Ctrl-C / SIGTERM: state saved
+        if _interrupted(experiment_path, spec):  # Ctrl-C / SIGTERM: Tune saved the state to resume from
             raise KeyboardInterrupt
         trials = [_summarise_trial(result, plan, spec) for result in results]
     except KeyboardInterrupt:
@@ -719,6 +718,17 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
         reports,
         restoring,
     )
+
+
+def _interrupted(experiment_path: str, spec: SearchConfig) -> bool:
+    """Whether the search stopped before every trial ended. Read from the experiment state Tune saved:
+    after an interruption Tune also ends the trials that were running, so the ones ``fit`` returns look
+    ended; the saved state still has them running, and ``Tuner.restore`` resumes them."""
+    from ray.tune import ExperimentAnalysis
+
+    saved = ExperimentAnalysis(experiment_path).trials
+    ended = [t for t in saved if t.status in ("TERMINATED", "ERROR")]
+    return len(ended) < len(saved) or len(saved) < total_trials(spec)
 
 
 def _trial_dirname(trial: Any) -> str:
