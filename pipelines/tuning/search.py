@@ -614,6 +614,8 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     )
     if base.data.verify:
         init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
+    if base.data.verify:
+        init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
     check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
