@@ -17,20 +17,22 @@ The search is a YAML file (``configs/search/*.yaml``, ``docs/tuning.md``) loaded
   :mod:`pipelines.tuning.resources`), ``register_best`` and ``promote_champion``.
 
 Every value a trial can draw is checked against the training config before anything starts
-(:func:`base_experiment`): a mistyped key, a wrong type, or a combination the config refuses (a token
-size its token scales do not fit, a model frame count the data's differs from) is one
-:class:`ConfigError` naming the key.
+(:func:`pipelines.tuning.config.base_experiment`): a mistyped key, a wrong type, or a combination the
+config refuses (a token size its token scales do not fit, a model frame count the data's differs from)
+is one :class:`ConfigError` naming the key.
 
-Training trials follow the Train V2 pattern: the Tuner runs :func:`run_trial`, a plain function that
-builds the trial's config and calls :func:`pipelines.training.driver.run_training`, whose
-``TorchTrainer`` is named after the trial id; :class:`ValidationReportCallback` passes every validation
-up to Tune, and ASHA compares trials at validations. Evaluation trials (:func:`run_evaluation_trial`)
+Training trials (:mod:`pipelines.tuning.trial`) follow the Train V2 pattern: the Tuner runs
+:func:`run_trial`, a plain function that builds the trial's config and calls
+:func:`pipelines.training.driver.run_training`, whose ``TorchTrainer`` is named after the trial id;
+:class:`ValidationReportCallback` passes every validation up to Tune, and ASHA compares trials at
+validations. Evaluation trials (:func:`run_evaluation_trial`)
 call :func:`pipelines.evaluation.job.run_evaluation`, one Ray task each (a GPU when there is one).
 
-The Tune experiment lives in ``<run.storage_path>/<name>/``, beside :data:`STATE_FILE`, which holds the
-search's id and what it was started with. Running the same command again restores the experiment
-(``Tuner.restore``): finished trials are kept, unfinished ones resume from their last checkpoint;
-running another search under a name in use is refused. The MLflow parent run is found by the search's
+The Tune experiment lives in ``<run.storage_path>/<name>/``, beside
+:data:`pipelines.tuning.state.STATE_FILE`, which holds the search's id and what it was started with.
+Running the same command again restores the experiment (``Tuner.restore``): finished trials are kept,
+unfinished ones resume from their last checkpoint; running another search under a name in use is
+refused. The MLflow parent run is found by the search's
 id (tag :data:`SEARCH_ID_TAG`), never by its name, so a search never adopts another's parent run. Every
 trial is a run nested under it (named after the trial id, tagged with its status: completed, stopped
 early, errored). At the end the parent run gets the results table (CSV, Markdown) and plots
@@ -44,30 +46,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import itertools
-import json
 import logging
 import math
 import os
-import re
 import signal
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
-
-from ray.tune.integration.ray_train import TuneReportCallback
+from typing import Any
 
 from pipelines.common.cli import flag_overrides, job_parser, run_job
 from pipelines.common.config import as_overrides, config_to_dict, dump_config, flatten, load_config
 from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
 from pipelines.data.manifest import check_dataset
-from pipelines.evaluation.job import EvaluationConfig, run_evaluation, with_model_settings
+from pipelines.evaluation.job import EvaluationConfig, run_evaluation
 from pipelines.tracking import (
     RegisteredVersion,
     RunTracker,
@@ -76,8 +71,9 @@ from pipelines.tracking import (
     resolve_tracking_uri,
     set_alias,
 )
-from pipelines.training.driver import register_result, run_training
-from pipelines.training.experiment import EXPERIMENTS, Experiment, resolve_paths
+from pipelines.training.driver import register_result
+from pipelines.training.experiment import Experiment, resolve_paths
+from pipelines.tuning.config import SearchConfig, base_experiment
 from pipelines.tuning.resources import (
     autoscaler_maximum,
     concurrent_trials,
@@ -95,315 +91,24 @@ from pipelines.tuning.results import (
     text_table,
     write_reports,
 )
-from pipelines.tuning.space import Distribution, assign, parse_search_space, tied_keys
+from pipelines.tuning.state import open_search, search_fingerprint, write_search_state
+from pipelines.tuning.trial import (
+    LATEST_CHECKPOINT_KEY,
+    SEARCH_ID_TAG,
+    TUNE_EXPERIMENT_TAG,
+    TrialPlan,
+    run_evaluation_trial,
+    run_trial,
+    validation_evaluation,
+)
 
 logger = logging.getLogger("ray_vsr.tune")
+logger = logging.getLogger("ray_vsr.tune")
 
-TUNE_EXPERIMENT_TAG = "tune_experiment"
-TUNE_TRIAL_TAG = "tune_trial_id"
-SEARCH_ID_TAG = "tune_search_id"  # on the parent run and every trial run: which search they belong to
 TRIAL_STATUS_TAG = "tune_status"  # completed | stopped early | errored
 REGISTERED_TAG = "best_registered_version"  # on the parent run: the version registered as best-<name>
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the trial runs under the search
-LATEST_CHECKPOINT_KEY = "latest_checkpoint"  # Tune result key: the trial's newest checkpoint folder
 TRAIN_RUNS_DIR = "train"  # the trials' Train runs: <storage_path>/<search name>/train/<trial id>/
-STATE_FILE = "ray_vsr_search.json"  # <storage_path>/<search name>/: the search id and its fingerprint
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes reserved for each trial's driver function (it holds no CPU)
-MAX_COMBINATIONS = 512  # combinations of the entries' extremes checked up front (beyond: pairs only)
-# Keys an evaluation sweep may draw besides model settings: the validation protocol of the evaluation.
-EVALUATION_VAL_KEYS = ("channel", "crop_border", "centre_frame_only", "mirror_times", "max_clips", "chunk")
-_NAME = re.compile(r"^[\w-]+$")  # a Tune folder and part of an MLflow alias (best-<name>)
-
-
-# -- the search config -----------------------------------------------------------------------------------
-
-
-@dataclass
-class SchedulerSection:
-    """Early stopping of poor trials: ASHA (Li et al., 2020) or none (every trial runs to the end)."""
-
-    name: Literal["asha", "none"] = "asha"
-    grace_validations: int = 1  # validations every trial gets before ASHA may stop it
-    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor of the trials at each rung
-
-    def __post_init__(self) -> None:
-        if self.grace_validations < 1:
-            raise ValueError(f"scheduler.grace_validations must be at least 1, got {self.grace_validations}")
-        if self.reduction_factor < 2:
-            raise ValueError(f"scheduler.reduction_factor must be at least 2, got {self.reduction_factor}")
-
-
-@dataclass
-class SearchConfig:
-    """A Tune search (``jobs/tune_<arch>.py --config``); see the module docstring."""
-
-    base: str  # the training config every trial starts from
-    experiment: dict[str, Any] = field(default_factory=dict)  # partial training config for every trial
-    search: dict[str, Any] = field(default_factory=dict)  # dotted key (or tied keys) -> {distribution: args}
-    name: str = "tune"  # Tune experiment <run.storage_path>/<name>/, MLflow parent run <name>
-    num_samples: int = 8  # trials (with grid entries: samples per grid point)
-    metric: Literal["val_psnr", "val_ssim"] = "val_psnr"  # the validation metric to maximise
-    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
-    evaluate: str | None = None  # a model to evaluate in every trial (nothing trains); None: train
-    device: str = "auto"  # evaluation trials: auto (a GPU when the cluster has one), cpu or cuda
-    max_concurrent_trials: int | None = None  # None: as many as the cluster holds (or can scale to)
-    max_cluster_resources: dict[str, float] | None = None  # the autoscaler's maximum, e.g. {GPU: 8}
-    seed: int | None = 0  # seeds the sampling, so a search draws the same values again
-    register_best: bool = True  # training searches: register the best trial's network as best-<name>
-    promote_champion: bool = False  # ... and move `champion` to it if it beats the champion
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(
-                f"name must be letters, digits, '_' or '-' (a folder and an alias), got {self.name!r}"
-            )
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
-            raise ValueError(
-                f"max_concurrent_trials must be at least 1 (or null), got {self.max_concurrent_trials}"
-            )
-        if not self.search:
-            raise ValueError(
-                "search: no key to search; e.g. search: {optim.lr: {loguniform: [1.0e-4, 1.0e-3]}}"
-            )
-        self.search = {key: {d.kind: d.args} for key, d in parse_search_space(self.search).items()}
-
-    def space(self) -> dict[str, Distribution]:
-        return parse_search_space(self.search)
-
-    @property
-    def best_alias(self) -> str:
-        return f"best-{self.name}"
-
-
-# -- checking every value a trial can draw, before any trial starts --------------------------------------
-
-
-def _dotted_keys(text: str, known: set[str]) -> set[str]:
-    """The config keys a message names (``data.num_frames (5) must equal model.num_frames (3)``)."""
-    return {word for word in re.findall(r"[a-z_]+\.[a-z_]+", text) if word in known}
-
-
-def _tie_hint(entries: list[str], message: str, known: set[str]) -> str:
-    """How to draw together the keys whose values the config refused in combination."""
-    if "unknown config key" in message:
-        return ""
-    drawn = [key for entry in entries for key in tied_keys(entry)]
-    others = sorted(_dotted_keys(message, known) - set(drawn))
-    if len(entries) == 1 and not others:
-        return "; a value that needs other keys changed with it is drawn with them in a tied group (docs/tuning.md)"
-    group = ", ".join([*drawn, *others])
-    return f"; draw them together in a tied group, e.g. '{group}: {{grid: [...]}}' (docs/tuning.md)"
-
-
-def _check_evaluation_entry(entry: str, distribution: Distribution, base: Experiment) -> None:
-    """An evaluation sweep trains nothing: it may draw model settings that keep the weights, and the protocol."""
-    import torch
-
-    import vsr_models
-
-    for key in tied_keys(entry):
-        section, _, name = key.partition(".")
-        if section == "model":
-            continue
-        if section == "val" and name in EVALUATION_VAL_KEYS:
-            continue
-        raise ConfigError(
-            f"search.{entry}: an evaluation sweep (evaluate: / --evaluate) trains nothing, so it can draw "
-            f"model settings that keep the weights (model.key_frame_stride, ...) and val.{{{', '.join(EVALUATION_VAL_KEYS)}}}, "
-            f"not {key}"
-        )
-    with torch.device("meta"):
-        network = vsr_models.build_model(base.arch, **base.model_overrides())
-    for value in distribution.extremes():
-        settings = {
-            k.removeprefix("model."): v for k, v in assign(entry, value).items() if k.startswith("model.")
-        }
-        try:
-            with_model_settings(network, settings)
-        except ConfigError as err:
-            raise ConfigError(f"search.{entry} = {value!r}: {err}") from None
-
-
-def base_experiment(spec: SearchConfig, cls: type[Experiment]) -> Experiment:
-    """The base config with the shared ``experiment`` changes; every value a trial can draw is checked.
-
-    Each searched entry is applied at its extremes (both bounds, every option), alone and then in every
-    combination with the other entries' extremes (pairs only, past :data:`MAX_COMBINATIONS`), so a
-    typo, a wrong type, or a value the config rejects in combination (``model.token_size`` 8 with token
-    scales (4, 6, 8); VSR-Transformer's ``model.num_frames`` without ``data.num_frames``) is a
-    :class:`ConfigError` before any trial starts. An evaluation sweep checks its keys with
-    :func:`_check_evaluation_entry` as well.
-    """
-    if not Path(spec.base).is_file():
-        raise ConfigError(
-            f"base: training config {spec.base} not found (the YAML every trial starts from, "
-            "e.g. configs/ttvsr_sample.yaml; relative paths are from the current folder)"
-        )
-    shared = as_overrides(flatten(spec.experiment))
-    try:
-        base = load_config(cls, spec.base, shared)
-    except ConfigError as err:
-        raise ConfigError(f"experiment: {err}") from None
-    base_overrides = as_overrides(flatten(base))
-    known = set(flatten(base))
-
-    def check(drawn: list[tuple[str, Any]]) -> None:
-        values: dict[str, Any] = {}
-        for entry, value in drawn:
-            values |= assign(entry, value)
-        try:
-            load_config(cls, None, [*base_overrides, *as_overrides(values)])
-        except ConfigError as err:
-            where = " with ".join(f"search.{entry} = {value!r}" for entry, value in drawn)
-            hint = _tie_hint([entry for entry, _ in drawn], str(err), known)
-            raise ConfigError(f"{where}: {err}{hint}") from None
-
-    space = spec.space()
-    for entry, distribution in space.items():
-        for value in distribution.extremes():
-            check([(entry, value)])
-        if spec.evaluate is not None:
-            _check_evaluation_entry(entry, distribution, base)
-    options = [[(entry, value) for value in d.extremes()] for entry, d in space.items()]
-    if math.prod(len(o) for o in options) <= MAX_COMBINATIONS:
-        combinations = itertools.product(*options)
-    else:
-        combinations = (
-            pair for a, b in itertools.combinations(options, 2) for pair in itertools.product(a, b)
-        )
-    if len(space) > 1:
-        for drawn in combinations:
-            check(list(drawn))
-    return base
-
-
-# -- one trial -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """What every trial shares: the resolved base config as overrides, and where results go."""
-
-    arch: str
-    base_overrides: list[str]  # the whole base experiment as --set overrides (absolute paths)
-    tune_experiment: str
-    parent_run_id: str
-    metric: str
-    search_id: str = ""
-    evaluate: str | None = None  # evaluation sweeps: the model, pinned (models:/name/<version>, a path)
-    device: str = "auto"
-
-    def experiment(self, sampled: Mapping[str, Any], trial_id: str) -> Experiment:
-        """The trial's training config: base + drawn values, its Train run named after the trial."""
-        values: dict[str, Any] = {}
-        for entry, value in sampled.items():
-            values |= assign(entry, value)
-        overrides = [*self.base_overrides, *as_overrides(values), *as_overrides({"run.name": trial_id})]
-        return load_config(EXPERIMENTS[self.arch], None, overrides)
-
-    def trial_tags(self, trial_id: str) -> dict[str, str]:
-        return {
-            "arch": self.arch,
-            TUNE_EXPERIMENT_TAG: self.tune_experiment,
-            TUNE_TRIAL_TAG: trial_id,
-            SEARCH_ID_TAG: self.search_id,
-            PARENT_RUN_TAG: self.parent_run_id,
-        }
-
-
-class ValidationReportCallback(TuneReportCallback):
-    """Passes the Train run's validations up to Tune, each with the newest checkpoint's folder.
-
-    The training loop also reports at checkpoints between validations; Tune rejects results without
-    the searched metric, and ASHA should compare trials at validations only.
-    """
-
-    def __init__(self, metric: str) -> None:
-        super().__init__()
-        self.metric = metric
-        self.latest_checkpoint: str | None = None
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if checkpoint is not None:
-            self.latest_checkpoint = checkpoint.path
-        # rank 0's metrics, the ones the training loop logs; a checkpoint between validations has NaN
-        if math.isfinite(metrics[0].get(self.metric, math.nan)):
-            result = metrics[0] | {LATEST_CHECKPOINT_KEY: self.latest_checkpoint}
-            super().after_report(run_context, [result, *metrics[1:]], checkpoint)
-
-
-def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
-    """One training trial (runs in a Tune actor): train the base config with this trial's drawn values."""
-    import ray.tune
-
-    trial_id = ray.tune.get_context().get_trial_id()
-    cfg = plan.experiment(config, trial_id)
-    # Created here so the tags are set from the start; run_training finds the run by its name.
-    RunTracker.start(cfg.tracking.uri, cfg.tracking.experiment, cfg.run.name, tags=plan.trial_tags(trial_id))
-    run_training(cfg, callbacks=[ValidationReportCallback(plan.metric)], register=False)
-
-
-def validation_evaluation(
-    cfg: Experiment,
-    model: str,
-    *,
-    max_clips: int | None,
-    device: str = "auto",
-    settings: Mapping | None = None,
-) -> EvaluationConfig:
-    """An evaluation of ``model`` on ``cfg``'s validation split and protocol, on whole clips."""
-    val = cfg.val
-    return EvaluationConfig(
-        model=model,
-        data=cfg.data.path,
-        split=cfg.data.val_split,
-        channel=val.channel,
-        crop_border=val.crop_border,
-        centre_frame_only=val.centre_frame_only,
-        mirror_times=val.mirror_times,
-        max_clips=max_clips,
-        chunk=val.chunk,
-        model_settings=dict(settings or {}),
-        device=device,
-        tracking_uri=cfg.tracking.uri,
-        log_to_mlflow=False,
-    )
-
-
-def run_evaluation_trial(config: dict[str, Any], plan: TrialPlan) -> None:
-    """One evaluation trial (runs in a Tune actor): score ``plan.evaluate`` with the drawn settings.
-
-    The evaluation is one Ray task (:func:`run_evaluation`); its scores go to Tune and to the trial's
-    MLflow run (params: the drawn values; metrics ``val/psnr``, ...; the per-clip tables).
-    """
-    import ray.tune
-
-    trial_id = ray.tune.get_context().get_trial_id()
-    cfg = plan.experiment(config, trial_id)
-    values: dict[str, Any] = {}
-    for entry, value in config.items():
-        values |= assign(entry, value)
-    settings = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
-    uri = cfg.tracking.uri
-    tracker = RunTracker.start(uri, cfg.tracking.experiment, trial_id, tags=plan.trial_tags(trial_id))
-    try:
-        tracker.log_params(values | {"evaluate": plan.evaluate, "data.path": cfg.data.path})
-        request = validation_evaluation(
-            cfg, str(plan.evaluate), max_clips=cfg.val.max_clips, device=plan.device, settings=settings
-        )
-        result = run_evaluation(request)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    metrics = result.metrics()
-    tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=0)
-    tracker.log_text(result.report.csv(), "per_clip.csv")
-    tracker.log_text(result.report.markdown(), "per_clip.md")
-    tracker.set_tags({"eval.device": result.device})
-    tracker.finish("FINISHED")
-    ray.tune.report({f"val_{k}": v for k, v in metrics.items()})
 
 
 # -- the search ------------------------------------------------------------------------------------------
@@ -489,76 +194,6 @@ class SearchSummary:
         return "\n".join(lines)
 
 
-# -- the search's identity: its id, kept beside the Tune experiment --------------------------------------
-
-
-def _fingerprint(spec: SearchConfig, base: Experiment) -> str:
-    """What makes a search the same search: its space, scheduler, sampling and base config (not where it
-    runs, how many trials run at once or what happens to the winner)."""
-    ignored = (
-        "max_concurrent_trials",
-        "max_cluster_resources",
-        "register_best",
-        "promote_champion",
-        "device",
-    )
-    search = {k: v for k, v in config_to_dict(spec).items() if k not in (*ignored, "experiment")}
-    where = ("run.address", "tracking.uri", "data.verify")
-    trial_config = {k: v for k, v in flatten(base).items() if k not in where}
-    text = json.dumps({"search": search, "base": trial_config}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _filesystem(path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def read_search_state(experiment_path: str) -> dict[str, Any] | None:
-    """:data:`STATE_FILE` of the search at ``experiment_path``, or None."""
-    import pyarrow.fs
-
-    fs, path = _filesystem(f"{experiment_path}/{STATE_FILE}")
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode())
-
-
-def _write_search_state(experiment_path: str, state: dict[str, Any]) -> None:
-    fs, path = _filesystem(f"{experiment_path}/{STATE_FILE}")
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(json.dumps(state, indent=2).encode())
-
-
-def open_search(experiment_path: str, fingerprint: str) -> tuple[dict[str, Any], bool]:
-    """The search's state and whether Tune can restore it: that of the search already at
-    ``experiment_path`` if it is this one, a new one (new id) if nothing ran there yet.
-
-    Raises:
-        ConfigError: another search (other space, base config, ...) has run under this name.
-    """
-    from ray import tune
-
-    state = read_search_state(experiment_path)
-    restorable = tune.Tuner.can_restore(experiment_path)
-    if restorable and (state is None or state["fingerprint"] != fingerprint):
-        name = PurePosixPath(experiment_path).name
-        raise ConfigError(
-            f"a different Tune search already ran as {name} ({experiment_path}: other search space, base "
-            f"config or settings); run the same config to resume it, or give this one another name "
-            f"(--set name=...)"
-        )
-    if state is None or state["fingerprint"] != fingerprint:
-        state = {"search_id": uuid.uuid4().hex, "fingerprint": fingerprint}
-        _write_search_state(experiment_path, state)
-    return state, restorable
-
-
 def _pinned_model(model: str, tracking_uri: str) -> str:
     """``models:/ttvsr@champion`` -> ``models:/ttvsr/<its version>``: every trial scores the same weights,
     even if the alias moves meanwhile; a path becomes absolute (trials run in other folders)."""
@@ -619,11 +254,11 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
-    state, restoring = open_search(experiment_path, _fingerprint(spec, base))
+    state, restoring = open_search(experiment_path, search_fingerprint(spec, base))
     evaluate = None
     if spec.evaluate is not None:  # pinned when the search started: a resumed one scores the same version
         evaluate = state.get("pinned") or _pinned_model(spec.evaluate, tracking_uri)
-        _write_search_state(experiment_path, state | {"pinned": evaluate})
+        write_search_state(experiment_path, state | {"pinned": evaluate})
     # Trials run in Tune actors whose working folder is their trial folder: every path is absolute.
     # Tune keeps <storage>/<name>/<trial id>/; the trials' Train runs go to <storage>/<name>/train/<trial id>/.
     trial_base = dataclasses.replace(

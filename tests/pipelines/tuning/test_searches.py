@@ -26,14 +26,9 @@ import yaml
 
 from pipelines.tracking import mlflow_client
 from pipelines.training.experiment import TTVSRExperiment
-from pipelines.tuning.search import (
-    PARENT_RUN_TAG,
-    SEARCH_ID_TAG,
-    STATE_FILE,
-    TRIAL_STATUS_TAG,
-    TUNE_EXPERIMENT_TAG,
-    main,
-)
+from pipelines.tuning.search import TRIAL_STATUS_TAG, main
+from pipelines.tuning.state import STATE_FILE
+from pipelines.tuning.trial import PARENT_RUN_TAG, SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"

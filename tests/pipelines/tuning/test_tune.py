@@ -13,13 +13,11 @@ import yaml
 
 from pipelines.common.config import ConfigError, as_overrides, flatten, load_config
 from pipelines.training.experiment import TTVSRExperiment, VSRTExperiment
+from pipelines.tuning.config import SearchConfig, base_experiment
 from pipelines.tuning.resources import autoscaler_maximum, concurrent_trials, largest, parse_resources
 from pipelines.tuning.results import COMPLETED, STOPPED_EARLY, TrialSummary, markdown_table, write_reports
 from pipelines.tuning.search import (
-    SearchConfig,
-    TrialPlan,
     asha_scheduler,
-    base_experiment,
     main,
     search_from_args,
     search_parser,
@@ -27,6 +25,7 @@ from pipelines.tuning.search import (
     trial_resources,
 )
 from pipelines.tuning.space import Distribution, assign, parse_search_space
+from pipelines.tuning.trial import TrialPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
