@@ -113,3 +113,13 @@ def local_cluster(tmp_path_factory):
         yield parse_exports(started.stdout) | {"STATE_DIR": str(state)}
     finally:
         subprocess.run([script, "stop", "--state-dir", state], capture_output=True, timeout=120)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop this process's Ray while the interpreter is whole: left to the interpreter's exit, the
+    teardown of Ray's core worker can crash the process (a segfault after every test passed)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
