@@ -121,7 +121,7 @@ class Location:
         try:
             with self.fs.open_output_stream(temp.path) as f:
                 f.write(data)
-            _sync_local(temp)
+            sync_local(temp)
             self.fs.move(temp.path, self.path)
         except BaseException:
             temp.delete()
@@ -131,7 +131,8 @@ class Location:
         self.write_bytes_atomic(json.dumps(data, indent=1).encode())
 
 
-def _sync_local(location: Location) -> None:
+def sync_local(location: Location) -> None:
+    """fsync a local file, so a move after it cannot expose a file whose bytes are not on disk."""
     if location.is_local:
         with open(location.path, "rb") as f:
             os.fsync(f.fileno())

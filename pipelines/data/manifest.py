@@ -16,6 +16,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
+
 from pipelines.common.errors import DataError
 from pipelines.common.storage import Location, iter_chunks, resolve, sha256_location
 from pipelines.data.schema import FORMAT_VERSION
@@ -124,7 +126,7 @@ def _check_shard_sizes(manifest: Manifest) -> None:
     infos = manifest.filesystem.get_file_info([manifest.location.join(s["path"]).path for s in shards])
     for shard, info in zip(shards, infos, strict=True):
         uri = manifest.location.join(shard["path"]).uri
-        if info.size is None or info.type.name != "File":
+        if info.type != pafs.FileType.File:
             raise DataError(f"{uri}: shard listed in the manifest is missing. {_fix(manifest.root)}")
         if info.size != shard["bytes"]:
             raise DataError(

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from pipelines.common.errors import UnreadableInput
 from pipelines.common.files import TEMP_MARKER
-from pipelines.common.storage import HashingWriter, Location, resolve, sha256_location
+from pipelines.common.storage import HashingWriter, Location, resolve, sha256_location, sync_local
 from pipelines.data.manifest import SHARDS_DIR
 from pipelines.data.prepare.stages import compress_clip, decode_clip, degrade_clip
 from pipelines.data.schema import CLIP_SCHEMA, PARQUET_WRITER_OPTIONS
@@ -68,11 +68,7 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._stream.close()
-            if self.output.is_local:
-                import os
-
-                with open(self.temp.path, "rb") as f:
-                    os.fsync(f.fileno())
+            sync_local(self.temp)
             record |= {"path": self.plan["path"], "bytes": self._hashing.size, "sha256": self._hashing.sha256}
             self.output.fs.move(self.temp.path, self.final.path)
         self.output.join(self.plan["record_path"]).write_json_atomic(record)
