@@ -103,7 +103,6 @@ from pipelines.tuning.trial import (
 )
 
 logger = logging.getLogger("ray_vsr.tune")
-logger = logging.getLogger("ray_vsr.tune")
 
 TRIAL_STATUS_TAG = "tune_status"  # completed | stopped early | errored
 REGISTERED_TAG = "best_registered_version"  # on the parent run: the version registered as best-<name>
@@ -247,8 +246,6 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     splits = (
         [base.data.val_split] if spec.evaluate is not None else [base.data.train_split, base.data.val_split]
     )
-    if base.data.verify:
-        init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
     if base.data.verify:
         init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
     check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
