@@ -6,6 +6,11 @@ LR schedule, iteration, MLflow run id, last validation) and ``rng_rank<r>.pt`` p
 live on shared storage that others can write to, so every file holds tensors and plain Python values
 only and is read with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code
 (``docs/security.md``).
+
+A checkpoint resumes on another layout (``docs/cluster.md#resuming-on-another-layout``): another number
+of workers, nodes or GPUs per node. Each worker's RNG file holds only its own device's CUDA generator,
+never the whole node's, and the run folder is read through :mod:`pipelines.common.storage`, so a
+``file://``, ``s3://`` or ``gs://`` storage path resumes like a plain one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from vsr_models import load_checkpoint, save_checkpoint
 MODEL_FILE = CHECKPOINT_MODEL_FILE
 STATE_FILE = CHECKPOINT_STATE_FILE
 RNG_FILE = "rng_rank{rank}.pt"
+CUDA_DEVICE_KEY = "cuda_device"  # in an RNG file: the generator state of the worker's own CUDA device
 
 
 @dataclass
@@ -41,7 +47,13 @@ class TrainingState:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python's, NumPy's, torch's (and CUDA's) generator states as tensors and numbers only."""
+    """Python's, NumPy's, torch's and this worker's CUDA device's generator states, as tensors and numbers.
+
+    Only the current device's CUDA generator (the worker's own, ``torch.cuda.set_device`` in the loop's
+    setup) is saved: under Ray Train each worker sees every GPU of its node, and a whole-node list
+    (``get_rng_state_all``) cannot be restored on a node with fewer GPUs. Nothing is saved when CUDA
+    was never initialised in this process (a CPU worker; nothing drew CUDA random numbers).
+    """
     version, python_keys, gauss = random.getstate()
     kind, numpy_keys, position, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -55,8 +67,8 @@ def rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state[CUDA_DEVICE_KEY] = torch.cuda.get_rng_state()
     return state
 
 
@@ -75,8 +87,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # Files written before this layout rule hold the node's list under "cuda", one state per GPU of the
+    # node that wrote it; which one was this worker's is not recorded, and training draws no CUDA
+    # random numbers (crops are drawn in Ray Data, seeded), so that list is left unused.
+    if CUDA_DEVICE_KEY in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state[CUDA_DEVICE_KEY])  # onto the current device: this worker's
 
 
 def seed_everything(seed: int) -> None:
