@@ -7,7 +7,13 @@
 - :mod:`~pipelines.tracking.registry`: versions, their tags, and the ``champion`` alias rule.
 """
 
-from pipelines.tracking.flavor import FLAVOR_NAME, example_input, load_registered_model, save_model
+from pipelines.tracking.flavor import (
+    FLAVOR_NAME,
+    example_input,
+    load_pyfunc_model,
+    load_registered_model,
+    save_model,
+)
 from pipelines.tracking.registry import (
     VAL_PSNR_TAG,
     RegisteredVersion,
@@ -34,6 +40,7 @@ __all__ = [
     "example_input",
     "find_run",
     "find_run_by_tag",
+    "load_pyfunc_model",
     "load_registered_model",
     "mlflow_client",
     "promote_champion",

@@ -12,13 +12,19 @@ A model's artifacts are ::
 config. :func:`load_registered_model` reads ``MLmodel`` with ``yaml.safe_load`` and nothing but ``model.pt``, and
 refuses anything else, in particular versions logged by earlier releases with
 ``mlflow.pytorch.log_model`` (a pickled ``nn.Module`` whose unpickling runs whatever code the registry
-holds), with how to re-register them. ``mlflow.pyfunc.load_model`` works too: its loader module is this
-one (:func:`_load_pyfunc`), imported from the installed environment, never from the artifact store
-(``docs/security.md``).
+holds), with how to re-register them.
+
+Registration records the sha256 of every file of the version (:func:`record_artifact_digests`, the
+version tag :data:`ARTIFACT_DIGEST_TAG`): a tag is written through the tracking server, which whoever can
+write the artifact store cannot change. :func:`load_registered_model` checks ``MLmodel`` and ``model.pt``
+against it, :func:`load_pyfunc_model` every file, before anything is used. ``mlflow.pyfunc.load_model``
+on its own checks nothing: it imports whatever module ``MLmodel`` names, so a version whose files someone
+could change is loaded as a pyfunc with :func:`load_pyfunc_model` only (``docs/security.md``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.common.files import CHECKPOINT_MODEL_FILE, project_version
+from pipelines.common.files import CHECKPOINT_MODEL_FILE, project_version, sha256_file
 from pipelines.tracking.runs import mlflow_client, resolve_tracking_uri
 
 FLAVOR_NAME = "ray_vsr"
@@ -41,6 +47,8 @@ MLMODEL_FILE = "MLmodel"
 PYFUNC_LOADER_MODULE = "pipelines.tracking.flavor"
 """``python_function`` loader: a module of the installed project, never code from the artifact store."""
 REGISTER_JOB = "jobs/register_model.py"
+ARTIFACT_DIGEST_TAG = "artifact_sha256"
+"""Version tag: ``{file: sha256}`` of every file of the version, recorded at registration."""
 _MODELS_PREFIX = "models:/"
 
 
@@ -144,6 +152,95 @@ def _load_pyfunc(data_path: str, model_config: Mapping[str, Any] | None = None) 
     return _PyfuncModel(vsr_models.load_checkpoint(data_path))
 
 
+# -- the version's files, as registered ----------------------------------------------------------------
+
+
+def artifact_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``."""
+    root = Path(folder)
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def record_artifact_digests(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """Hash the files the registry holds for ``name`` version ``version`` into its
+    :data:`ARTIFACT_DIGEST_TAG` tag, right after registration; the digests."""
+    from mlflow.artifacts import download_artifacts
+
+    client = mlflow_client(tracking_uri)
+    location = client.get_model_version_download_uri(name, version)
+    with tempfile.TemporaryDirectory(prefix="ray-vsr-model-") as tmp:
+        folder = download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=tracking_uri)
+        digests = artifact_digests(folder)
+    client.set_model_version_tag(name, version, ARTIFACT_DIGEST_TAG, json.dumps(digests, sort_keys=True))
+    return digests
+
+
+def _registered_digests(model_uri: str, version: Any) -> dict[str, str] | None:
+    """The version's recorded digests; None for a version registered before they were recorded."""
+    from pipelines.common.errors import ModelLoadError
+
+    text = (dict(version.tags or {}) if version is not None else {}).get(ARTIFACT_DIGEST_TAG)
+    if text is None:
+        return None
+    try:
+        digests = json.loads(text)
+    except ValueError:
+        digests = None
+    if not isinstance(digests, dict):
+        raise ModelLoadError(f"{model_uri}: its {ARTIFACT_DIGEST_TAG} tag is not the JSON ray-vsr writes")
+    return digests
+
+
+def _check_files(model_uri: str, registered: dict[str, str], found: Mapping[str, str]) -> None:
+    """Refuse the model unless every file in ``found`` (``{name: sha256}``) is as registered."""
+    from pipelines.common.errors import ModelLoadError
+
+    for name in sorted(set(found) | set(registered)):
+        if registered.get(name) != found.get(name):
+            change = "added" if name not in registered else "removed" if name not in found else "changed"
+            raise ModelLoadError(
+                f"{model_uri}: its file {name} was {change} in the artifact store after registration "
+                f"(the {ARTIFACT_DIGEST_TAG} version tag), so it is refused; re-register the model from "
+                f"its training checkpoint (python {REGISTER_JOB})"
+            )
+
+
+def load_pyfunc_model(model_uri: str, tracking_uri: str | None = None) -> Any:
+    """``mlflow.pyfunc.load_model`` of a registered version (``models:/ttvsr@champion``,
+    ``models:/ttvsr/3``), after checking every file against the version's :data:`ARTIFACT_DIGEST_TAG`
+    and that ``MLmodel`` names this installed module as the loader: a doctored ``MLmodel`` or a module
+    placed beside it is refused before pyfunc imports anything.
+
+    Raises:
+        ModelLoadError: not a registered version, a version without recorded digests, a file changed,
+            added or removed since registration, or another loader module.
+    """
+    import mlflow.pyfunc
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    from pipelines.common.errors import ModelLoadError
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = mlflow_client(uri)
+    pinned, version = _pin_version(client, model_uri)
+    registered = _registered_digests(model_uri, version)
+    if registered is None:
+        raise ModelLoadError(
+            f"{model_uri}: only a registered version with recorded file hashes ({ARTIFACT_DIGEST_TAG} tag) "
+            f"is loaded as a pyfunc (models:/<name>/<version> or models:/<name>@<alias>); re-register it "
+            f"with python {REGISTER_JOB}, or load the network with load_registered_model"
+        )
+    with tempfile.TemporaryDirectory(prefix="ray-vsr-model-") as tmp:
+        folder = download_artifacts(artifact_uri=pinned, dst_path=tmp, tracking_uri=uri, registry_uri=uri)
+        _check_files(model_uri, registered, artifact_digests(folder))
+        conf = yaml.safe_load((Path(folder) / MLMODEL_FILE).read_text())
+        pyfunc = conf.get("flavors", {}).get("python_function", {}) if isinstance(conf, dict) else {}
+        if pyfunc.get("loader_module") != PYFUNC_LOADER_MODULE or pyfunc.get("code"):
+            raise ModelLoadError(f"{model_uri}: its pyfunc loader is not {PYFUNC_LOADER_MODULE}; refused")
+        return mlflow.pyfunc.load_model(folder)
+
+
 # -- loading -----------------------------------------------------------------------------------------
 
 
@@ -179,8 +276,9 @@ def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> nn
                 )
             )
 
+        mlmodel = fetch(MLMODEL_FILE)
         try:
-            conf = yaml.safe_load(fetch(MLMODEL_FILE).read_text())
+            conf = yaml.safe_load(mlmodel.read_text())
         except yaml.YAMLError as error:
             raise ModelLoadError(
                 f"{model_uri}: its {MLMODEL_FILE} file is not valid YAML ({error})"
@@ -196,8 +294,14 @@ def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> nn
                 f"ray-vsr {flavor.get('ray_vsr_version')}); this ray-vsr {project_version()} reads up to "
                 f"version {FLAVOR_FORMAT_VERSION}: upgrade ray-vsr"
             )
+        model_file = fetch(MODEL_DATA_FILE)
+        registered = _registered_digests(model_uri, version)
+        if registered is not None:  # MLmodel and model.pt, the files read here, as registered
+            read = {MLMODEL_FILE: mlmodel, MODEL_DATA_FILE: model_file}
+            found = {name: sha256_file(path) for name, path in read.items()}
+            _check_files(model_uri, {name: registered.get(name, "") for name in read}, found)
         try:
-            return vsr_models.load_checkpoint(fetch(MODEL_DATA_FILE))
+            return vsr_models.load_checkpoint(model_file)
         except vsr_models.IncompatibleCheckpointError as error:
             text = str(error)
             # vsr_models words it so, or keeps torch's UnpicklingError as the cause.

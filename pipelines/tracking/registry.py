@@ -89,7 +89,9 @@ def _log_version(
             input_example=input_example,
             step=step,
         )
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    flavor.record_artifact_digests(tracker.tracking_uri, registered_model, version)
+    return version
 
 
 def register_model(

@@ -28,10 +28,12 @@ from pipelines.inference.loading import load_model as load_any_model
 from pipelines.tracking import (
     FLAVOR_NAME,
     RunTracker,
+    load_pyfunc_model,
     load_registered_model,
     mlflow_client,
     register_model,
 )
+from pipelines.tracking.flavor import ARTIFACT_DIGEST_TAG
 
 REREGISTER = "jobs/register_model.py"
 EXAMPLE = np.random.default_rng(0).random((1, 3, 3, 64, 64), dtype=np.float32)
@@ -232,8 +234,14 @@ def test_ray_vsr_version_whose_model_pt_was_replaced_by_a_pickle_runs_nothing(ml
 
     with pytest.raises(ModelLoadError) as refused:
         load_registered_model("models:/tiny@champion", mlflow_uri)
-    assert "model.pt holds objects other than tensors and plain values" in str(refused.value)
+    assert "its file model.pt was changed in the artifact store after registration" in str(refused.value)
     assert "re-register" in str(refused.value).lower()
+    client = mlflow_client(
+        mlflow_uri
+    )  # a version registered before files were hashed: the weights-only check
+    client.delete_model_version_tag("tiny", "1", ARTIFACT_DIGEST_TAG)
+    with pytest.raises(ModelLoadError, match="model.pt holds objects other than tensors and plain values"):
+        load_registered_model("models:/tiny@champion", mlflow_uri)
     with pytest.raises(ModelLoadError):
         load_any_model("models:/tiny/1", tracking_uri=mlflow_uri)
     mlflow.set_tracking_uri(mlflow_uri)
@@ -254,6 +262,48 @@ def test_mlmodel_that_is_not_yaml_data_is_refused_without_reading_anything_else(
     with pytest.raises(ModelLoadError, match="not valid YAML"):
         load_registered_model("models:/tiny/1", mlflow_uri)
     assert not marker.exists()
+
+
+def test_doctored_mlmodel_naming_a_module_beside_it_is_refused_by_every_project_loader(mlflow_uri, tmp_path):
+    marker = tmp_path / "pwned"
+    register_tiny(mlflow_uri)
+    folder = artifact_dir(mlflow_uri, "tiny", "1")
+    (folder / "evil_loader.py").write_text(f"open({str(marker)!r}, 'w')\ndef _load_pyfunc(path):\n    pass\n")
+    conf = yaml.safe_load((folder / "MLmodel").read_text())
+    conf["flavors"]["python_function"] |= {"loader_module": "evil_loader", "code": "."}
+    (folder / "MLmodel").write_text(yaml.safe_dump(conf))
+
+    for load in (load_registered_model, load_pyfunc_model):
+        with pytest.raises(ModelLoadError) as refused:
+            load("models:/tiny@champion", mlflow_uri)
+        message = str(refused.value)
+        assert "\n" not in message and "was changed in the artifact store after registration" in message
+    with pytest.raises(ModelLoadError, match="was changed"):
+        load_any_model("models:/tiny/1", tracking_uri=mlflow_uri)
+    assert not marker.exists() and "evil_loader" not in sys.modules
+
+    # The doctored MLmodel is live: MLflow's own pyfunc loader imports the module it names.
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
+    with contextlib.suppress(Exception):
+        mlflow.pyfunc.load_model("models:/tiny/1")
+    assert marker.exists()
+    sys.modules.pop("evil_loader", None)
+
+
+def test_module_added_beside_an_intact_mlmodel_is_refused_by_the_pyfunc_loader(mlflow_uri):
+    register_tiny(mlflow_uri)
+    (artifact_dir(mlflow_uri, "tiny", "1") / "evil_loader.py").write_text("raise SystemExit\n")
+    with pytest.raises(ModelLoadError, match="its file evil_loader.py was added"):
+        load_pyfunc_model("models:/tiny/1", mlflow_uri)
+
+
+def test_project_pyfunc_loader_predicts_like_the_network(mlflow_uri):
+    model = register_tiny(mlflow_uri)
+    served = load_pyfunc_model("models:/tiny@champion", mlflow_uri)
+    lr = frames()
+    with torch.no_grad():
+        np.testing.assert_array_equal(served.predict(lr.numpy()), model(lr).numpy())
 
 
 # -- jobs/register_model.py -------------------------------------------------------------------------
