@@ -14,7 +14,7 @@ import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vsr_models.checkpoint import project_version
 
@@ -79,11 +79,12 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         temp.write_text(json.dumps(data, indent=1, sort_keys=False))
 
 
-def load_plain(path: str | os.PathLike, fix: str) -> Any:
+def load_plain(path: str | os.PathLike | BinaryIO, fix: str, name: str | None = None) -> Any:
     """``torch.load`` of a file that must hold tensors and plain values only (``weights_only=True``).
 
     Anything else (a pickled object, which could run code when loaded) or a damaged file is a
-    ``DataError`` naming the file and ``fix``, the way out for the user.
+    ``DataError`` naming the file (``name``, else ``path``) and ``fix``, the way out for the user.
+    ``path`` may be an open binary file (the bytes of an object-store file).
     """
     import torch
 
@@ -98,6 +99,6 @@ def load_plain(path: str | os.PathLike, fix: str) -> Any:
             "it holds objects other than tensors and plain values" if unpickler else lines[0] if lines else ""
         )
         raise DataError(
-            f"{path}: not a loadable checkpoint file ({type(error).__name__}: {reason}). Checkpoints are read "
+            f"{name or path}: not a loadable checkpoint file ({type(error).__name__}: {reason}). Checkpoints are read "
             f"as tensors and plain values only; this file was not written by ray-vsr or was changed: {fix}"
         ) from None

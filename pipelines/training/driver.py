@@ -47,6 +47,7 @@ from pipelines.training.state import (
     check_checkpoints,
     latest_checkpoint_iteration,
     read_training_state,
+    run_folder,
 )
 from vsr_models import get_family, load_checkpoint
 
@@ -89,11 +90,7 @@ def training_crops(cfg: Experiment, manifest: Manifest) -> CropSpec:
     The plan covers every sample the run still needs in one pass (one Ray Data execution per run). A
     resumed run numbers its epochs past the samples it has consumed, so it draws crops it has not drawn.
     """
-    done = (
-        latest_checkpoint_iteration(Path(cfg.run.storage_path) / cfg.run.name)
-        if "://" not in cfg.run.storage_path
-        else 0
-    )
+    done = latest_checkpoint_iteration(run_folder(cfg.run.storage_path, cfg.run.name))
     per_iteration = cfg.data.batch_size * cfg.scaling.num_workers
     spec = CropSpec(
         cfg.data.num_frames,
@@ -186,8 +183,7 @@ def run_training(
         cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify
     )
     check_training_inputs(cfg, manifest)
-    if "://" not in cfg.run.storage_path:
-        check_checkpoints(Path(cfg.run.storage_path) / cfg.run.name)
+    check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name))
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
     tracker.log_params(flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": manifest.sha256})

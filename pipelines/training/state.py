@@ -15,17 +15,24 @@ never the whole node's, and the run folder is read through :mod:`pipelines.commo
 
 from __future__ import annotations
 
+import io
+import os
+import posixpath
 import random
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from pipelines.common.errors import DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE, CHECKPOINT_STATE_FILE, atomic_path, load_plain
+from pipelines.common.storage import Location, resolve
 from vsr_models import load_checkpoint, save_checkpoint
 
 MODEL_FILE = CHECKPOINT_MODEL_FILE
@@ -103,8 +110,11 @@ def seed_everything(seed: int) -> None:
 # -- checkpoint folders -------------------------------------------------------------------------------
 
 
-def _load_plain(path: Path) -> Any:
-    return load_plain(path, fix="delete its checkpoint folder to resume from the previous one")
+def _load_plain(where: Path | Location) -> Any:
+    fix = "delete its checkpoint folder to resume from the previous one"
+    if isinstance(where, Location) and not where.is_local:
+        return load_plain(io.BytesIO(where.read_bytes()), fix=fix, name=where.uri)
+    return load_plain(where.local_path if isinstance(where, Location) else where, fix=fix)
 
 
 def save_training_checkpoint(
@@ -133,33 +143,65 @@ def save_training_checkpoint(
         torch.save(rng_state(), temp)
 
 
-def read_training_state(directory: Path) -> dict[str, Any]:
+def read_training_state(directory: str | os.PathLike | Location) -> dict[str, Any]:
     """``training_state.pt`` of a checkpoint folder (plain tensors and Python values only)."""
-    return _load_plain(directory / STATE_FILE)
+    return _load_plain(resolve(directory).join(STATE_FILE))
 
 
-def latest_checkpoint_iteration(run_dir: Path) -> int:
+def run_folder(storage_path: str, name: str) -> Location:
+    """Where Ray Train keeps the run ``name``'s checkpoints: ``<storage_path>/<name>``, a path or a URI."""
+    return resolve(storage_path).join(name)
+
+
+def checkpoint_folders(run: str | os.PathLike | Location) -> list[Location]:
+    """The run's complete checkpoint folders (those holding ``training_state.pt``), oldest first.
+
+    A folder without it was never registered by Ray Train (a worker stopped while uploading).
+    """
+    run = resolve(run)
+    if not run.is_dir():
+        return []
+    selector = pafs.FileSelector(run.path, recursive=False, allow_not_found=True)
+    names = sorted(
+        posixpath.basename(info.path.rstrip("/"))
+        for info in run.fs.get_file_info(selector)
+        if info.type == pafs.FileType.Directory
+    )
+    folders = [run.join(name) for name in names if name.startswith("checkpoint_")]
+    return [folder for folder in folders if folder.join(STATE_FILE).is_file()]
+
+
+def latest_checkpoint_iteration(run: str | os.PathLike | Location) -> int:
     """The iteration of the newest complete checkpoint under a run's storage folder (0 if none)."""
-    iterations = [
-        int(read_training_state(state.parent)["iteration"])
-        for state in run_dir.glob(f"checkpoint_*/{STATE_FILE}")
-    ]
-    return max(iterations, default=0)
+    return max((int(read_training_state(f)["iteration"]) for f in checkpoint_folders(run)), default=0)
 
 
-def check_checkpoints(run_dir: Path) -> None:
+def check_checkpoints(run: str | os.PathLike | Location) -> None:
     """Load every file of the run's checkpoints as plain data, on the driver, before any worker resumes.
 
     A doctored or damaged file is one :class:`DataError` here instead of a failure in every worker
-    (and every retry of it). Checkpoints on ``s3://`` and other URIs are checked by the workers only.
+    (and every retry of it). Checkpoints on ``s3://`` and other URIs are read into memory to be checked.
     """
-    for folder in sorted(run_dir.glob("checkpoint_*")):
-        if not (folder / STATE_FILE).is_file():
-            continue  # not complete: Ray Train never registered it
-        load_checkpoint(folder / MODEL_FILE)
-        for file in sorted(folder.glob("*.pt")):
-            if file.name != MODEL_FILE:
+    for folder in checkpoint_folders(run):
+        for info in sorted(folder.list_files(), key=lambda info: info.path):
+            file = folder.join(posixpath.relpath(info.path, folder.path))
+            if file.name == MODEL_FILE:
+                _check_model_file(file)
+            elif file.name.endswith(".pt"):
                 _load_plain(file)
+
+
+def _check_model_file(file: Location) -> None:
+    if file.is_local:
+        load_checkpoint(file.local_path)
+        return
+    with tempfile.TemporaryDirectory() as local:  # load_checkpoint reads a file by its path
+        copy = Path(local) / MODEL_FILE
+        copy.write_bytes(file.read_bytes())
+        try:
+            load_checkpoint(copy)
+        except Exception as error:  # name the stored file, not its temporary copy
+            raise DataError(str(error).replace(str(copy), file.uri)) from None
 
 
 def restore_training_checkpoint(

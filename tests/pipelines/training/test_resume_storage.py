@@ -1,0 +1,101 @@
+"""Resuming a run whose storage path is a URI (``file://``, ``s3://``, ...) the way a plain path resumes
+(``docs/cluster.md#resuming-on-another-layout``): the driver finds the last checkpoint through
+:mod:`pipelines.common.storage`, so the crop epochs continue past it instead of replaying epoch 0, and the
+checkpoints are checked as plain data before any worker starts.
+
+``memory://`` (fsspec's in-memory filesystem) stands in for an object store, as in
+``tests/pipelines/common/test_storage.py``: no S3 here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import fsspec
+import pytest
+import torch
+
+from pipelines.common.config import load_config
+from pipelines.common.errors import DataError
+from pipelines.data.manifest import load_manifest
+from pipelines.training.driver import training_crops
+from pipelines.training.experiment import OptimSection, ScheduleSection, TTVSRExperiment, resolve_paths
+from pipelines.training.recipe import build_optimizer, lr_schedule
+from pipelines.training.state import TrainingState, check_checkpoints, save_training_checkpoint
+from tests.conftest import REPO_ROOT
+from vsr_models import build_model
+
+TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
+TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
+RUN = "ttvsr_test"  # the test config's run.name
+
+
+class RunsAShellCommand:
+    """Unpickling this runs ``touch <marker>``: a doctored file on shared storage."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _write_checkpoints(run_dir, iterations=(4, 8)) -> None:
+    """Two complete checkpoints of two workers and one folder Ray never registered, on local disk."""
+    model = build_model("ttvsr", **TINY)
+    optimizer = build_optimizer(model, OptimSection())
+    scheduler = lr_schedule(optimizer, ScheduleSection(periods=[10], restart_weights=[1.0]))
+    for iteration in iterations:
+        folder = run_dir / f"checkpoint_{iteration:08d}"
+        folder.mkdir(parents=True)
+        for rank in (0, 1):
+            save_training_checkpoint(folder, rank, model, optimizer, scheduler, TrainingState(iteration))
+    (run_dir / "checkpoint_00000012").mkdir()  # no training_state.pt: not a complete checkpoint
+
+
+def _copy_to_memory(run_dir, bucket: str) -> str:
+    """The run folder's files under ``memory://<bucket>/runs/<run>``; returns the storage URI."""
+    memory = fsspec.filesystem("memory")
+    for file in run_dir.rglob("*"):
+        if file.is_file():
+            memory.pipe(f"/{bucket}/runs/{RUN}/{file.relative_to(run_dir)}", file.read_bytes())
+        else:
+            memory.makedirs(f"/{bucket}/runs/{RUN}/{file.relative_to(run_dir)}", exist_ok=True)
+    return f"memory://{bucket}/runs"
+
+
+def _crops(data, storage: str):
+    cfg = load_config(
+        TTVSRExperiment,
+        TEST_CONFIG,
+        [f"data.path={data}", f"run.storage_path={storage}", "scaling.num_workers=2", "train.total_iters=20"],
+    )
+    return training_crops(resolve_paths(cfg), load_manifest(data, verify=False))
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_a_run_resumed_under_a_uri_continues_the_crop_epochs_like_a_local_path(
+    tiny_prepared_dataset, tmp_path, scheme
+):
+    local = tmp_path / "runs"
+    _write_checkpoints(local / RUN)
+    uri = f"file://{local}" if scheme == "file" else _copy_to_memory(local / RUN, f"resume-{tmp_path.name}")
+
+    resumed_locally = _crops(tiny_prepared_dataset, str(local))
+    # 8 iterations done, 2 workers x 1 sequence each: the plan starts past the 16 samples consumed
+    assert resumed_locally.first_epoch == 16
+    assert _crops(tiny_prepared_dataset, uri) == resumed_locally
+    assert _crops(tiny_prepared_dataset, str(tmp_path / "new")).first_epoch == 0  # a new run
+
+
+def test_a_doctored_checkpoint_under_a_uri_is_refused_before_any_worker_runs_it(tmp_path):
+    _write_checkpoints(tmp_path / RUN, iterations=(4,))
+    marker = tmp_path / "pwned"
+    torch.save({"state": RunsAShellCommand(marker)}, tmp_path / RUN / "checkpoint_00000004" / "rng_rank1.pt")
+    uri = _copy_to_memory(tmp_path / RUN, f"doctored-{tmp_path.name}")
+
+    with pytest.raises(DataError, match=rf"{uri}/{RUN}/checkpoint_00000004/rng_rank1.pt: not a loadable"):
+        check_checkpoints(f"{uri}/{RUN}")
+    assert not marker.exists()
+    (tmp_path / RUN / "checkpoint_00000004" / "rng_rank1.pt").unlink()
+    check_checkpoints(_copy_to_memory(tmp_path / RUN, f"clean-{tmp_path.name}") + f"/{RUN}")  # loads
