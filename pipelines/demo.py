@@ -45,6 +45,10 @@ def run_demo(cfg: TTVSRExperiment, output: str | Path) -> str:
     print(run_evaluation(evaluation).table(), flush=True)
 
     model_uri = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.champion_alias}"
+    if summary.registered is not None and not summary.registered.is_champion:
+        model_uri = (
+            summary.registered.uri
+        )  # not champion (e.g. it does not beat bicubic yet): its own version
     print(f"[4/5] registry: {model_uri} -> {summary.registered.uri if summary.registered else 'unchanged'}")
 
     clip_id, lr, _ = next(iter_val_clips(cfg.data.path, split=cfg.data.val_split))

@@ -44,6 +44,8 @@ class RegisteredVersion:
     champion_psnr: float | None
     alias: str | None = "champion"  # None: registered without touching any alias
     incomparable: list[str] | None = None  # lineage tags that differ from the champion's (alias kept)
+    # (its validation PSNR, bicubic's) when the alias stayed away because it does not beat bicubic
+    below_bicubic: tuple[float, float] | None = None
 
     @property
     def uri(self) -> str:
@@ -55,6 +57,12 @@ class RegisteredVersion:
             return f"registered {self.uri}"
         if self.is_champion:
             return f"registered {self.uri} ({self.alias})"
+        if self.below_bicubic:
+            psnr, bicubic = self.below_bicubic
+            return (
+                f"registered {self.uri}, not {self.alias}: its validation PSNR {psnr:.2f} dB does not beat "
+                f"bicubic's {bicubic:.2f} dB (train longer; --champion makes it {self.alias} regardless)"
+            )
         if self.incomparable:
             return (
                 f"registered {self.uri} ({self.alias} stays v{self.champion_version}, validated on another "
@@ -103,23 +111,33 @@ def register_model(
     val_metrics: Mapping[str, float],
     alias: str = "champion",
     version_tags: Mapping[str, Any] | None = None,
+    force_alias: bool = False,
 ) -> RegisteredVersion:
-    """Log ``model`` to the tracker's run, register it, and move ``alias`` to it if it is the best so far.
+    """Log ``model`` to the tracker's run, register it, and move ``alias`` to it if it is the best so far
+    (:func:`promote_champion`; ``force_alias``: whatever its score).
 
     The model is written in the ``ray_vsr`` flavor (:func:`save_model`): weights and config as plain
     data, rebuilt by the reader's own code, so it takes clips of any length and frame size (unlike a
     ``torch.export`` graph, traced for one shape) and loading it runs no code from the registry.
 
     Args:
-        val_metrics: must hold ``psnr`` (compared with the champion's ``val_psnr`` version tag);
-            all entries become ``val_<key>`` version tags.
+        val_metrics: must hold ``psnr`` (compared with the champion's ``val_psnr`` version tag) and
+            may hold ``bicubic_psnr`` (the baseline it must beat); all become ``val_<key>`` version tags.
         input_example: ``(1, t, 3, h, w)`` float32 LR frames the model accepts.
     """
     step = int((version_tags or {}).get("iteration", 0))
     version = _log_version(tracker, model, registered_model, input_example, step)
     tags = {f"val_{k}": v for k, v in val_metrics.items()} | dict(version_tags or {})
     set_model_version_tags(tracker.tracking_uri, registered_model, version, tags)
-    return promote_champion(tracker.tracking_uri, registered_model, version, val_metrics["psnr"], alias)
+    return promote_champion(
+        tracker.tracking_uri,
+        registered_model,
+        version,
+        val_metrics["psnr"],
+        alias,
+        bicubic_psnr=val_metrics.get("bicubic_psnr"),
+        force=force_alias,
+    )
 
 
 # Version tags that say what val_psnr was measured on: the alias compares only versions that agree.
@@ -127,15 +145,38 @@ LINEAGE_TAGS = ("val_dataset", "val_protocol")
 
 
 def promote_champion(
-    tracking_uri: str, name: str, version: str, psnr: float, alias: str
+    tracking_uri: str,
+    name: str,
+    version: str,
+    psnr: float,
+    alias: str,
+    *,
+    bicubic_psnr: float | None = None,
+    force: bool = False,
 ) -> RegisteredVersion:
     """Point ``alias`` at ``version`` if there is no champion yet, or if ``psnr`` beats the champion's
     ``val_psnr`` and both were validated on the same dataset and protocol (the ``val_dataset`` /
     ``val_protocol`` version tags): scores measured on other data are not comparable, so the alias then
-    stays where it is."""
+    stays where it is.
+
+    A model whose ``psnr`` does not beat ``bicubic_psnr`` (bicubic upscaling scored on the same clips,
+    the baseline every super-resolution model must beat) never gets the alias, even as the first
+    version: it stays registered, unaliased. ``force`` (``--champion``) moves the alias whatever the scores.
+    """
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
+    if force:
+        client.set_registered_model_alias(name, alias, version)
+        return RegisteredVersion(name, version, True, version, psnr, alias)
+    if bicubic_psnr is not None and not psnr > bicubic_psnr:
+        try:
+            holder = client.get_model_version_by_alias(name, alias).version
+        except MlflowException:
+            holder = None
+        return RegisteredVersion(
+            name, version, False, holder, None, alias, below_bicubic=(psnr, bicubic_psnr)
+        )
     try:
         champion = client.get_model_version_by_alias(name, alias)
         champion_psnr = float(champion.tags.get(VAL_PSNR_TAG, "-inf"))

@@ -42,6 +42,7 @@ from pipelines.training.experiment import (
     resolve_paths,
 )
 from pipelines.training.loop import SCORE_METRIC, UNVALIDATED, StepCallback, train_loop_per_worker
+from pipelines.training.recipe import describe_schedule
 from pipelines.training.state import (
     MODEL_FILE,
     check_checkpoints,
@@ -186,7 +187,11 @@ def run_training(
     check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name))
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
-    tracker.log_params(flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": manifest.sha256})
+    schedule = describe_schedule(cfg)
+    print(f"schedule: {schedule}", flush=True)
+    tracker.log_params(
+        flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": manifest.sha256, "schedule": schedule}
+    )
     tracker.log_dict(config_to_dict(cfg), "config.yaml")
     tracker.log_dict(manifest.data, f"dataset/{MANIFEST_NAME}")
     tracker.log_dataset(
@@ -311,6 +316,7 @@ def register_result(
             input_example=example_input(model),
             val_metrics=val_metrics,
             alias=cfg.tracking.champion_alias,
+            force_alias=cfg.tracking.force_champion,
             version_tags={
                 "iteration": iteration,
                 "val_channel": cfg.val.channel,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pipelines.common.cli import flag_overrides, job_parser
-from pipelines.common.config import load_config
+from pipelines.common.config import load_config, parse_override
 from pipelines.common.errors import ConfigError
 from vsr_models.ttvsr import TTVSRConfig
 from vsr_models.vsrt import VSRTConfig
@@ -176,6 +176,9 @@ class TrackingSection:
     experiment: str = "ray-vsr"
     registered_model: str = "ttvsr"
     champion_alias: str = "champion"
+    # --champion: the final model takes champion_alias whatever its score. Otherwise it must beat the
+    # champion and bicubic on the validation clips (pipelines.tracking.promote_champion).
+    force_champion: bool = False
     system_metrics_interval: float | None = 10.0  # seconds between CPU / GPU / memory samples; None: off
 
 
@@ -212,6 +215,18 @@ class TTVSRExperiment(Experiment):
             raise ValueError(
                 f"data.lr_patch ({self.data.lr_patch}) must be a multiple of model.token_size "
                 f"({self.model.token_size}): TTVSR cuts frames into token_size x token_size tokens"
+            )
+        # DDP (several workers) needs a gradient for every trainable parameter at every step. A
+        # one-frame sequence has no neighbour to align or attend to: SPyNet and the trajectory attention
+        # get none, and the second step fails in every worker (docs/cluster.md#configurations-ddp-cannot-run).
+        # Two frames or more (mirror-extended ones count) use every parameter, in both families.
+        frames = self.data.num_frames * 2**self.data.mirror_times
+        if frames < 2 and self.scaling.num_workers > 1:
+            raise ValueError(
+                f"data.num_frames is {self.data.num_frames} with scaling.num_workers "
+                f"{self.scaling.num_workers}: one-frame TTVSR sequences leave SPyNet and the trajectory "
+                "attention unused, which DDP refuses; set data.num_frames to 2 or more (or data.mirror_times "
+                "to 1, or train on one worker)"
             )
 
 
@@ -274,7 +289,55 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="check every shard's sha256 before training (data.verify; in parallel Ray tasks); by default "
         "only the manifest, shard presence and sizes are checked",
     )
+    parser.add_argument(
+        "--champion",
+        action="store_true",
+        default=None,
+        help="make the trained model champion whatever its score (tracking.force_champion); by default it "
+        "must beat bicubic and the current champion on its validation clips",
+    )
     return parser
+
+
+def scaled_periods(periods: list[int], total_iters: int) -> list[int]:
+    """``periods`` stretched (or shrunk) in proportion so that they add up to ``total_iters`` exactly.
+
+    ``[300]`` for 500 iterations -> ``[500]``; ``[300_000] * 4`` for 600k -> ``[150_000] * 4``. Each
+    period keeps at least one iteration; the last one takes the rounding.
+    """
+    covered = sum(periods)
+    scaled = [max(1, round(p * total_iters / covered)) for p in periods[:-1]]
+    return [*scaled, max(1, total_iters - sum(scaled))]
+
+
+def fit_schedule(cfg: Experiment, overrides: list[str]) -> Experiment:
+    """The learning-rate schedule made to follow the run (``docs/models.md#the-schedule-follows-the-run``).
+
+    A config's ``schedule.periods`` are written for its ``train.total_iters``. When the command changes
+    ``train.total_iters`` (``--set train.total_iters=500``) but not the periods, or the periods stop short
+    of the run, they are scaled with it (:func:`scaled_periods`), so the cosine reaches ``eta_min`` at the
+    last iteration instead of idling there. Periods the command sets itself are the user's: if they stop
+    short of ``train.total_iters`` the config is refused, naming both keys.
+    """
+    given = {parse_override(text)[0].removeprefix("experiment.") for text in overrides}
+    periods, total = list(cfg.schedule.periods), cfg.train.total_iters
+    covered = sum(periods)
+    if "schedule.periods" in given:
+        if covered < total:
+            raise ConfigError(
+                f"schedule.periods {periods} cover {covered} iterations but train.total_iters is {total}: "
+                f"make the periods add up to {total}, or leave schedule.periods out to scale the config's to the run"
+            )
+        return cfg
+    if covered < total or ("train.total_iters" in given and covered != total):
+        schedule = dataclasses.replace(cfg.schedule, periods=scaled_periods(periods, total))
+        return dataclasses.replace(cfg, schedule=schedule)
+    return cfg
+
+
+def load_experiment(cls: type[Experiment], path: str | None, overrides: list[str]) -> Experiment:
+    """``load_config`` of an experiment, with its schedule fitted to the run (:func:`fit_schedule`)."""
+    return fit_schedule(load_config(cls, path, overrides), overrides)
 
 
 def experiment_from_args(cls: type[Experiment], args: argparse.Namespace) -> Experiment:
@@ -295,8 +358,9 @@ def experiment_from_args(cls: type[Experiment], args: argparse.Namespace) -> Exp
         "run.name": args.name,
         "run.storage_path": args.storage_path,
         "data.verify": args.verify_data,
+        "tracking.force_champion": args.champion,
     }
-    return load_config(cls, args.config, overrides + flag_overrides(flags))
+    return load_experiment(cls, args.config, overrides + flag_overrides(flags))
 
 
 def resolve_paths(cfg: Experiment) -> Experiment:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from pipelines.training.experiment import OptimSection, ScheduleSection
+from pipelines.training.experiment import Experiment, OptimSection, ScheduleSection
 
 SPYNET_PREFIX = "spynet."  # parameter-name prefix of the flow network in both models
 
@@ -65,6 +65,16 @@ def lr_schedule(optimizer: torch.optim.Optimizer, schedule: ScheduleSection) -> 
         for group in optimizer.param_groups
     ]
     return LambdaLR(optimizer, factors)
+
+
+def describe_schedule(cfg: Experiment) -> str:
+    """The resolved learning-rate schedule in one line (printed at start, logged as the ``schedule`` param)."""
+    schedule = cfg.schedule
+    return (
+        f"cosine annealing with restarts, lr {cfg.optim.lr:g} -> {schedule.eta_min:g}: periods "
+        f"{list(schedule.periods)}, restart weights {list(schedule.restart_weights)}, covering "
+        f"{sum(schedule.periods)} of train.total_iters={cfg.train.total_iters} iterations"
+    )
 
 
 def set_spynet_trainable(model: nn.Module, trainable: bool) -> None:

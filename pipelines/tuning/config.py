@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pipelines.common.config import as_overrides, flatten, load_config
 from pipelines.common.errors import ConfigError
 from pipelines.evaluation.job import with_model_settings
-from pipelines.training.experiment import Experiment
+from pipelines.training.experiment import Experiment, load_experiment
 from pipelines.tuning.space import Distribution, assign, parse_search_space, tied_keys
 
 MAX_COMBINATIONS = 512  # combinations of the entries' extremes checked up front (beyond: pairs only)
@@ -151,7 +151,7 @@ def base_experiment(spec: SearchConfig, cls: type[Experiment]) -> Experiment:
         )
     shared = as_overrides(flatten(spec.experiment))
     try:
-        base = load_config(cls, spec.base, shared)
+        base = load_experiment(cls, spec.base, shared)
     except ConfigError as err:
         raise ConfigError(f"experiment: {err}") from None
     base_overrides = as_overrides(flatten(base))

@@ -472,7 +472,13 @@ def _register_best(
     champion = None
     if spec.promote_champion:
         champion = promote_champion(
-            cfg.tracking.uri, name, version, rescored["psnr"], cfg.tracking.champion_alias
+            cfg.tracking.uri,
+            name,
+            version,
+            rescored["psnr"],
+            cfg.tracking.champion_alias,
+            bicubic_psnr=rescored["bicubic_psnr"],
+            force=cfg.tracking.force_champion,
         )
     return registered, champion
 

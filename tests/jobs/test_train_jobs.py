@@ -114,6 +114,11 @@ def test_shared_flags_override_the_config_file():
     assert cfg.optim.lr == 1e-4 and cfg.model.num_propagation_blocks == 60 and cfg.data.num_frames == 50
 
 
+def test_champion_flag_forces_the_alias_and_is_off_by_default():
+    assert parse(TTVSRExperiment, "--champion").tracking.force_champion is True
+    assert parse(TTVSRExperiment).tracking.force_champion is False
+
+
 def test_gpus_and_a_different_worker_count_contradict():
     with pytest.raises(ConfigError, match="--gpus 2 runs one worker per GPU"):
         parse(TTVSRExperiment, "--gpus", "2", "--num-workers", "3")

@@ -133,6 +133,43 @@ def test_registered_model_loads_back_by_alias_and_runs_on_any_frame_size(mlflow_
         torch.testing.assert_close(loaded(lr), model(lr))
 
 
+def test_a_model_that_does_not_beat_bicubic_is_registered_but_never_champion(mlflow_uri):
+    from mlflow.exceptions import MlflowException
+
+    torch.manual_seed(0)
+    model = build_model("ttvsr", mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1)
+    tracker = RunTracker.start(mlflow_uri, "exp", "short")
+    example = np.random.default_rng(0).random((1, 3, 3, 64, 64), dtype=np.float32)
+
+    def register(psnr: float, **kwargs) -> RegisteredVersion:
+        return register_model(
+            tracker,
+            model,
+            registered_model="tiny",
+            input_example=example,
+            val_metrics={"psnr": psnr, "ssim": 0.8, "bicubic_psnr": 27.74, "bicubic_ssim": 0.77},
+            **kwargs,
+        )
+
+    client = mlflow_client(mlflow_uri)
+    short = register(27.18)  # the first version, yet below bicubic: no alias
+    assert short.uri == "models:/tiny/1" and not short.is_champion and short.below_bicubic == (27.18, 27.74)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("tiny", "champion")
+    assert short.describe() == (
+        "registered models:/tiny/1, not champion: its validation PSNR 27.18 dB does not beat bicubic's "
+        "27.74 dB (train longer; --champion makes it champion regardless)"
+    )
+    assert client.get_model_version("tiny", "1").tags["val_bicubic_psnr"] == "27.74"
+
+    assert not register(27.74).is_champion  # a tie with bicubic is not better than bicubic
+    forced = register(27.0, force_alias=True)  # --champion
+    assert forced.is_champion and str(client.get_model_version_by_alias("tiny", "champion").version) == "3"
+    better = register(28.1)  # beats bicubic and the (forced) champion
+    assert better.is_champion and str(client.get_model_version_by_alias("tiny", "champion").version) == "4"
+    assert not register(27.5).is_champion  # below bicubic, even though it is comparable
+
+
 def test_loading_an_unregistered_model_names_it(mlflow_uri):
     from mlflow.exceptions import MlflowException
 

@@ -134,3 +134,63 @@ def test_a_resumed_run_numbers_its_crop_epochs_past_its_last_checkpoint(tiny_ttv
         )
     (run_dir / "checkpoint_tmp_partial").mkdir()  # no training_state.pt: not a complete checkpoint
     assert latest_checkpoint_iteration(run_dir) == 8
+
+
+# -- the schedule follows the run (docs/models.md#the-schedule-follows-the-run) -----------------------------
+
+SAMPLE_CONFIG = "configs/ttvsr_sample.yaml"  # periods [300] for total_iters 300
+
+
+def _lrs(cfg, iterations: list[int]) -> list[float]:
+    """The network group's learning rate at each of ``iterations`` under ``cfg``'s resolved schedule."""
+    factor = CosineRestartFactor(
+        cfg.optim.lr, cfg.schedule.periods, cfg.schedule.restart_weights, cfg.schedule.eta_min
+    )
+    return [cfg.optim.lr * factor(i) for i in iterations]
+
+
+def test_more_iterations_on_the_command_line_stretch_the_configs_schedule():
+    from pipelines.training.experiment import TTVSRExperiment, experiment_from_args, experiment_parser
+    from pipelines.training.recipe import describe_schedule
+
+    args = experiment_parser().parse_args(["--config", SAMPLE_CONFIG, "--set", "train.total_iters=500"])
+    cfg = experiment_from_args(TTVSRExperiment, args)
+    assert cfg.schedule.periods == [500]
+    lr_300, lr_400, lr_499 = _lrs(cfg, [300, 400, 499])
+    # half way through the stretched cosine at 250, still well above eta_min at 300 and 400
+    assert lr_300 > 0.3 * cfg.optim.lr and lr_400 > 0.09 * cfg.optim.lr
+    assert lr_499 == pytest.approx(cfg.schedule.eta_min, abs=1e-7)
+    assert describe_schedule(cfg) == (
+        "cosine annealing with restarts, lr 0.001 -> 1e-06: periods [500], restart weights [1.0], "
+        "covering 500 of train.total_iters=500 iterations"
+    )
+    shorter = experiment_from_args(
+        TTVSRExperiment,
+        experiment_parser().parse_args(["--config", SAMPLE_CONFIG, "--set", "train.total_iters=100"]),
+    )
+    assert shorter.schedule.periods == [100]  # anneals within the shorter run too
+
+
+def test_restart_periods_keep_their_proportions_when_scaled():
+    from pipelines.training.experiment import VSRTExperiment, load_experiment, scaled_periods
+
+    cfg = load_experiment(VSRTExperiment, None, ["train.total_iters=600000"])
+    assert cfg.schedule.periods == [150_000] * 4 and cfg.schedule.restart_weights == [1.0, 0.5, 0.5, 0.5]
+    assert scaled_periods([3, 3, 4], 7) == [2, 2, 3]
+    assert scaled_periods([1, 1, 1], 2) == [1, 1, 1]  # every period keeps an iteration: covers the run
+    # periods that cover the run, neither changed on the command line: the config's own choice
+    assert load_experiment(VSRTExperiment, None, []).schedule.periods == [300_000] * 4
+    assert sum(load_experiment(VSRTExperiment, None, ["train.total_iters=10"]).schedule.periods) == 10
+
+
+def test_periods_given_with_the_command_that_stop_short_of_the_run_are_refused(capsys):
+    from pipelines.training.driver import main
+    from pipelines.training.experiment import TTVSRExperiment
+
+    code = main(
+        TTVSRExperiment,
+        ["--config", SAMPLE_CONFIG, "--set", "train.total_iters=500", "--set", "schedule.periods=[300]"],
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "schedule.periods [300] cover 300 iterations but train.total_iters is 500" in err
