@@ -26,6 +26,7 @@ from pipelines.common.cli import run_job
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.ray_session import init_ray
+from pipelines.common.shared_storage import check_visible_from_nodes
 from pipelines.data.ingest import CropSpec, train_dataset
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset, load_manifest
 from pipelines.tracking import (
@@ -165,6 +166,18 @@ def check_training_inputs(cfg: Experiment, manifest: Manifest) -> None:
             raise ConfigError(f"run.storage_path {storage} is not writable; choose a writable folder")
 
 
+def check_paths_reach_nodes(cfg: Experiment) -> None:
+    """Refuse in seconds a run storage or dataset path that some node of the cluster does not see.
+
+    Without it a node-local path fails at the first checkpoint report, after ``checkpoint_every``
+    iterations on every worker and every retry (:mod:`pipelines.common.shared_storage`, docs/cluster.md).
+    """
+    check_visible_from_nodes(
+        writes={"run.storage_path": cfg.run.storage_path},
+        reads={"data.path": f"{cfg.data.path.rstrip('/')}/{MANIFEST_NAME}"},
+    )
+
+
 def run_training(
     cfg: Experiment,
     *,
@@ -185,6 +198,8 @@ def run_training(
     )
     check_training_inputs(cfg, manifest)
     check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name))
+    init_ray(cfg.run.address)
+    check_paths_reach_nodes(cfg)  # before the MLflow run exists: a refused job leaves nothing behind
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
     schedule = describe_schedule(cfg)

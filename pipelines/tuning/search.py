@@ -71,7 +71,7 @@ from pipelines.tracking import (
     resolve_tracking_uri,
     set_alias,
 )
-from pipelines.training.driver import register_result
+from pipelines.training.driver import check_paths_reach_nodes, register_result
 from pipelines.training.experiment import Experiment, resolve_paths
 from pipelines.tuning.config import SearchConfig, base_experiment
 from pipelines.tuning.resources import (
@@ -249,6 +249,8 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
     if base.data.verify:
         init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
     check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
+    init_ray(base.run.address)
+    check_paths_reach_nodes(base)  # every node sees the storage and data, before any state is written
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
     state, restoring = open_search(experiment_path, search_fingerprint(spec, base))

@@ -1,0 +1,148 @@
+"""Storage every node of a Ray cluster can reach, proven when a job starts instead of found out mid-run.
+
+Ray Train and Tune workers write checkpoints to the run storage, and Ray Data tasks read the prepared
+dataset, on whichever node they run. A plain path, and a ``file://`` URI just as much, names the
+filesystem of the node that opens it: on a cluster of several nodes it must be a shared mount (NFS, a
+cluster filesystem) at the same path on every node. Left unchecked, a node-local path is found out only
+when the first checkpoint is reported, after ``checkpoint_every`` iterations on every worker, and again
+on every retry of ``max_failures``.
+
+:func:`check_visible_from_nodes` proves it in seconds before anything trains: the driver writes a marker
+holding a random token into each folder the job writes (and reads the files the job reads), then one
+small task pinned to each alive node reads the same paths back and returns their sha256. A node that
+finds nothing, or other bytes, is refused in one line naming the path and the fix (``docs/cluster.md``).
+Object-store URIs (``s3://``, ``gs://``, ...) are the same bucket from every node and are not probed; a
+single-node cluster has nothing to prove.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Mapping
+
+from pipelines.common.errors import ConfigError
+from pipelines.common.storage import Location, resolve
+
+logger = logging.getLogger(__name__)
+
+MARKER_PREFIX = ".ray-vsr-visible-"  # hidden file the driver writes into a storage folder, deleted after
+DEFAULT_TIMEOUT_S = 60.0  # a healthy node answers in a second or two; this only bounds a node that hangs
+FIX = (
+    "put it on storage every node mounts at the same path (NFS or another shared filesystem) "
+    "or use an object-store URI such as s3://bucket/prefix (docs/cluster.md)"
+)
+
+
+def _read_digests(paths: list[str]) -> list[str]:
+    """On one node: the sha256 of each file as this node reads it, or why it cannot be read."""
+    digests = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                digests.append(hashlib.sha256(f.read()).hexdigest())
+        except FileNotFoundError:
+            digests.append("missing")
+        except OSError as error:
+            digests.append(f"unreadable ({error.strerror or error})")
+    return digests
+
+
+def _node_name(node: Mapping) -> str:
+    return f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})"
+
+
+def check_visible_from_nodes(
+    writes: Mapping[str, str] = {},
+    reads: Mapping[str, str] = {},
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> int:
+    """Refuse a local path that some alive node of the connected Ray cluster does not see as this one does.
+
+    Args:
+        writes: what the job's workers write, ``{name: folder}``, e.g. ``{"run.storage_path": "/runs"}``:
+            a marker with a random token is written there and every node must read the same token.
+        reads: what the workers read, ``{name: file}``, e.g. ``{"data.path": "/data/reds/manifest.json"}``:
+            every node must read the bytes this process reads (a file this process cannot read is
+            skipped: its own check reports it).
+        timeout_s: how long to wait for the nodes' answers; a node that has not answered by then is
+            logged as not checked (a slow node is not a storage fault) and the job goes on.
+
+    Returns:
+        The number of nodes that proved every path visible (0 when nothing needed proving: object-store
+        URIs only, or a single-node cluster).
+
+    Raises:
+        ConfigError: one line naming the first path a node does not see, the node, and the fix.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    local = {name: resolve(where) for name, where in {**writes, **reads}.items()}
+    local = {name: location for name, location in local.items() if location.is_local}
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if not local or len(nodes) < 2:
+        return 0
+
+    probes: dict[str, tuple[Location, str]] = {}  # name -> (file every node reads, its expected sha256)
+    markers = []
+    try:
+        for name, location in local.items():
+            if name in writes:
+                token = secrets.token_hex(16).encode()
+                location.mkdirs()
+                marker = location.join(MARKER_PREFIX + token.decode()[:12])
+                marker.write_bytes_atomic(token)
+                markers.append(marker)
+                probes[name] = (marker, hashlib.sha256(token).hexdigest())
+            else:
+                digest = _read_digests([location.path])[0]
+                if len(digest) == 64:  # unreadable here: the job's own dataset check says why
+                    probes[name] = (location, digest)
+        if not probes:
+            return 0
+        paths = [file.path for file, _ in probes.values()]
+        # No CPU: a node whose CPUs are all taken (or a head started with --num-cpus 0) still answers.
+        probe = ray.remote(num_cpus=0, max_retries=0)(_read_digests)
+        pending = {
+            probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+                name="storage-visibility-check",
+            ).remote(paths): node
+            for node in nodes
+        }
+        ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+        for ref in late:
+            ray.cancel(ref, force=True)
+            logger.warning(
+                "storage check: Ray node %s did not answer within %.0f s; not checked",
+                _node_name(pending[ref]), timeout_s,
+            )  # fmt: skip
+        answers = {}
+        for ref in ready:
+            try:
+                answers[ref] = ray.get(ref)
+            except ray.exceptions.RayError as error:  # the node died meanwhile: nothing will run there
+                logger.warning(
+                    "storage check: Ray node %s failed the check (%s)", _node_name(pending[ref]), error
+                )
+        for column, (name, (_, expected)) in enumerate(probes.items()):
+            blind = [
+                (pending[ref], found[column]) for ref, found in answers.items() if found[column] != expected
+            ]
+            if blind:
+                node, found = blind[0]
+                what = "the marker the driver wrote there" if name in writes else "this file"
+                seen = (
+                    "is missing" if found == "missing" else "holds other bytes" if len(found) == 64 else found
+                )
+                raise ConfigError(
+                    f"{name} {local[name].uri} is not visible from {len(blind)} of {len(nodes)} Ray nodes: on "
+                    f"{_node_name(node)} {what} {seen}; {FIX}"
+                )
+        return len(answers)
+    finally:
+        for marker in markers:
+            marker.delete()

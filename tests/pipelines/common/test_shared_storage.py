@@ -1,0 +1,288 @@
+"""A path some node of the cluster does not see is refused in seconds, before anything trains.
+
+A simulated two-node cluster on loopback whose nodes do NOT share a filesystem: the Ray head starts as
+usual, the worker node in its own mount namespace with an empty tmpfs over ``private/``, so a file the
+driver writes there is missing on the worker node exactly as a node-local ``runs/`` folder is missing on
+the other machines of a real cluster; ``shared/`` stays one folder for both, as an NFS mount would be.
+Both nodes start through the project's loopback-aware Ray CLI (``python -m pipelines.common.ray_session
+start``, like infra/local_cluster.sh) with their own ports and temp folders, and are stopped by their own
+pids (never ``ray stop``, which stops every Ray on the machine); the tmpfs goes with the worker's
+namespace. Drivers run as separate processes joining that cluster, as a submitted job's driver does.
+
+Needs root and ``unshare`` (util-linux) to make the worker's mount namespace: skipped without them,
+failed under CI=true (CI runs as root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from pipelines.common.shared_storage import MARKER_PREFIX, check_visible_from_nodes
+
+pytestmark = pytest.mark.slow
+
+PYTHON = sys.executable
+START_TIMEOUT_S = 180
+
+# A driver joining the cluster ($RAY_ADDRESS) that runs the check once per case given as JSON
+# ({"writes": {name: folder}, "reads": {name: file}}) and prints one JSON line per case: the nodes that
+# proved the paths, or the user error, and how long the check took.
+CHECK = """
+import json, sys, time
+from pipelines.common.errors import UserError
+from pipelines.common.ray_session import init_ray
+from pipelines.common.shared_storage import check_visible_from_nodes
+
+init_ray()
+for case in json.loads(sys.argv[1]):
+    start = time.monotonic()
+    try:
+        outcome = {"nodes": check_visible_from_nodes(case.get("writes", {}), case.get("reads", {}))}
+    except UserError as error:
+        outcome = {"error": str(error)}
+    print(json.dumps(outcome | {"seconds": round(time.monotonic() - start, 2)}), flush=True)
+"""
+
+WAIT_FOR_NODES = """
+import sys, time, ray
+from pipelines.common.ray_session import init_ray
+init_ray()
+deadline = time.monotonic() + float(sys.argv[1])
+while sum(node["Alive"] for node in ray.nodes()) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("the worker node did not join")
+    time.sleep(0.5)
+"""
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: CI runs as root with util-linux)")
+    pytest.skip(reason)
+
+
+def _require_mount_namespaces(folder: Path) -> None:
+    """Skip (fail under CI) unless this process may give a child its own tmpfs over ``folder``."""
+    if os.geteuid() != 0:
+        _skip_or_fail("needs root to start a node in its own mount namespace")
+    if shutil.which("unshare") is None:
+        _skip_or_fail("needs unshare: apt-get install -y util-linux")
+    tried = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if tried.returncode != 0:
+        _skip_or_fail(f"cannot mount a tmpfs in a new mount namespace here: {tried.stderr.strip()}")
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the node's `ray start --block` (it stops its Ray processes), then kill what is left of its
+    session (its process group: it was started in a new session)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class SplitCluster:
+    env: dict[str, str]  # joins the cluster: RAY_ADDRESS and the auth token
+    private: Path  # the worker node sees an empty tmpfs here
+    shared: Path  # both nodes see the same folder
+
+    def check(self, cases: list[dict]) -> list[dict]:
+        """Each case's outcome (see CHECK), from one driver process that joined the cluster."""
+        done = subprocess.run(
+            [PYTHON, "-c", CHECK, json.dumps(cases)], env=self.env, cwd=REPO_ROOT, capture_output=True,
+            text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def split_cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split_cluster")
+    private, shared = root / "private", root / "shared"
+    private.mkdir()
+    shared.mkdir()
+    _require_mount_namespaces(private)
+    # Ray's socket paths live under its temp folder and are limited to ~107 bytes: keep it short.
+    ray_temp = Path(tempfile.mkdtemp(prefix="rayvsr-", dir="/tmp"))
+    token = root / "auth_token"
+    token.write_text(os.urandom(32).hex())
+    token.chmod(0o600)
+    gcs, client, head_agent, worker_agent = _free_ports(4)
+    env = os.environ | {
+        "PATH": f"{Path(PYTHON).parent}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",  # explicit, as infra/local_cluster.sh does, so every node and driver agree
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
+    ray_cli = [
+        PYTHON,
+        "-m",
+        "pipelines.common.ray_session",
+        "start",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+    ]
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
+    nodes: list[subprocess.Popen] = []
+
+    def launch(name: str, command: list[str]) -> None:
+        log = open(root / f"{name}.log", "wb")  # noqa: SIM115  (the node writes it until it stops)
+        nodes.append(
+            subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        )  # fmt: skip
+
+    try:
+        launch(
+            "head",
+            ray_cli + common + ["--head", "--port", str(gcs), "--include-dashboard", "false"]
+            + ["--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(head_agent)]
+            + ["--temp-dir", str(ray_temp / "head")],
+        )  # fmt: skip
+        _wait_for_port(gcs, nodes[0], root / "head.log")
+        # The worker node: its own mount namespace, an empty tmpfs over private/, then `ray start`.
+        launch(
+            "worker",
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t tmpfs tmpfs "$0" && exec "$@"', str(private)]
+            + ray_cli + common + ["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(worker_agent)]
+            + ["--temp-dir", str(ray_temp / "worker")],
+        )  # fmt: skip
+        env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
+        joined = subprocess.run(
+            [PYTHON, "-c", WAIT_FOR_NODES, str(START_TIMEOUT_S)], env=env, cwd=REPO_ROOT,
+            capture_output=True, text=True, timeout=START_TIMEOUT_S + 60,
+        )  # fmt: skip
+        assert joined.returncode == 0, joined.stderr[-2000:] + (root / "worker.log").read_text()[-2000:]
+        yield SplitCluster(env, private, shared)
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def _one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def outcomes(split_cluster) -> dict[str, dict]:
+    """The check on the split cluster for: a storage folder and a dataset file under private/ (only the
+    head sees them), and both under shared/. One driver runs the three (a driver costs seconds)."""
+    private, shared = split_cluster.private, split_cluster.shared
+    (private / "data").mkdir()
+    (private / "data" / "manifest.json").write_text("{}")
+    (shared / "manifest.json").write_text('{"clips": []}')
+    cases = {
+        "private storage": {"writes": {"run.storage_path": str(private / "runs")}},
+        "private data": {
+            "writes": {"run.storage_path": str(shared / "runs")},
+            "reads": {"data.path": str(private / "data" / "manifest.json")},
+        },
+        "shared": {
+            "writes": {"run.storage_path": str(shared / "runs")},
+            "reads": {"data.path": str(shared / "manifest.json")},
+        },
+    }
+    found = split_cluster.check(list(cases.values()))
+    assert len(found) == len(cases), found
+    return dict(zip(cases, found, strict=True))
+
+
+def test_a_storage_folder_the_worker_node_does_not_see_is_refused_naming_it_and_the_fix(
+    split_cluster, outcomes
+):
+    storage = split_cluster.private / "runs"
+    error = outcomes["private storage"]["error"]
+    assert "\n" not in error
+    assert f"run.storage_path {storage} is not visible from 1 of 2 Ray nodes" in error
+    assert "marker the driver wrote there is missing" in error
+    assert "NFS" in error and "s3://" in error  # the fix
+    assert not any(p.name.startswith(MARKER_PREFIX) for p in storage.iterdir())  # the marker is removed
+
+
+def test_a_dataset_file_the_worker_node_does_not_see_is_refused(split_cluster, outcomes):
+    manifest = split_cluster.private / "data" / "manifest.json"
+    error = outcomes["private data"]["error"]
+    assert f"data.path {manifest} is not visible from 1 of 2 Ray nodes" in error and "is missing" in error
+
+
+def test_shared_folders_and_files_are_proven_on_both_nodes(split_cluster, outcomes):
+    assert outcomes["shared"] == {"nodes": 2, "seconds": outcomes["shared"]["seconds"]}  # both answered
+    assert not any(p.name.startswith(MARKER_PREFIX) for p in (split_cluster.shared / "runs").iterdir())
+
+
+def test_training_refuses_a_node_local_storage_path_before_any_run_or_checkpoint(
+    split_cluster, tiny_prepared_dataset, tmp_path
+):
+    # The real job on the two-node cluster: stops at the check, before MLflow or Ray Train start.
+    storage = split_cluster.private / "train_runs"
+    mlflow_db = tmp_path / "mlflow.db"
+    done = subprocess.run(
+        [PYTHON, "jobs/train_ttvsr.py", "--config", "configs/ttvsr_test.yaml"]
+        + ["--set", f"data.path={tiny_prepared_dataset}", "--storage-path", str(storage)]
+        + ["--mlflow-uri", f"sqlite:///{mlflow_db}", "--name", "local_storage"],
+        env=split_cluster.env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = _one_error_line(done)
+    assert f"run.storage_path {storage} is not visible from 1 of 2 Ray nodes" in line
+    assert list(storage.iterdir()) == []  # no checkpoint, no run folder, no marker left
+    assert not mlflow_db.exists()  # no MLflow run was started
+
+
+def test_a_single_node_cluster_and_object_store_uris_need_no_probe(ray_local, tmp_path):
+    assert check_visible_from_nodes({"run.storage_path": str(tmp_path)}) == 0  # one node
+    assert check_visible_from_nodes({"run.storage_path": "memory://bucket/runs"}) == 0
+    assert list(tmp_path.iterdir()) == []  # nothing written when there is nothing to prove
