@@ -13,21 +13,12 @@ Examples:
 """
 
 import sys
-from pathlib import Path
 
-from pipelines.common.cli import run_job
-from pipelines.demo import run_demo
-from pipelines.training.experiment import TTVSRExperiment, experiment_from_args, experiment_parser
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipelines.commands import demo
 
 
 def main(argv: list[str]) -> int:
-    parser = experiment_parser(__doc__)
-    parser.add_argument("--output", default="outputs/demo", help="where the demo videos go")
-    parser.set_defaults(config=str(REPO_ROOT / "configs" / "ttvsr_sample.yaml"))
-    args = parser.parse_args(argv)
-    return run_job(lambda: print(run_demo(experiment_from_args(TTVSRExperiment, args), args.output)))
+    return demo(argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -14,35 +14,13 @@ came from (its version tags mlflow_run_id and iteration name the run and the ite
 --alias champion if it was the champion. Without --alias no alias moves.
 """
 
-import argparse
 import sys
 
-from pipelines.common.cli import run_job
-from pipelines.tracking import register_checkpoint
+from pipelines.commands import register
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", help="training checkpoint folder (or a save_checkpoint file)")
-    parser.add_argument("--name", required=True, help="registered model name, e.g. ttvsr")
-    parser.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
-    parser.add_argument(
-        "--experiment", default="ray-vsr", help="MLflow experiment of the run (default ray-vsr)"
-    )
-    parser.add_argument(
-        "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)"
-    )
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        registered = register_checkpoint(
-            args.checkpoint, args.name, args.mlflow_uri, experiment=args.experiment, alias=args.alias
-        )
-        print(registered.describe())
-
-    return run_job(body)
+    return register(argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,11 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
 
-def add_set_arg(parser: argparse.ArgumentParser, example: str = "train.lr=1e-4") -> argparse.ArgumentParser:
-    """Add the repeatable ``--set KEY=VALUE`` (collected in ``args.overrides``, parsed by the config loader)."""
+def add_set_arg(parser: argparse.ArgumentParser, example: str = "optim.lr=1e-4") -> argparse.ArgumentParser:
+    """Add the repeatable ``--set KEY=VALUE`` (collected in ``args.overrides``, parsed by the config loader).
+
+    ``example`` must be a key of the job's own config: tests/test_help_examples.py runs every example.
+    """
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -36,22 +39,27 @@ def add_set_arg(parser: argparse.ArgumentParser, example: str = "train.lr=1e-4")
     return parser
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_config_args(
+    parser: argparse.ArgumentParser, set_example: str = "optim.lr=1e-4"
+) -> argparse.ArgumentParser:
     """Add the ``--config`` and repeatable ``--set`` options every command shares."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
-    return add_set_arg(parser)
+    return add_set_arg(parser, set_example)
 
 
-def job_parser(description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
-    """A parser whose help is the job's docstring (examples kept as written), with ``--config``/``--set``."""
+def job_parser(
+    description: str | None = None, prog: str | None = None, set_example: str = "optim.lr=1e-4"
+) -> argparse.ArgumentParser:
+    """A parser whose help is the job's docstring (examples kept as written), with ``--config``/``--set``
+    (``set_example``: a ``KEY=VALUE`` of the job's own config, shown in ``--set``'s help)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return add_config_args(parser)
+    return add_config_args(parser, set_example)
 
 
 def flag_overrides(flags: Mapping[str, Any]) -> list[str]:
-    """``{"run.name": "001", "train.lr": None}`` -> ``['run.name="001"']``: the flags given, as overrides."""
+    """``{"run.name": "001", "optim.lr": None}`` -> ``['run.name="001"']``: the flags given, as overrides."""
     return as_overrides({key: value for key, value in flags.items() if value is not None})
 
 

@@ -1,7 +1,7 @@
 """Typed configuration: YAML files validated into nested dataclasses, with ``--set a.b=value`` overrides.
 
 Every command accepts ``--config FILE`` and any number of ``--set key.path=value``. Values given with
-``--set`` are parsed as YAML scalars/lists (``--set train.lr=1e-4``, ``--set data.splits=[a,b]``).
+``--set`` are parsed as YAML scalars/lists (``--set optim.lr=1e-4``, ``--set data.splits=[a,b]``).
 An unknown or mistyped key, or a value of the wrong type, is a :class:`ConfigError` that names the key,
 where it came from and the keys allowed there.
 """
@@ -115,12 +115,29 @@ def _unknown_key(cls: type, key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{path}'.{hint} Allowed keys here: {', '.join(allowed)}")
 
 
+def _merged(default: dict, given: dict) -> dict:
+    """``given`` on top of ``default``, section by section."""
+    merged = dict(default)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
+
+
 def _build(cls: type[T], data: dict, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in names:
             raise _unknown_key(cls, key, where)
+    # A section whose default is the parent's own (VSR-Transformer's 5-frame `data`) keeps it for the
+    # fields not given: `--set data.path=...` alone must not fall back to the section class's defaults.
+    for f in dataclasses.fields(cls):
+        if isinstance(data.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                data = {**data, f.name: _merged(config_to_dict(default), data[f.name])}
     kwargs = {
         key: _coerce(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()
     }
@@ -152,10 +169,10 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``'train.lr=1e-4'`` -> ``('train.lr', 1e-4)``; the value is read as YAML."""
+    """``'optim.lr=1e-4'`` -> ``('optim.lr', 1e-4)``; the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
@@ -213,7 +230,7 @@ def dump_config(cfg: Any) -> str:
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"train.lr": 2e-4, ...}``: a config flattened to dotted keys (e.g. for MLflow params)."""
+    """``{"optim.lr": 2e-4, ...}``: a config flattened to dotted keys (e.g. for MLflow params)."""
     data = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     flat: dict[str, Any] = {}
     for key, value in data.items():

@@ -411,7 +411,7 @@ def _log_to_mlflow(
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Command-line entry of ``jobs/evaluate.py``: print the per-clip table against bicubic, then (on
     stderr, so that stdout stays the table) the MLflow run and the files written."""
-    parser = job_parser(description)
+    parser = job_parser(description, set_example="crop_border=4")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--model",

@@ -16,7 +16,7 @@ from pipelines.inference.video import InferConfig, check_output, describe, super
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The command line of ``jobs/infer.py``."""
-    parser = job_parser(description, prog="jobs/infer.py")
+    parser = job_parser(description, prog="jobs/infer.py", set_example="chunk_overlap=4")
     parser.add_argument("input", type=Path, help="video file, folder of frames, or folder of videos")
     parser.add_argument(
         "output",

@@ -509,7 +509,7 @@ def search_from_args(args) -> SearchConfig:
 
 def search_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of ``jobs/tune_<arch>.py``: ``--config`` / ``--set`` and the flags below."""
-    parser = job_parser(description)
+    parser = job_parser(description, set_example="experiment.optim.lr=1e-4")
     parser.add_argument("--num-samples", type=int, help="trials to draw (num_samples)")
     parser.add_argument(
         "--evaluate",

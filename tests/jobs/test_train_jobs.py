@@ -119,6 +119,12 @@ def test_champion_flag_forces_the_alias_and_is_off_by_default():
     assert parse(TTVSRExperiment).tracking.force_champion is False
 
 
+def test_overriding_one_field_of_a_section_keeps_the_recipes_other_defaults():
+    vsrt = parse(VSRTExperiment, "--set", "data.path=/mnt/shared/data/vimeo")  # no --config
+    assert (vsrt.data.path, vsrt.data.num_frames, vsrt.data.batch_size) == ("/mnt/shared/data/vimeo", 5, 4)
+    assert parse(VSRTExperiment, "--set", "train.log_every=7").train.total_iters == 1_200_000
+
+
 def test_gpus_and_a_different_worker_count_contradict():
     with pytest.raises(ConfigError, match="--gpus 2 runs one worker per GPU"):
         parse(TTVSRExperiment, "--gpus", "2", "--num-workers", "3")

@@ -386,7 +386,7 @@ def _manifest(cfg, found, source: Path, plans, records, quarantined, video_warni
 
 
 def build_parser(description: str | None = None):
-    parser = job_parser(description)
+    parser = job_parser(description, set_example="clip_length=50")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--source", help="dataset folder or video file (layout detected, see --layout)")
     source.add_argument(
