@@ -38,8 +38,8 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import Manifest, load_manifest
-from pipelines.data.schema import READ_COLUMNS, decode_frames
+from pipelines.data.manifest import Manifest, corrupt_shard, load_manifest
+from pipelines.data.schema import READ_OPTIONS, decode_frames
 from vsr_models.frames import mirror_extend, uint8_to_float
 
 
@@ -116,49 +116,76 @@ def apply_crop(frames: np.ndarray, draw: CropDraw, patch: int, factor: int) -> n
     return np.ascontiguousarray(out)
 
 
-def crop_clip(row: dict, lr_frames, hr_frames, rng: np.random.Generator, spec: CropSpec, scale: int):
-    """One training sample ``(lr (t, p, p, 3), gt (t, sp, sp, 3))`` uint8 from one clip, or None.
-
-    ``lr_frames`` / ``hr_frames`` are either compressed frame lists (only the window is decompressed)
-    or decoded ``(t, h, w, 3)`` arrays.
-    """
-    lr_size = (row["lr_height"], row["lr_width"])
-    draw = draw_crop(rng, row["num_frames"], lr_size, spec)
+def crop_clip(
+    row: dict,
+    lr_frames: np.ndarray,
+    hr_frames: np.ndarray,
+    rng: np.random.Generator,
+    spec: CropSpec,
+    scale: int,
+):
+    """One training sample ``(lr (t, p, p, 3), gt (t, sp, sp, 3))`` uint8 from a decoded clip, or None."""
+    draw = draw_crop(rng, row["num_frames"], (row["lr_height"], row["lr_width"]), spec)
     if draw is None:
         return None
-    window = range(draw.frame_start, draw.frame_start + spec.num_frames)
-    if isinstance(lr_frames, np.ndarray):
-        lr, hr = lr_frames[window.start : window.stop], hr_frames[window.start : window.stop]
-    else:
-        lr = decode_frames(lr_frames, *lr_size, indices=window)
-        hr = decode_frames(hr_frames, row["hr_height"], row["hr_width"], indices=window)
-    return apply_crop(lr, draw, spec.lr_patch, 1), apply_crop(hr, draw, spec.lr_patch, scale)
-
-
-def _rows(table: pa.Table) -> Iterator[tuple[dict, pa.Array, pa.Array]]:
-    """Per clip: its scalar fields and its two compressed frame lists (zero-copy)."""
-    scalars = table.drop_columns(["hr_frames", "lr_frames"]).to_pylist()
-    for i, row in enumerate(scalars):
-        yield row, table["lr_frames"][i].values, table["hr_frames"][i].values
+    window = slice(draw.frame_start, draw.frame_start + spec.num_frames)
+    return apply_crop(lr_frames[window], draw, spec.lr_patch, 1), apply_crop(
+        hr_frames[window], draw, spec.lr_patch, scale
+    )
 
 
 @dataclass(frozen=True)
 class PlanClip:
-    """Where one clip of the sampling plan is stored: its shard (path on the dataset's filesystem) and row group."""
+    """Where one clip of the sampling plan is stored, and its size (from the manifest, so crops are drawn
+    before anything is read): its shard, the uri for messages, its row groups (segments)."""
 
     clip_id: str
-    shard: str
-    row_group: int
+    shard: str  # path on the dataset's filesystem
+    uri: str
+    shard_sha256: str  # identifies this version of the shard (keys the footer cache)
+    first_row_group: int
+    segments: int
+    segment_frames: int  # frames per segment; the last may hold fewer (version 1: the whole clip)
+    num_frames: int
+    lr_size: tuple[int, int]
+    hr_size: tuple[int, int]
+
+    def segments_of(self, start: int, stop: int) -> range:
+        """The segment indices holding frames ``[start, stop)``."""
+        return range(start // self.segment_frames, (stop - 1) // self.segment_frames + 1)
+
+
+def clip_layout(manifest: Manifest, shard: dict) -> list[PlanClip]:
+    """The clips of one shard entry of the manifest, in row-group order (format versions 1 and 2)."""
+    records = manifest.clip_records()
+    out, row_group = [], 0
+    for clip_id in shard["clips"]:
+        record = records[clip_id]
+        first, count = record.get("row_groups", (row_group, 1))  # version 1: one row group per clip
+        segment_frames = manifest.data.get("segment_frames") if "row_groups" in record else None
+        location = manifest.location.join(shard["path"])
+        out.append(
+            PlanClip(
+                clip_id,
+                location.path,
+                location.uri,
+                shard["sha256"],
+                first,
+                count,
+                segment_frames or max(1, record["num_frames"]),
+                record["num_frames"],
+                tuple(record["lr_size"]),
+                tuple(record["hr_size"]),
+            )
+        )
+        row_group = first + count
+    return out
 
 
 def plan_clips(manifest: Manifest, split: str) -> list[PlanClip]:
-    """The split's clips in id order, with their row groups (one clip per row group, in the shard's order)."""
+    """The split's clips in id order, with their row groups."""
     manifest.shard_locations(split)  # a split the dataset lacks is a DataError naming the others
-    clips = [
-        PlanClip(clip_id, manifest.location.join(shard["path"]).path, index)
-        for shard in manifest.shards(split)
-        for index, clip_id in enumerate(shard["clips"])
-    ]
+    clips = [clip for shard in manifest.shards(split) for clip in clip_layout(manifest, shard)]
     if not clips:
         raise DataError(f"{manifest.root}: split '{split}' has no shards (every input was quarantined?)")
     return sorted(clips, key=lambda c: c.clip_id)
@@ -178,17 +205,79 @@ def plan_row(index: int, num_clips: int, spec: CropSpec) -> tuple[int, int]:
     return epoch, int(epoch_order(num_clips, epoch, spec.shuffle_seed)[position])
 
 
-def _read_clip(filesystem, clip: PlanClip) -> pa.Table:
+class StoredClip:
+    """The frames of one clip read from its shard: only the segments asked for, still compressed."""
+
+    def __init__(self, clip: PlanClip, table: pa.Table, segments: list[int]):
+        self.clip = clip
+        self.lr: dict[int, pa.Buffer] = {}
+        self.hr: dict[int, pa.Buffer] = {}
+        starts = [s * clip.segment_frames for s in segments]
+        for i, start in enumerate(starts):
+            for offset, (lr, hr) in enumerate(
+                zip(table["lr_frames"][i].values, table["hr_frames"][i].values)
+            ):
+                self.lr[start + offset], self.hr[start + offset] = lr, hr
+
+    def frames(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """LR and HR frames ``[start, stop)`` decoded to ``(t, h, w, 3)`` uint8; a damaged buffer names the shard."""
+        window = range(start, stop)
+        try:
+            return (
+                decode_frames([self.lr[i] for i in window], *self.clip.lr_size),
+                decode_frames([self.hr[i] for i in window], *self.clip.hr_size),
+            )
+        except (OSError, pa.ArrowException) as err:  # e.g. "ZSTD decompression failed"
+            raise corrupt_shard(self.clip.uri, err) from None
+
+
+# Parquet footers of the shards this process has opened, keyed by shard path and sha256: a segmented
+# shard's footer describes every row group, and re-reading it for each sample would cost more than a
+# small crop. Bounded; footers of REDS shards are a few KB.
+_FOOTERS: dict[tuple[str, str], object] = {}
+_FOOTER_CACHE_SIZE = 64
+
+
+def read_clip(filesystem, clip: PlanClip, segments: list[int] | None = None) -> StoredClip:
+    """Read ``segments`` (all when None) of ``clip`` from its shard, checking they are the manifest's clip.
+
+    Unreadable bytes (a damaged page, a corrupt footer) are one :class:`CorruptShard` naming the shard.
+    """
     import pyarrow.parquet as pq
 
-    with filesystem.open_input_file(clip.shard) as f:
-        table = pq.ParquetFile(f).read_row_group(clip.row_group, columns=READ_COLUMNS)
-    if table.num_rows != 1 or table["clip_id"][0].as_py() != clip.clip_id:
+    segments = list(range(clip.segments)) if segments is None else segments
+    key = (clip.shard, clip.shard_sha256)
+    try:
+        with filesystem.open_input_file(clip.shard) as f:
+            parquet = pq.ParquetFile(f, metadata=_FOOTERS.get(key), **READ_OPTIONS)
+            if key not in _FOOTERS:
+                if len(_FOOTERS) >= _FOOTER_CACHE_SIZE:
+                    _FOOTERS.pop(next(iter(_FOOTERS)))
+                _FOOTERS[key] = parquet.metadata
+            columns = ["clip_id", "num_frames", "lr_frames", "hr_frames"]
+            table = parquet.read_row_groups([clip.first_row_group + s for s in segments], columns=columns)
+    except DataError:
+        raise
+    except (OSError, pa.ArrowException, IndexError) as err:
+        raise corrupt_shard(clip.uri, err) from None
+    ids, counts = set(table["clip_id"].to_pylist()), set(table["num_frames"].to_pylist())
+    if table.num_rows != len(segments) or ids != {clip.clip_id} or counts != {clip.num_frames}:
         raise DataError(
-            f"{clip.shard}: row group {clip.row_group} is not clip {clip.clip_id} as the manifest says; the "
-            "shard was changed after preparation: prepare the dataset again"
+            f"{clip.uri}: row groups {clip.first_row_group}+{segments} are not the {clip.num_frames} frames "
+            f"of clip {clip.clip_id} the manifest lists; the shard was changed after preparation: prepare "
+            "the dataset again"
         )
-    return table
+    return StoredClip(clip, table, segments)
+
+
+def _clip_row(clip: PlanClip) -> dict:
+    return {
+        "num_frames": clip.num_frames,
+        "lr_height": clip.lr_size[0],
+        "lr_width": clip.lr_size[1],
+        "hr_height": clip.hr_size[0],
+        "hr_width": clip.hr_size[1],
+    }
 
 
 def _empty_crops(spec: CropSpec, scale: int) -> dict:
@@ -202,20 +291,28 @@ def _empty_crops(spec: CropSpec, scale: int) -> dict:
 
 
 def _crop_stage(batch: dict, clips: list[PlanClip], filesystem, spec: CropSpec, scale: int) -> dict:
-    """Ray Data stage over plan rows: read each row's clip and draw its crops for the row's epoch."""
+    """Ray Data stage over plan rows: draw each row's crops for the row's epoch, then read from its clip
+    only the segments their windows span and decompress only the windows' frames."""
     ids, epochs, lrs, gts = [], [], [], []
     for index in batch["id"]:
         epoch, position = plan_row(int(index), len(clips), spec)
         clip = clips[position]
-        ((row, lr_frames, hr_frames),) = list(_rows(_read_clip(filesystem, clip)))
-        for draw in range(spec.samples_per_clip):
-            rng = sample_rng(spec.seed, epoch, row["clip_id"], draw)
-            sample = crop_clip(row, lr_frames, hr_frames, rng, spec, scale)
-            if sample is not None:
-                ids.append(row["clip_id"])
-                epochs.append(epoch)
-                lrs.append(sample[0])
-                gts.append(sample[1])
+        draws = [
+            draw_crop(sample_rng(spec.seed, epoch, clip.clip_id, d), clip.num_frames, clip.lr_size, spec)
+            for d in range(spec.samples_per_clip)
+        ]
+        draws = [d for d in draws if d is not None]
+        if not draws:  # the clip is too small for the crop: nothing to read
+            continue
+        windows = [(d.frame_start, d.frame_start + spec.num_frames) for d in draws]
+        segments = sorted({s for start, stop in windows for s in clip.segments_of(start, stop)})
+        stored = read_clip(filesystem, clip, segments)
+        for draw, (start, stop) in zip(draws, windows, strict=True):
+            lr, hr = stored.frames(start, stop)
+            ids.append(clip.clip_id)
+            epochs.append(epoch)
+            lrs.append(apply_crop(lr, draw, spec.lr_patch, 1))
+            gts.append(apply_crop(hr, draw, spec.lr_patch, scale))
     if not ids:
         return _empty_crops(spec, scale)
     return {
@@ -230,13 +327,14 @@ def _decode_clip_stage(batch: dict, clips: list[PlanClip], filesystem, spec: Cro
     """Ray Data stage over plan rows: the row's whole clip, decoded to ``(t, h, w, 3)`` uint8 (one row)."""
     (index,) = batch["id"]
     epoch, position = plan_row(int(index), len(clips), spec)
-    ((row, lr_frames, hr_frames),) = list(_rows(_read_clip(filesystem, clips[position])))
+    clip = clips[position]
+    lr, gt = read_clip(filesystem, clip).frames(0, clip.num_frames)
     return {
-        "clip_id": np.array([row["clip_id"]], dtype=object),
+        "clip_id": np.array([clip.clip_id], dtype=object),
         "epoch": np.array([epoch]),
-        **{k: np.array([row[k]]) for k in ("num_frames", "lr_height", "lr_width", "hr_height", "hr_width")},
-        "lr": decode_frames(lr_frames, row["lr_height"], row["lr_width"])[None],
-        "gt": decode_frames(hr_frames, row["hr_height"], row["hr_width"])[None],
+        **{k: np.array([v]) for k, v in _clip_row(clip).items()},
+        "lr": lr[None],
+        "gt": gt[None],
     }
 
 
@@ -264,9 +362,14 @@ def train_dataset(
     clips = plan_clips(manifest, split)
     rows = ray.data.range(len(clips) * spec.epochs, override_num_blocks=min(len(clips) * spec.epochs, 200))
     common = {"clips": clips, "filesystem": manifest.filesystem, "spec": spec}
-    if crop is None:
-        return rows.map_batches(_decode_clip_stage, batch_size=1, fn_kwargs=common)
-    return rows.map_batches(_crop_stage, batch_size=1, fn_kwargs=common | {"scale": manifest.scale})
+    if crop is None:  # whole clips
+        dataset = rows.map_batches(_decode_clip_stage, batch_size=1, fn_kwargs=common)
+    else:
+        dataset = rows.map_batches(_crop_stage, batch_size=1, fn_kwargs=common | {"scale": manifest.scale})
+    # A user error in a stage (a damaged shard) reaches the worker as itself, so the job prints its one
+    # line (pipelines.common.errors.find_user_error); Ray Data's wrapper would drop it on the way.
+    dataset.context.raise_original_map_exception = True
+    return dataset
 
 
 def _worker_rank() -> int:
@@ -408,19 +511,15 @@ def iter_val_clips(
     sharding the validation over workers also shares its decoding. Reads the shards directly with
     pyarrow (no Ray): validation sets are small.
     """
-    import pyarrow.parquet as pq
-
     manifest = load_manifest(data_dir, verify=verify)
+    manifest.shard_locations(split)  # a split the dataset lacks is a DataError naming the others
     index = 0
-    for location in manifest.shard_locations(split):
-        parquet = pq.ParquetFile(location.open_input())
-        for group in range(parquet.num_row_groups):
-            for row, lr_frames, hr_frames in _rows(parquet.read_row_group(group, columns=READ_COLUMNS)):
-                if max_clips is not None and index >= max_clips:
-                    return
-                index += 1
-                if (index - 1) % world_size != rank:
-                    continue
-                lr = decode_frames(lr_frames, row["lr_height"], row["lr_width"])
-                gt = decode_frames(hr_frames, row["hr_height"], row["hr_width"])
-                yield row["clip_id"], uint8_to_float(lr[None]), uint8_to_float(gt[None])
+    for shard in manifest.shards(split):
+        for clip in clip_layout(manifest, shard):  # row-group order: the shard is read front to back
+            if max_clips is not None and index >= max_clips:
+                return
+            index += 1
+            if (index - 1) % world_size != rank:
+                continue
+            lr, gt = read_clip(manifest.filesystem, clip).frames(0, clip.num_frames)
+            yield clip.clip_id, uint8_to_float(lr[None]), uint8_to_float(gt[None])

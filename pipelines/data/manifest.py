@@ -8,23 +8,53 @@ Checking a dataset at the start of a job is fast: the manifest is read and every
 size compared with it. The full check, every shard's sha256 (:func:`verify_shards`), runs when asked
 (``--verify-data``) as parallel Ray tasks, each hashing a group of shards where it runs, never on the driver.
 Preparation itself verifies checksums when it writes a shard and when it resumes.
+
+Every shard path the manifest names must stay inside the dataset (relative, no ``..``): a manifest is
+data from storage, and a doctored one must not make a job read (or hash) a file elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import posixpath
+from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
 from pipelines.common.errors import DataError
 from pipelines.common.storage import Location, iter_chunks, resolve, sha256_location
-from pipelines.data.schema import FORMAT_VERSION
+from pipelines.data.schema import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
 VERIFY_SHARDS_PER_TASK = 8  # shards one verification task hashes
+
+
+class CorruptShard(DataError):
+    """A shard that does not read (damaged bytes that the fast size check at start cannot see)."""
+
+
+def corrupt_shard(uri: str, error: BaseException) -> CorruptShard:
+    """The one-line error for a shard whose bytes do not read: names it, the cause and the fix."""
+    cause = " ".join(str(error).split())[:200] or type(error).__name__
+    return CorruptShard(
+        f"{uri}: the shard does not read ({type(error).__name__}: {cause}); it is damaged. Check every "
+        "shard with --verify-data, then re-run prepare with the same --output to rewrite the damaged ones"
+    )
+
+
+def _inside_dataset(path) -> bool:
+    """``path`` is a relative POSIX path below the dataset root (no absolute path, URI, ``..`` or ``\\``)."""
+    if not isinstance(path, str) or not path or "\\" in path or "\0" in path or ":" in path:
+        return False
+    parts = path.split("/")
+    return (
+        not path.startswith("/")
+        and ".." not in parts
+        and "" not in parts
+        and posixpath.normpath(path) == path
+    )
 
 
 @dataclass
@@ -34,6 +64,7 @@ class Manifest:
     location: Location
     data: dict
     sha256: str  # of the manifest's bytes: identifies this version of the dataset
+    _records: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def root(self) -> str:
@@ -54,6 +85,12 @@ class Manifest:
 
     def clips(self, split: str | None = None) -> list[dict]:
         return [c for c in self.data["clips"] if split is None or c["split"] == split]
+
+    def clip_records(self) -> dict[str, dict]:
+        """Every clip's record by id (cached: a Vimeo-90K manifest lists tens of thousands)."""
+        if self._records is None:
+            self._records = {c["clip_id"]: c for c in self.data["clips"]}
+        return self._records
 
     def shards(self, split: str | None = None) -> list[dict]:
         return [s for s in self.data["shards"] if split is None or s["split"] == split]
@@ -106,16 +143,30 @@ def load_manifest(data_dir, verify: bool = False) -> Manifest:
             f"{manifest_file.uri}: not a ray-vsr manifest (missing shards / clips / splits / scale); prepare "
             f"the dataset again with `python jobs/prepare_data.py --output {root} ...`"
         )
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise DataError(
             f"{manifest_file.uri}: format version {data.get('format_version')} but this code reads "
-            f"{FORMAT_VERSION}; prepare the dataset again"
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (writes {FORMAT_VERSION}); prepare the dataset again"
         )
+    _check_paths_inside(manifest_file.uri, root, data)
     manifest = Manifest(location, data, hashlib.sha256(raw).hexdigest())
     _check_shard_sizes(manifest)
     if verify:
         verify_shards(manifest)
     return manifest
+
+
+def _check_paths_inside(manifest_uri: str, root: str, data: dict) -> None:
+    """Every shard path the manifest names stays inside the dataset, before any of them is opened."""
+    named = [s.get("path") if isinstance(s, dict) else s for s in data["shards"]]
+    named += [c.get("shard") for c in data["clips"] if isinstance(c, dict) and "shard" in c]
+    for path in named:
+        if not _inside_dataset(path):
+            raise DataError(
+                f"{manifest_uri}: names the shard path {str(path)[:120]!r}, which is not inside the dataset "
+                "(absolute, a URI or with '..'); the manifest was changed. Prepare the dataset again with "
+                f"`python jobs/prepare_data.py --output {root} ...`"
+            )
 
 
 def _check_shard_sizes(manifest: Manifest) -> None:

@@ -86,16 +86,21 @@ class DiscoveredSource:
     layout: str
     items: list[SourceItem]
     quarantined: list[Quarantined]
+    # Reported, not fatal: folders left out because their name starts with '.' ({'input', 'message'}).
+    warnings: list[dict] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------
 # layout detection
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
-    )
+def _subdirs(folder: Path, hidden: list[Path] | None = None) -> list[Path]:
+    """Sub-folders by name, without those whose name starts with '.' (appended to ``hidden`` when given,
+    so that discovery reports them: a clip folder named ``..x`` must not vanish in silence)."""
+    found = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if hidden is not None:
+        hidden += [p for p in found if p.name.startswith(".")]
+    return [p for p in found if not p.name.startswith(".")]
 
 
 def _videos_under(root: Path) -> list[Path]:
@@ -163,7 +168,7 @@ def _stat(path: Path, root: Path) -> FileStat:
 def _frame_item(
     item_id: str, frame_paths: list[Path], root: Path, where: Path, split: str | None
 ) -> SourceItem | Quarantined:
-    """Read every frame's header: a clip of mixed frame sizes is a DataError, an unreadable one is quarantined."""
+    """Read every frame's header: a clip with an unreadable header or frames of mixed sizes is quarantined."""
     from PIL import Image
 
     if not frame_paths:
@@ -180,9 +185,10 @@ def _frame_item(
         described = "; ".join(
             f"{h}x{w}: {names[0]} (+{len(names) - 1} more)" for (h, w), names in sizes.items()
         )
-        raise DataError(
-            f"{where}: frames of different sizes within one clip ({described}). Resize them to one size "
-            "or move the odd frames into their own clip folder."
+        return Quarantined(
+            str(where),
+            f"frames of different sizes within one clip ({described}); resize them to one size or move the "
+            "odd frames into their own clip folder",
         )
     return SourceItem(
         item_id=item_id,
@@ -200,8 +206,12 @@ def _read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _discover_items(root: Path, layout: str) -> list[tuple[str, str, str | None]]:
-    """(item id, clip folder, implied split) for the frame layouts: lists folders, opens no frame file."""
+def _discover_items(
+    root: Path, layout: str, hidden: list[Path] | None = None
+) -> list[tuple[str, str, str | None]]:
+    """(item id, clip folder, implied split) for the frame layouts: lists folders, opens no frame file.
+
+    Folders left out because their name starts with '.' are appended to ``hidden``."""
     if layout == "frames":
         return [(root.name, str(root), None)]
     if layout == "vimeo":
@@ -213,16 +223,16 @@ def _discover_items(root: Path, layout: str) -> list[tuple[str, str, str | None]
     if layout == "reds":
         entries = []
         for clip_root, offset in _reds_clip_roots(root):
-            for folder in _subdirs(clip_root):
+            for folder in _subdirs(clip_root, hidden):
                 clip_id = f"{int(folder.name) + offset:03d}" if folder.name.isdigit() else folder.name
                 split = "val" if clip_id in REDS4_CLIPS else "train"
                 entries.append((clip_id, str(folder), split))
         return entries
     if layout == "folders":
         entries = []
-        for folder in _subdirs(root):
+        for folder in _subdirs(root, hidden):
             if folder.name in SPLIT_FOLDERS and not image_files(folder):
-                entries.extend((clip.name, str(clip), folder.name) for clip in _subdirs(folder))
+                entries.extend((clip.name, str(clip), folder.name) for clip in _subdirs(folder, hidden))
             else:
                 entries.append((folder.name, str(folder), None))
         return entries
@@ -233,7 +243,7 @@ def inspect_clip_folders(root: str, candidates: list[tuple[str, str, str | None]
     """List the frames of each clip folder and read their headers (runs in a Ray task over a batch).
 
     Returns ``{'items': [SourceItem], 'quarantined': [Quarantined], 'error': str}``; ``error`` is the first
-    structural mistake (a listed folder missing, mixed frame sizes), which stops the job.
+    structural mistake (a listed folder missing, no frames), which stops the job.
     """
     base = Path(root)
     out: dict = {"items": [], "quarantined": [], "error": ""}
@@ -277,13 +287,14 @@ def discover(source: str | Path, layout: str = "auto", inspect=_inspect_here) ->
     by default, in parallel Ray tasks from preparation (:mod:`pipelines.data.prepare.job`).
 
     Raises:
-        DataError: missing or empty source, unknown layout, duplicate clip ids, mixed frame sizes in a clip.
+        DataError: missing or empty source, unknown layout, duplicate clip ids.
     """
     root = check_source(source, layout)
     if layout == "auto":
         layout = detect_layout(root)
     items: list[SourceItem] = []
     quarantined: list[Quarantined] = []
+    hidden: list[Path] = []
     if layout == "videos":
         videos = [root] if root.is_file() else _videos_under(root)
         base = root.parent if root.is_file() else root
@@ -301,7 +312,7 @@ def discover(source: str | Path, layout: str = "auto", inspect=_inspect_here) ->
                 )
             )
     else:
-        candidates = _discover_items(root, layout)
+        candidates = _discover_items(root, layout, hidden)
         batches = [candidates[i : i + INSPECT_BATCH] for i in range(0, len(candidates), INSPECT_BATCH)]
         for result in inspect(str(root), batches):
             if result["error"]:
@@ -318,7 +329,14 @@ def discover(source: str | Path, layout: str = "auto", inspect=_inspect_here) ->
                 f"{item.source}); rename one of them"
             )
         seen[item.item_id] = item.source
-    return DiscoveredSource(root=root, layout=layout, items=items, quarantined=quarantined)
+    warnings = [
+        {
+            "input": str(folder.relative_to(root)),
+            "message": "folder name starts with '.': left out as hidden; rename it if it holds a clip",
+        }
+        for folder in hidden
+    ]
+    return DiscoveredSource(root=root, layout=layout, items=items, quarantined=quarantined, warnings=warnings)
 
 
 def fingerprint(root: Path, files: list[FileStat]) -> dict:
@@ -343,17 +361,38 @@ def fingerprint(root: Path, files: list[FileStat]) -> dict:
 # decoding (runs inside Ray tasks)
 
 
+# Pillow's modes of 16-bit grey images (PNG, TIFF); its "RGB" of a 16-bit colour PNG is already 8-bit.
+GREY_16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb8(image) -> np.ndarray:
+    """``(h, w, 3)`` uint8 RGB of a Pillow image. 16-bit grey is scaled to 8 bits (``round(x / 257)``, so
+    65535 is 255); Pillow's own conversion would clip every value above 255 to white."""
+    if image.mode in GREY_16_MODES:
+        grey = np.asarray(image).astype(np.int64)
+        scaled = ((np.clip(grey, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(scaled[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
 def decode_frame_clip(frame_paths: list[str]) -> np.ndarray:
-    """Decode image files into ``(t, h, w, 3)`` uint8 RGB; a broken file raises :class:`UnreadableInput`."""
+    """Decode image files into ``(t, h, w, 3)`` uint8 RGB; a broken file raises :class:`UnreadableInput`,
+    and so do frames whose sizes differ (headers that lied)."""
     from PIL import Image
 
     frames = []
     for path in frame_paths:
         try:
             with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+                frames.append(to_rgb8(image))
         except Exception as err:
             raise UnreadableInput(path, f"cannot decode image ({type(err).__name__}: {err})") from None
+        if frames[-1].shape != frames[0].shape:
+            raise UnreadableInput(
+                path,
+                f"decoded as {frames[-1].shape[1]}x{frames[-1].shape[0]}, the clip's first frame as "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]}: frames of different sizes within one clip",
+            )
     return np.stack(frames)
 
 

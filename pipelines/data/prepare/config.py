@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.data.schema import DEFAULT_ZSTD_LEVEL
+from pipelines.data.schema import DEFAULT_SEGMENT_FRAMES, DEFAULT_ZSTD_LEVEL
 from pipelines.data.sources import LAYOUTS
 
 NETWORK_SCALE = 4  # TTVSR and VSR-Transformer both upscale x4 (vsr_models.registry.ModelFamily.scale)
@@ -49,6 +49,8 @@ class PrepareConfig:
     sample_cache: str = "data/sample_src"  # where '--dataset sample' renders its frames
     decode_retries: int = 3  # retries of a decode task whose worker died
     zstd_level: int = DEFAULT_ZSTD_LEVEL
+    # Frames per stored segment (a row group): a training crop reads only the segments its window spans.
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES
     overwrite: bool = False  # replace a dataset prepared differently (other source / settings) in output
     any_scale: bool = False  # allow scales other than the networks' x4 (data for a network of your own)
 
@@ -66,6 +68,6 @@ class PrepareConfig:
                 f"scale {self.scale}: both networks upscale x{NETWORK_SCALE}; prepare with --scale {NETWORK_SCALE}, "
                 "or pass --any-scale (any_scale: true) to prepare data for a network of your own"
             )
-        for name in ("clip_length", "shard_size", "shard_max_mb"):
+        for name in ("clip_length", "shard_size", "shard_max_mb", "segment_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -252,7 +252,7 @@ def prepare_dataset(cfg: PrepareConfig, progress=None) -> PrepareSummary:
     run = _write_shards(todo, cfg, output, records, progress or ThroughputReporter("prepare", "shards"))
     clean_output(output, tasks)  # temporary files of tasks whose worker or node died and were retried
 
-    manifest = _manifest(cfg, found, source, plans, records, quarantined, video_warnings)
+    manifest = _manifest(cfg, found, source, plans, records, quarantined, found.warnings + video_warnings)
     output.join(MANIFEST_NAME).write_json_atomic(manifest)
     return PrepareSummary(
         output=output.uri,
@@ -301,6 +301,7 @@ def _write_shards(todo: list[dict], cfg: PrepareConfig, output: Location, record
         "degradation": cfg.degradation,
         "scale": cfg.scale,
         "zstd_level": cfg.zstd_level,
+        "segment_frames": cfg.segment_frames,
         "strict": cfg.strict,
     }
     task = _tasks(write_shard, "write shard", cfg.decode_retries)
@@ -369,6 +370,7 @@ def _manifest(cfg, found, source: Path, plans, records, quarantined, video_warni
         "scale": cfg.scale,
         "clip_length": cfg.clip_length,
         "frame_codec": {"name": "zstd", "level": cfg.zstd_level, "layout": "per-frame (h, w, 3) uint8 RGB"},
+        "segment_frames": cfg.segment_frames,
         "crop": {
             "policy": f"HR frames are cropped at the bottom and right to a multiple of the scale ({cfg.scale})",
             "cropped_clips": [c["clip_id"] for c in clips if c["cropped"]],

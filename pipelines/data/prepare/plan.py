@@ -149,6 +149,7 @@ def plan_shards(clips: list[ClipPlan], cfg: PrepareConfig) -> list[ShardPlan]:
         "degradation": cfg.degradation,
         "scale": cfg.scale,
         "zstd_level": cfg.zstd_level,
+        "segment_frames": cfg.segment_frames,
     }
     for shard in shards:
         for clip in shard.clips:

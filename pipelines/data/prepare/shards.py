@@ -1,7 +1,8 @@
 """Shard files, written by the Ray task that prepares their clips, straight to the output storage.
 
 :func:`write_shard` runs in one Ray task per shard: it decodes, degrades and compresses the shard's
-clips one at a time, writes them as row groups of a Parquet file under a hidden temporary name while
+clips one at a time, writes each as row groups of at most ``segment_frames`` frames (its segments,
+``docs/data_format.md``) of a Parquet file under a hidden temporary name while
 hashing the bytes on their way out, moves the file to its real name and then writes its done-record
 (``part-NNNNN.done.json``) beside it. It returns the record (clip metadata, checksum, timings, which
 node wrote it) to the driver; frames never leave the task.
@@ -39,11 +40,13 @@ class ShardWriter:
         self._hashing: HashingWriter | None = None
         self._writer = None
         self.clips: list[dict] = []
+        self.row_groups = 0  # written so far
         self.quarantined: list[dict] = []
         self.warnings: list[dict] = []
 
-    def add(self, row: dict) -> None:
-        """Write one clip (``row`` has every :data:`CLIP_SCHEMA` column) as its own row group."""
+    def add(self, row: dict, segment_frames: int) -> tuple[int, int]:
+        """Write one clip (``row`` has every :data:`CLIP_SCHEMA` column but ``segment_start``) as row groups
+        of at most ``segment_frames`` frames; returns ``(first row group, row groups)``."""
         import pyarrow.parquet as pq
 
         if self._writer is None:
@@ -51,7 +54,17 @@ class ShardWriter:
             self._stream = self.output.fs.open_output_stream(self.temp.path)
             self._hashing = HashingWriter(self._stream)
             self._writer = pq.ParquetWriter(self._hashing, CLIP_SCHEMA, **PARQUET_WRITER_OPTIONS)
-        self._writer.write_table(pa.Table.from_pylist([row], schema=CLIP_SCHEMA))
+        first = self.row_groups
+        for start in range(0, row["num_frames"], segment_frames):
+            cut = slice(start, start + segment_frames)
+            segment = row | {
+                "segment_start": start,
+                **{k: row[k][cut] for k in ("frame_names", "hr_frames", "lr_frames")},
+            }
+            # One write_table call of one row is one row group.
+            self._writer.write_table(pa.Table.from_pylist([segment], schema=CLIP_SCHEMA))
+            self.row_groups += 1
+        return first, self.row_groups - first
 
     def finish(self) -> dict:
         """Close and move the file into place, then write its done-record; returns the record."""
@@ -81,7 +94,7 @@ class ShardWriter:
         self.temp.delete()
 
 
-def _clip_record(spec: dict, hr_shape, lr_shape, source_shape) -> dict:
+def _clip_record(spec: dict, hr_shape, lr_shape, source_shape, row_groups: tuple[int, int]) -> dict:
     return {
         "clip_id": spec["clip_id"],
         "split": spec["split"],
@@ -93,13 +106,15 @@ def _clip_record(spec: dict, hr_shape, lr_shape, source_shape) -> dict:
         "lr_size": list(lr_shape[1:3]),
         "source_size": list(source_shape[1:3]),
         "cropped": list(source_shape[1:3]) != list(hr_shape[1:3]),
+        # The clip's segments in its shard: first row group and how many (format version 2).
+        "row_groups": list(row_groups),
     }
 
 
 def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
     """Prepare and write one shard (a Ray task); returns its done-record plus ``node``, ``timings``, ``frames``.
 
-    ``settings``: ``degradation``, ``scale``, ``zstd_level``, ``strict``. Under ``strict`` the first
+    ``settings``: ``degradation``, ``scale``, ``zstd_level``, ``segment_frames``, ``strict``. Under ``strict`` the first
     unreadable input ends the task with nothing written and the record's ``strict_error`` set.
     """
     import ray
@@ -128,7 +143,7 @@ def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
             writer.warnings += [
                 {"input": spec["source"], "clip_id": spec["clip_id"], "message": m} for m in decoded.warnings
             ]
-            writer.add(
+            row_groups = writer.add(
                 {k: spec[k] for k in ("clip_id", "split", "source", "frame_start")}
                 | {
                     "num_frames": len(hr),
@@ -140,9 +155,10 @@ def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
                     "frame_names": decoded.names,
                     "hr_frames": hr_frames,
                     "lr_frames": lr_frames,
-                }
+                },
+                settings["segment_frames"],
             )
-            writer.clips.append(_clip_record(spec, hr.shape, lr.shape, decoded.frames.shape))
+            writer.clips.append(_clip_record(spec, hr.shape, lr.shape, decoded.frames.shape, row_groups))
             frames += len(hr)
             done = time.perf_counter()
             for stage, seconds in zip(

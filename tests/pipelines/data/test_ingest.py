@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,11 +32,14 @@ _PREPARED: dict = {}
 
 @pytest.fixture
 def prepared(ray_local, tmp_path_factory):
-    """Train clips a, b, c (10 frames, HR 64x72, LR 16x18, BI x4) and val clip val_a (6 frames); built once."""
+    """Train clips a, b, c (10 frames, HR 64x72, LR 16x18, BI x4) and val clip val_a (6 frames), stored in
+    segments of 3 frames (a crop window of 4 spans 2 or 3 of them); built once."""
     if "dir" not in _PREPARED:
         root = tmp_path_factory.mktemp("ingest")
         source = make_frame_dataset(root / "src", {"a": 10, "b": 10, "c": 10, "val_a": 6}, size=(64, 72))
-        prepare_dataset(PrepareConfig(source=str(source), output=str(root / "prepared"), shard_size=2))
+        prepare_dataset(
+            PrepareConfig(source=str(source), output=str(root / "prepared"), shard_size=2, segment_frames=3)
+        )
         _PREPARED["dir"], _PREPARED["source"] = root / "prepared", source
     return _PREPARED["dir"]
 
@@ -239,3 +243,169 @@ def test_clips_too_short_for_the_window_are_a_clear_error(prepared):
 def test_unknown_split_names_the_known_ones(prepared):
     with pytest.raises(DataError, match=r"no split 'test' .*splits: train, val"):
         train_dataset(prepared, "test", crop=CropSpec(NUM_FRAMES, LR_PATCH))
+
+
+# ------------------------------------------------------------------------ stored segments and versions
+
+
+def _as_version_1(prepared, target, junk_frame_of: str | None = None):
+    """A copy of ``prepared`` in format version 1, as the code before segments wrote it: one row (and row
+    group) per clip, no ``segment_start`` column, no page checksums, no ``row_groups`` / ``segment_frames``
+    in the manifest. ``junk_frame_of``: that clip's first HR frame is replaced by bytes that are not zstd."""
+    import hashlib
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.data.schema import CLIP_SCHEMA, PARQUET_WRITER_OPTIONS
+
+    shutil.copytree(prepared, target)
+    schema = CLIP_SCHEMA.remove(CLIP_SCHEMA.get_field_index("segment_start"))
+    schema = schema.with_metadata({b"ray_vsr.format_version": b"1", b"ray_vsr.frame_codec": b"zstd"})
+    options = {k: v for k, v in PARQUET_WRITER_OPTIONS.items() if k != "write_page_checksum"}
+    options["compression"] = {k: v for k, v in options["compression"].items() if k != "segment_start"}
+    options["use_dictionary"] = [k for k in options["use_dictionary"] if k != "segment_start"]
+    data = json.loads((target / "manifest.json").read_text())
+    for shard in data["shards"]:
+        path = target / shard["path"]
+        clips: dict[str, dict] = {}
+        for row in pq.read_table(path).to_pylist():
+            row.pop("segment_start")
+            if row["clip_id"] in clips:
+                for key in ("frame_names", "hr_frames", "lr_frames"):
+                    clips[row["clip_id"]][key] += row[key]
+            else:
+                clips[row["clip_id"]] = row
+        if junk_frame_of in clips:
+            clips[junk_frame_of]["hr_frames"][0] = b"not zstd at all" * 8
+        with pq.ParquetWriter(path, schema, **options) as writer:
+            for row in clips.values():
+                writer.write_table(pa.Table.from_pylist([row], schema=schema))
+        shard["bytes"], shard["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    for clip in data["clips"]:
+        clip.pop("row_groups")
+    data.pop("segment_frames")
+    data["format_version"] = 1
+    (target / "manifest.json").write_text(json.dumps(data))
+    return target
+
+
+def test_a_version_1_dataset_still_reads_with_the_same_crops_and_clips(prepared, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.data.ingest import _crop_stage, plan_clips
+    from pipelines.data.manifest import load_manifest
+
+    old = load_manifest(_as_version_1(prepared, tmp_path / "v1"))
+    new = load_manifest(prepared)
+    assert old.data["format_version"] == 1 and new.data["format_version"] == 2
+    assert pq.ParquetFile(old.shard_paths("train")[0]).metadata.num_row_groups == 2  # a row group per clip
+    assert pq.ParquetFile(new.shard_paths("train")[0]).metadata.num_row_groups == 8  # 4 segments per clip
+    spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=5, samples_per_clip=3, epochs=2)
+    for row in range(6):
+        batch = {"id": np.array([row])}
+        a = _crop_stage(batch, plan_clips(old, "train"), old.filesystem, spec, SCALE)
+        b = _crop_stage(batch, plan_clips(new, "train"), new.filesystem, spec, SCALE)
+        assert list(a["clip_id"]) == list(b["clip_id"]) and len(a["clip_id"]) == 3
+        assert np.array_equal(a["lr"], b["lr"]) and np.array_equal(a["gt"], b["gt"])
+    for split in ("train", "val"):
+        for (id_a, lr_a, gt_a), (id_b, lr_b, gt_b) in zip(
+            iter_val_clips(old.root, split), iter_val_clips(prepared, split), strict=True
+        ):
+            assert id_a == id_b and torch.equal(lr_a, lr_b) and torch.equal(gt_a, gt_b)
+
+
+def _extent(row_group) -> tuple[int, int]:
+    """The byte range of a row group in its file: from its first page to the end of its last column."""
+    columns = [row_group.column(i) for i in range(row_group.num_columns)]
+    starts = [c.dictionary_page_offset or c.data_page_offset for c in columns]
+    return min(starts), max(s + c.total_compressed_size for s, c in zip(starts, columns, strict=True))
+
+
+def test_a_crop_reads_only_the_segments_its_window_spans(prepared, tmp_path):
+    """Bytes taken from storage per sample: the spanned segments' row groups (the shard's footer is read
+    once per process, here before counting), where a version-1 dataset reads the whole clip."""
+    import pyarrow.parquet as pq
+
+    from pipelines.data import ingest
+    from pipelines.data.ingest import _crop_stage, plan_clips
+    from pipelines.data.manifest import load_manifest
+    from pipelines.data.read_stats import counting_filesystem
+
+    spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=5)
+    manifest = load_manifest(prepared)
+    clips = plan_clips(manifest, "train")
+    filesystem, counter = counting_filesystem()
+    ingest._FOOTERS.clear()
+    for row in range(3):  # reads every shard's footer once
+        _crop_stage({"id": np.array([row])}, clips, filesystem, spec, SCALE)
+    assert len(ingest._FOOTERS) == 2
+    for row in range(3):
+        counter.reset()
+        out = _crop_stage({"id": np.array([row])}, clips, filesystem, spec, SCALE)
+        (clip,) = [c for c in clips if c.clip_id == out["clip_id"][0]]
+        footer = pq.ParquetFile(clip.shard).metadata
+        draw = draw_crop(sample_rng(5, 0, clip.clip_id, 0), clip.num_frames, clip.lr_size, spec)
+        spanned = clip.segments_of(draw.frame_start, draw.frame_start + NUM_FRAMES)
+        assert len(spanned) in (2, 3)  # of 4 segments of 3, 3, 3, 1 frames
+        extents = [_extent(footer.row_group(clip.first_row_group + s)) for s in range(clip.segments)]
+        sizes = [stop - start for start, stop in extents]
+        spanned_bytes = extents[spanned[-1]][1] - extents[spanned[0]][0]  # segments are contiguous
+        assert spanned_bytes * 0.8 < counter.bytes_read <= spanned_bytes
+        assert counter.bytes_read < 0.8 * sum(sizes)
+
+    old = load_manifest(_as_version_1(prepared, tmp_path / "v1"))
+    old_clips = plan_clips(old, "train")
+    _crop_stage({"id": np.array([0])}, old_clips, filesystem, spec, SCALE)
+    counter.reset()
+    out = _crop_stage({"id": np.array([0])}, old_clips, filesystem, spec, SCALE)
+    (clip,) = [c for c in old_clips if c.clip_id == out["clip_id"][0]]
+    start, stop = _extent(pq.ParquetFile(clip.shard).metadata.row_group(clip.first_row_group))
+    assert (stop - start) * 0.8 < counter.bytes_read <= stop - start
+
+
+def _flip_middle(path, count: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_one_line_naming_it_and_the_cause(tiny_prepared_dataset, ray_local, tmp_path):
+    """Bytes flipped in the middle of a shard: the size check at start passes, reading names the shard."""
+    import shutil
+
+    from pipelines.common.errors import find_user_error
+    from pipelines.data.manifest import CorruptShard, load_manifest
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(tiny_prepared_dataset, copy)
+    manifest = load_manifest(copy)
+    train_shard, val_shard = manifest.shard_paths("train")[0], manifest.shard_paths("val")[0]
+    for shard in (train_shard, val_shard):
+        _flip_middle(Path(shard))
+    load_manifest(copy)  # sizes unchanged: the fast check at start cannot see it
+
+    with pytest.raises(CorruptShard) as err:
+        list(iter_val_clips(copy, "val"))
+    message = str(err.value)
+    assert message.startswith(f"{val_shard}: the shard does not read") and "\n" not in message
+    assert "CRC checksum verification failed" in message and "--verify-data" in message
+
+    spec = CropSpec(4, 16, seed=0, epochs=1)
+    iterator = make_train_batch_iterator(train_dataset(copy, crop=spec).iterator(), num_frames=4, lr_patch=16)
+    with pytest.raises(Exception) as err:  # raised in a Ray Data task, wrapped by Ray
+        next(iterator)
+    found = find_user_error(err.value)
+    assert isinstance(found, CorruptShard) and str(found).startswith(
+        f"{train_shard}: the shard does not read"
+    )
+
+    # A version-1 shard has no page checksums: a damaged frame fails in zstd, named the same way.
+    old = _as_version_1(tiny_prepared_dataset, tmp_path / "v1", junk_frame_of="000_astronaut")
+    with pytest.raises(
+        CorruptShard, match=r"part-00000.parquet: the shard does not read .*ZSTD decompression failed"
+    ):
+        list(iter_val_clips(old, "train"))

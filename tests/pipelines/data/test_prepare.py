@@ -15,7 +15,7 @@ from pipelines.common.errors import DataError
 from pipelines.data.degradations import degrade
 from pipelines.data.manifest import load_manifest
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
-from pipelines.data.schema import CLIP_SCHEMA, decode_frames
+from pipelines.data.schema import CLIP_SCHEMA, DEFAULT_SEGMENT_FRAMES, FORMAT_VERSION, decode_frames
 from pipelines.data.sources import decode_frame_clip
 
 
@@ -24,7 +24,12 @@ def _config(source, output, **overrides) -> PrepareConfig:
 
 
 def _read_clip(path, clip_id):
-    row = next(r for r in pq.read_table(path).to_pylist() if r["clip_id"] == clip_id)
+    """One clip's row with its segments' frames joined (format version 2: a row per segment)."""
+    segments = [r for r in pq.read_table(path).to_pylist() if r["clip_id"] == clip_id]
+    assert [r["segment_start"] for r in segments] == sorted(r["segment_start"] for r in segments)
+    row = segments[0] | {
+        k: sum((r[k] for r in segments), []) for k in ("frame_names", "hr_frames", "lr_frames")
+    }
     hr = decode_frames(row["hr_frames"], row["hr_height"], row["hr_width"])
     lr = decode_frames(row["lr_frames"], row["lr_height"], row["lr_width"])
     return row, hr, lr
@@ -60,6 +65,7 @@ def test_frame_dataset_shards_manifest_and_lossless_frames(ray_local, frame_data
         "lr_size": [8, 10],
         "source_size": [34, 40],
         "cropped": True,
+        "row_groups": [0, 1],
     }
     assert manifest.data["crop"]["cropped_clips"] == ["a", "b", "c", "val_a"]
 
@@ -195,7 +201,8 @@ def test_manifest_is_json_with_versions(ray_local, frame_dataset, tmp_path):
     out = tmp_path / "prepared"
     prepare_dataset(_config(frame_dataset, out, shard_size=8))
     data = json.loads((out / "manifest.json").read_text())
-    assert data["format_version"] == 1 and data["project_version"] not in ("", None)
+    assert data["format_version"] == FORMAT_VERSION == 2 and data["project_version"] not in ("", None)
+    assert data["segment_frames"] == DEFAULT_SEGMENT_FRAMES
     assert data["shards"][0]["rows"] == 3 and data["shards"][0]["clips"] == ["a", "b", "c"]
 
 
@@ -211,14 +218,30 @@ def test_config_validation():
         PrepareConfig(degradation="BD", scale=2)
     with pytest.raises(ValueError, match="clip_length must be at least 1"):
         PrepareConfig(clip_length=0)
+    with pytest.raises(ValueError, match="segment_frames must be at least 1"):
+        PrepareConfig(segment_frames=0)
 
 
 def test_long_frame_folders_are_cut_into_clips(ray_local, tmp_path):
     source = make_frame_dataset(tmp_path / "src", {"long": 10}, size=(16, 16), split_folders=False)
-    prepare_dataset(_config(source, tmp_path / "out", clip_length=4, scale=2, any_scale=True))
+    prepare_dataset(
+        _config(
+            source, tmp_path / "out", clip_length=4, scale=2, any_scale=True, segment_frames=3, shard_size=2
+        )
+    )
     manifest = load_manifest(tmp_path / "out")
     assert [(c["clip_id"], c["num_frames"], c["lr_size"]) for c in manifest.clips()] == [
         ("long_000000", 4, [8, 8]),
         ("long_000004", 4, [8, 8]),
         ("long_000008", 2, [8, 8]),
     ]
+    # Each clip is stored as segments of at most 3 frames, one row group each, in clip order.
+    assert [c["row_groups"] for c in manifest.clips()] == [[0, 2], [2, 2], [0, 1]]
+    first = pq.read_table(manifest.shard_paths("train")[0]).to_pylist()
+    assert [(r["clip_id"], r["segment_start"], len(r["hr_frames"]), r["num_frames"]) for r in first] == [
+        ("long_000000", 0, 3, 4),
+        ("long_000000", 3, 1, 4),
+        ("long_000004", 0, 3, 4),
+        ("long_000004", 3, 1, 4),
+    ]
+    assert pq.ParquetFile(manifest.shard_paths("train")[0]).metadata.num_row_groups == 4

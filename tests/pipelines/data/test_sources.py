@@ -115,14 +115,16 @@ def test_empty_and_missing_sources_are_clear_errors(tmp_path):
         discover(tmp_path / "nowhere")
 
 
-def test_mixed_frame_sizes_within_a_clip_are_one_error(tmp_path):
+def test_mixed_frame_sizes_within_a_clip_quarantine_that_clip(tmp_path):
     clip = tmp_path / "calendar"
     write_clip(clip, smooth_frames(3, (16, 16), seed=0))
     Image.fromarray(smooth_frames(1, (16, 20), seed=1)[0]).save(clip / "00000003.png")
-    with pytest.raises(DataError, match="frames of different sizes within one clip") as err:
-        discover(tmp_path)
-    message = str(err.value)
-    assert str(clip) in message and "16x16" in message and "16x20" in message and "00000003.png" in message
+    write_clip(tmp_path / "other", smooth_frames(2, (16, 16), seed=2))
+    found = discover(tmp_path)
+    assert [i.item_id for i in found.items] == ["other"]
+    (entry,) = found.quarantined
+    assert entry.input == str(clip) and "frames of different sizes within one clip" in entry.reason
+    assert "16x16" in entry.reason and "16x20" in entry.reason and "00000003.png" in entry.reason
 
 
 def test_unreadable_image_header_is_quarantined_not_fatal(tmp_path):
