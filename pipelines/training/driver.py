@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from pipelines.training.experiment import (
     resolve_paths,
 )
 from pipelines.training.loop import SCORE_METRIC, UNVALIDATED, StepCallback, train_loop_per_worker
-from pipelines.training.recipe import describe_schedule
+from pipelines.training.recipe import describe_global_batch, describe_schedule, with_batch_lr
 from pipelines.training.state import (
     MODEL_FILE,
     check_checkpoints,
@@ -198,15 +199,25 @@ def run_training(
     )
     check_training_inputs(cfg, manifest)
     check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name))
+    trained = with_batch_lr(cfg)  # what the workers train with: optim.lr after scaling.lr_rule
+    global_batch, batch_warning = describe_global_batch(cfg)
+    print(f"global batch: {global_batch}", flush=True)
+    if batch_warning:
+        print(f"warning: {batch_warning}", file=sys.stderr, flush=True)
     init_ray(cfg.run.address)
     check_paths_reach_nodes(cfg)  # before the MLflow run exists: a refused job leaves nothing behind
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
-    schedule = describe_schedule(cfg)
+    schedule = describe_schedule(trained)
     print(f"schedule: {schedule}", flush=True)
     tracker.log_params(
-        flatten(cfg) | {"arch": cfg.arch, "data.fingerprint": manifest.sha256, "schedule": schedule}
+        flatten(cfg)
+        | {"arch": cfg.arch, "data.fingerprint": manifest.sha256, "schedule": schedule}
+        | {"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr}
     )
+    # Params keep their first value; the metric records the layout of every (re)start at its iteration.
+    resumed_at = latest_checkpoint_iteration(run_folder(cfg.run.storage_path, cfg.run.name))
+    tracker.log_metrics({"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr}, step=resumed_at)
     tracker.log_dict(config_to_dict(cfg), "config.yaml")
     tracker.log_dict(manifest.data, f"dataset/{MANIFEST_NAME}")
     tracker.log_dataset(
@@ -230,7 +241,7 @@ def run_training(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "experiment": cfg,
+            "experiment": trained,
             "scale": int(manifest.scale),
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracking_uri,

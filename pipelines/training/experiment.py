@@ -133,8 +133,24 @@ class ScalingSection:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # leave Ray Data at least one CPU on small machines
     torch_threads: int | None = None  # intra-op threads per worker (None: Ray's default, cpus_per_worker)
+    # The global batch (data.batch_size x num_workers) optim.lr was set for, e.g. 8 for the REDS recipes
+    # on 8 GPUs; a run whose global batch differs says so (docs/cluster.md#global-batch-and-learning-rate-rules).
+    # None: no reference, nothing compared or scaled.
+    recipe_global_batch: int | None = None
+    # How optim.lr follows a global batch other than recipe_global_batch: "none" keeps it, "linear"
+    # multiplies it by global / recipe batch, "sqrt" by the square root of that ratio.
+    lr_rule: Literal["none", "linear", "sqrt"] = "none"
 
     def __post_init__(self) -> None:
+        if self.recipe_global_batch is not None and self.recipe_global_batch < 1:
+            raise ValueError(
+                f"scaling.recipe_global_batch must be at least 1 (or null), got {self.recipe_global_batch}"
+            )
+        if self.lr_rule != "none" and self.recipe_global_batch is None:
+            raise ValueError(
+                f"scaling.lr_rule {self.lr_rule} scales optim.lr from the recipe's global batch: set "
+                "scaling.recipe_global_batch to the global batch optim.lr was set for (or lr_rule none)"
+            )
         if self.num_workers < 1:
             raise ValueError(
                 f"scaling.num_workers must be at least 1, got {self.num_workers} (each worker is one DDP process)"
@@ -197,6 +213,11 @@ class Experiment:
     scaling: ScalingSection = field(default_factory=ScalingSection)
     run: RunSection = field(default_factory=RunSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step over all workers: ``data.batch_size`` x ``scaling.num_workers``."""
+        return self.data.batch_size * self.scaling.num_workers
 
     def model_overrides(self) -> dict:
         """Keyword arguments for ``vsr_models.build_model(self.arch, **...)``."""

@@ -7,6 +7,7 @@ restarts stepped every iteration (:class:`CosineRestartFactor`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,59 @@ def describe_schedule(cfg: Experiment) -> str:
         f"{list(schedule.periods)}, restart weights {list(schedule.restart_weights)}, covering "
         f"{sum(schedule.periods)} of train.total_iters={cfg.train.total_iters} iterations"
     )
+
+
+def batch_lr_factor(cfg: Experiment) -> float:
+    """What ``scaling.lr_rule`` multiplies ``optim.lr`` by at this run's global batch.
+
+    ``linear``: global / recipe batch; ``sqrt``: its square root; 1 with ``none`` or no
+    ``scaling.recipe_global_batch`` (``docs/cluster.md#global-batch-and-learning-rate-rules``).
+    """
+    recipe, rule = cfg.scaling.recipe_global_batch, cfg.scaling.lr_rule
+    if rule == "none" or recipe is None:
+        return 1.0
+    ratio = cfg.global_batch / recipe
+    return ratio if rule == "linear" else math.sqrt(ratio)
+
+
+def with_batch_lr(cfg: Experiment) -> Experiment:
+    """``cfg`` as the workers train it: ``optim.lr`` scaled by :func:`batch_lr_factor`, the rule then spent.
+
+    The rule is set to ``none`` in the result, so applying this twice scales once. Both parameter
+    groups follow (SPyNet's lr is ``spynet_lr_mult`` x ``optim.lr``); ``schedule.eta_min`` stays absolute.
+    """
+    factor = batch_lr_factor(cfg)
+    if cfg.scaling.lr_rule == "none":
+        return cfg
+    optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr * factor)
+    return dataclasses.replace(cfg, optim=optim, scaling=dataclasses.replace(cfg.scaling, lr_rule="none"))
+
+
+def describe_global_batch(cfg: Experiment) -> tuple[str, str | None]:
+    """The run's global batch in one line, and a one-line warning when it is not the recipe's (else None)."""
+    scaling = cfg.scaling
+    line = (
+        f"{cfg.global_batch} sequences per step (data.batch_size {cfg.data.batch_size} x "
+        f"scaling.num_workers {scaling.num_workers})"
+    )
+    recipe = scaling.recipe_global_batch
+    if recipe is None or recipe == cfg.global_batch:
+        return line, None
+    lr = cfg.optim.lr
+    if scaling.lr_rule == "none":
+        action = (
+            f"optim.lr {lr:g} is kept (scaling.lr_rule none); set scaling.lr_rule to linear or sqrt to "
+            "scale it, or data.batch_size to match"
+        )
+    else:
+        factor = batch_lr_factor(cfg)
+        action = (
+            f"scaling.lr_rule {scaling.lr_rule} scales optim.lr {lr:g} -> {lr * factor:g} (x{factor:.3g})"
+        )
+    warning = (
+        f"global batch {cfg.global_batch} differs from the recipe's {recipe} (scaling.recipe_global_batch)"
+    )
+    return line, f"{warning}: {action}"
 
 
 def set_spynet_trainable(model: nn.Module, trainable: bool) -> None:

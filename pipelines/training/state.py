@@ -207,12 +207,30 @@ def _check_model_file(file: Location) -> None:
 def restore_training_checkpoint(
     directory: Path, rank: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
 ) -> TrainingState:
-    """Load weights, optimizer, scheduler and this rank's RNG state from a checkpoint folder."""
+    """Load weights, optimizer, scheduler and this rank's RNG state from a checkpoint folder.
+
+    The schedule resumes at the checkpoint's iteration from the base learning rates ``optimizer`` was
+    built with, not the checkpoint's: a run resumed on another layout follows ``scaling.lr_rule`` at its
+    new global batch (``docs/cluster.md#resuming-on-another-layout``). With the same config they are equal.
+    """
     model.load_state_dict(load_checkpoint(directory / MODEL_FILE).state_dict())
     saved = read_training_state(directory)
+    base_lrs = list(scheduler.base_lrs)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    _keep_base_lrs(optimizer, scheduler, base_lrs)
     rng_file = directory / RNG_FILE.format(rank=rank)
     if rng_file.is_file():  # absent when the run restarts with more workers
         set_rng_state(_load_plain(rng_file))
     return TrainingState(saved["iteration"], saved["mlflow_run_id"], dict(saved["val_metrics"]))
+
+
+def _keep_base_lrs(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, base_lrs: list[float]) -> None:
+    """Put ``base_lrs`` back after a restore and set each group's lr for the restored iteration."""
+    scheduler.base_lrs = base_lrs
+    for group, factor, base_lr in zip(optimizer.param_groups, scheduler.lr_lambdas, base_lrs, strict=True):
+        if hasattr(factor, "base_lr"):  # CosineRestartFactor: its eta_min is absolute, its base is not
+            factor.base_lr = base_lr
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -23,6 +23,7 @@ from pipelines.tracking import RunTracker, find_run, mlflow_client
 from pipelines.tracking import load_registered_model as load_model
 from pipelines.training.driver import run_training
 from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.recipe import CosineRestartFactor
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
@@ -253,6 +254,8 @@ def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path)
             "train.total_iters=4",
             "train.val_every=4",
             "train.checkpoint_every=4",
+            "scaling.recipe_global_batch=1",  # the config's lr was set for one sequence per step ...
+            "scaling.lr_rule=linear",  # ... so two workers train at twice it
         )
         summary = run_training(cfg, step_callback=RecordWeights(str(records)))
     finally:
@@ -266,6 +269,15 @@ def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path)
     assert len({r[1] for r in rank0}) == 4  # and they did change every step (SPyNet unfrozen at 2)
     assert rank0[0][2] != rank1[0][2]  # the two workers ran on different nodes
     assert summary.iteration == 4 and summary.val_metrics["psnr"] > 0
+    params = mlflow_client(summary.tracking_uri).get_run(summary.mlflow_run_id).data.params
+    assert (params["global_batch"], float(params["effective_lr"])) == ("2", 2 * cfg.optim.lr)
+    # the workers stepped with the scaled rate: lr after step 1 of the cosine from 2 x optim.lr
+    schedule = cfg.schedule
+    stepped = CosineRestartFactor(
+        2 * cfg.optim.lr, schedule.periods, schedule.restart_weights, schedule.eta_min
+    )
+    lr_history = RunTracker.attach(summary.tracking_uri, summary.mlflow_run_id).metric_history("lr")
+    assert lr_history[0] == (1, pytest.approx(2 * cfg.optim.lr * stepped(1)))
 
 
 def test_the_best_checkpoint_is_kept_and_registered_when_a_later_validation_is_worse(tiny_dataset, tmp_path):
