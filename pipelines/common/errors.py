@@ -41,6 +41,11 @@ class VideoError(UserError, ValueError):
     """An input or output video that cannot be used; the message names the path and the fix."""
 
 
+class StateError(UserError, ValueError):
+    """Saved state (a search's Tune files, a run's checkpoints) that is damaged or cannot be verified;
+    the message names the path and the fix."""
+
+
 class ModelLoadError(UserError, ValueError):
     """A model specification that names no loadable network; the message says what was tried."""
 

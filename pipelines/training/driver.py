@@ -203,6 +203,8 @@ def run_training(
     global_batch, batch_warning = describe_global_batch(cfg)
     print(f"global batch: {global_batch}", flush=True)
     if batch_warning:
+    from pipelines.training.rendezvous import LoopbackTorchConfig
+
         print(f"warning: {batch_warning}", file=sys.stderr, flush=True)
     init_ray(cfg.run.address)
     check_paths_reach_nodes(cfg)  # before the MLflow run exists: a refused job leaves nothing behind
@@ -265,6 +267,7 @@ def run_training(
         datasets={
             "train": train_dataset(
                 cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest)
+        torch_config=LoopbackTorchConfig(),  # the DDP rendezvous stays on loopback on a local cluster
             )
         },
     )

@@ -32,7 +32,9 @@ The Tune experiment lives in ``<run.storage_path>/<name>/``, beside
 :data:`pipelines.tuning.state.STATE_FILE`, which holds the search's id and what it was started with.
 Running the same command again restores the experiment (``Tuner.restore``): finished trials are kept,
 unfinished ones resume from their last checkpoint; running another search under a name in use is
-refused. The MLflow parent run is found by the search's
+refused. Tune's files are checked against the seal the last run left (:func:`pipelines.tuning.state.
+verify_search`) before Tune reads them: a changed file, or a search killed before it could seal, is one
+:class:`StateError` and nothing is unpickled. The MLflow parent run is found by the search's
 id (tag :data:`SEARCH_ID_TAG`), never by its name, so a search never adopts another's parent run. Every
 trial is a run nested under it (named after the trial id, tagged with its status: completed, stopped
 early, errored). At the end the parent run gets the results table (CSV, Markdown) and plots
@@ -91,7 +93,14 @@ from pipelines.tuning.results import (
     text_table,
     write_reports,
 )
-from pipelines.tuning.state import open_search, search_fingerprint, write_search_state
+from pipelines.tuning.state import (
+    SEAL_TAG,
+    open_search,
+    seal_search,
+    search_fingerprint,
+    verify_search,
+    write_search_state,
+)
 from pipelines.tuning.trial import (
     LATEST_CHECKPOINT_KEY,
     SEARCH_ID_TAG,
@@ -267,6 +276,8 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
         tracking=dataclasses.replace(base.tracking, uri=tracking_uri),
     )
     parent = _start_parent_run(spec, base, tracking_uri, cls.arch, state["search_id"])
+    if restoring:  # before Tune reads anything: Tuner.restore unpickles the storage (docs/security.md)
+        verify_search(experiment_path, state, parent.tags().get(SEAL_TAG))
     plan = TrialPlan(
         cls.arch,
         as_overrides(flatten(trial_base)),
@@ -309,8 +320,12 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
             run_config=tune.RunConfig(name=spec.name, storage_path=base.run.storage_path),
         )
     try:
-        with _sigterm_stops_gracefully():
-            results = tuner.fit()
+        try:
+            with _sigterm_stops_gracefully():
+                results = tuner.fit()
+        finally:  # what fit left, Ctrl-C, SIGTERM or an error included, is what the next run may restore
+            state, seal = seal_search(experiment_path, state)
+            parent.set_tags({SEAL_TAG: seal})
         if _interrupted(experiment_path, spec):  # Ctrl-C / SIGTERM: Tune saved the state to resume from
             raise KeyboardInterrupt
         trials = [_summarise_trial(result, plan, spec) for result in results]

@@ -1,5 +1,13 @@
 """A search's identity, kept beside its Tune experiment (:data:`STATE_FILE`): the search id, which finds its
-MLflow parent run, and a fingerprint of what defines it, which tells a resumed search from another one."""
+MLflow parent run, and a fingerprint of what defines it, which tells a resumed search from another one.
+
+Resuming a search hands its storage to ``Tuner.restore``, which unpickles ``tuner.pkl``, the searcher's and
+scheduler's state and cloudpickled fields of the experiment state: a replaced file there would run code.
+So every run of a search seals what it leaves (:func:`seal_search`: the sha256 of every file Tune may read,
+listed in :data:`STATE_FILE`, and the digest of that list as the parent run's :data:`SEAL_TAG`, in MLflow,
+which whoever writes the storage cannot change), and a resumed search checks every file against it before
+Tune reads anything (:func:`verify_search`; ``docs/security.md``).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,13 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from pipelines.common.config import config_to_dict, flatten
-from pipelines.common.errors import ConfigError
+from pipelines.common.errors import ConfigError, StateError
 from pipelines.training.experiment import Experiment
 from pipelines.tuning.config import SearchConfig
 
 STATE_FILE = "ray_vsr_search.json"  # <storage_path>/<search name>/: the search id and its fingerprint
+SEAL_TAG = "tune_state_sha256"  # on the parent run: the digest of the sealed file list (seal_search)
+UNSEALED = ("train/",)  # the trials' Train runs: read by the project's own checkpoint checks, not by Tune
 
 
 # -- the search's identity: its id, kept beside the Tune experiment --------------------------------------
@@ -85,3 +95,64 @@ def open_search(experiment_path: str, fingerprint: str) -> tuple[dict[str, Any],
         state = {"search_id": uuid.uuid4().hex, "fingerprint": fingerprint}
         write_search_state(experiment_path, state)
     return state, restorable
+
+
+# -- the seal: what Tune may unpickle on resume, checked before it reads anything -------------------------
+
+
+def _file_digests(experiment_path: str) -> dict[str, str]:
+    """sha256 of every file under ``experiment_path`` but :data:`STATE_FILE` and :data:`UNSEALED`."""
+    import pyarrow.fs
+
+    fs, root = _filesystem(experiment_path)
+    root = root.rstrip("/")
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+        return {}
+    digests = {}
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        name = info.path[len(root) + 1 :]
+        if info.type != pyarrow.fs.FileType.File or name == STATE_FILE or name.startswith(UNSEALED):
+            continue
+        sha = hashlib.sha256()
+        with fs.open_input_stream(info.path) as stream:
+            while block := stream.read(2**22):
+                sha.update(block)
+        digests[name] = sha.hexdigest()
+    return dict(sorted(digests.items()))
+
+
+def _seal_digest(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def seal_search(experiment_path: str, state: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Record the sha256 of every file the search left (in :data:`STATE_FILE`); the new state and the
+    digest to store as the parent run's :data:`SEAL_TAG`. Called when ``Tuner.fit`` returns or raises."""
+    files = _file_digests(experiment_path)
+    state = state | {"files": files}
+    write_search_state(experiment_path, state)
+    return state, _seal_digest(files)
+
+
+def verify_search(experiment_path: str, state: dict[str, Any], sealed: str | None) -> None:
+    """Check the search's storage against its seal before ``Tuner.restore`` reads it.
+
+    Raises:
+        StateError: no seal (the search was killed before it could seal, or the parent run is another
+            one), a file changed, added or removed since: Tune would unpickle data nobody vouches for.
+    """
+    fix = f"give the search another name (--set name=...), or delete {experiment_path} to start it over"
+    files = state.get("files")
+    if not sealed or not isinstance(files, dict) or _seal_digest(files) != sealed:
+        raise StateError(
+            f"{experiment_path}: the Tune state there was not sealed by this search's last run (killed "
+            f"before it could, or changed since), and resuming would unpickle it; {fix}"
+        )
+    found = _file_digests(experiment_path)
+    for name in sorted(set(files) | set(found)):
+        if files.get(name) != found.get(name):
+            change = "added" if name not in files else "removed" if name not in found else "changed"
+            raise StateError(
+                f"{experiment_path}/{name}: {change} since this search last ran, and resuming would "
+                f"unpickle the search's state; {fix}"
+            )
