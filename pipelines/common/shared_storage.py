@@ -13,6 +13,11 @@ small task pinned to each alive node reads the same paths back and returns their
 finds nothing, or other bytes, is refused in one line naming the path and the fix (``docs/cluster.md``).
 Object-store URIs (``s3://``, ``gs://``, ...) are the same bucket from every node and are not probed; a
 single-node cluster has nothing to prove.
+
+Nodes that join later (an autoscaling cluster whose workers scale from zero) are not there to be probed:
+for them the driver keeps a :class:`StorageMarker` in the run storage while the job runs, and every
+training worker checks it before its first iteration (:meth:`StorageMarker.check_here`), so a node that
+does not see the storage fails in its setup, not at its first checkpoint.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pipelines.common.errors import ConfigError
-from pipelines.common.storage import Location, resolve
+from pipelines.common.storage import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,48 @@ def _read_digests(paths: list[str]) -> list[str]:
 
 def _node_name(node: Mapping) -> str:
     return f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})"
+
+
+def _refusal(name: str, uri: str, where: str, what: str, found: str) -> ConfigError:
+    seen = "is missing" if found == "missing" else "holds other bytes" if len(found) == 64 else found
+    return ConfigError(f"{name} {uri} is not visible from {where}: {what} {seen}; {FIX}")
+
+
+@dataclass(frozen=True)
+class StorageMarker:
+    """A hidden file with a random token that the driver writes into a storage folder: a node that reads
+    the same token sees the driver's folder. Small and picklable: travels to the training workers."""
+
+    name: str  # the config key, for the error line: "run.storage_path"
+    uri: str  # the folder as resolved on the driver
+    path: str  # the marker file
+    sha256: str  # of the token
+
+    def check_here(self) -> None:
+        """In a Ray task or worker: raise the one-line :class:`ConfigError` unless this node sees the marker."""
+        import ray
+
+        found = _read_digests([self.path])[0]
+        if found != self.sha256:
+            context = ray.get_runtime_context()
+            node = {"NodeManagerAddress": ray.util.get_node_ip_address(), "NodeID": context.get_node_id()}
+            where = f"the Ray node {_node_name(node)} this worker runs on"
+            raise _refusal(self.name, self.uri, where, "the marker the driver wrote there", found)
+
+    def remove(self) -> None:
+        resolve(self.path).delete()
+
+
+def place_marker(name: str, folder: str) -> StorageMarker | None:
+    """Write a fresh marker into ``folder`` (created if needed); None for an object-store URI (not probed)."""
+    location = resolve(folder)
+    if not location.is_local:
+        return None
+    token = secrets.token_hex(16).encode()
+    location.mkdirs()
+    marker = location.join(MARKER_PREFIX + token.decode()[:12])
+    marker.write_bytes_atomic(token)
+    return StorageMarker(name, location.uri, marker.path, hashlib.sha256(token).hexdigest())
 
 
 def check_visible_from_nodes(
@@ -86,24 +134,21 @@ def check_visible_from_nodes(
     if not local or len(nodes) < 2:
         return 0
 
-    probes: dict[str, tuple[Location, str]] = {}  # name -> (file every node reads, its expected sha256)
+    probes: dict[str, tuple[str, str]] = {}  # name -> (file every node reads, its expected sha256)
     markers = []
     try:
         for name, location in local.items():
             if name in writes:
-                token = secrets.token_hex(16).encode()
-                location.mkdirs()
-                marker = location.join(MARKER_PREFIX + token.decode()[:12])
-                marker.write_bytes_atomic(token)
+                marker = place_marker(name, writes[name])
                 markers.append(marker)
-                probes[name] = (marker, hashlib.sha256(token).hexdigest())
+                probes[name] = (marker.path, marker.sha256)
             else:
                 digest = _read_digests([location.path])[0]
                 if len(digest) == 64:  # unreadable here: the job's own dataset check says why
-                    probes[name] = (location, digest)
+                    probes[name] = (location.path, digest)
         if not probes:
             return 0
-        paths = [file.path for file, _ in probes.values()]
+        paths = [path for path, _ in probes.values()]
         # No CPU: a node whose CPUs are all taken (or a head started with --num-cpus 0) still answers.
         probe = ray.remote(num_cpus=0, max_retries=0)(_read_digests)
         pending = {
@@ -135,14 +180,9 @@ def check_visible_from_nodes(
             if blind:
                 node, found = blind[0]
                 what = "the marker the driver wrote there" if name in writes else "this file"
-                seen = (
-                    "is missing" if found == "missing" else "holds other bytes" if len(found) == 64 else found
-                )
-                raise ConfigError(
-                    f"{name} {local[name].uri} is not visible from {len(blind)} of {len(nodes)} Ray nodes: on "
-                    f"{_node_name(node)} {what} {seen}; {FIX}"
-                )
+                where = f"{len(blind)} of {len(nodes)} Ray nodes"
+                raise _refusal(name, local[name].uri, where, f"on {_node_name(node)} {what}", found)
         return len(answers)
     finally:
         for marker in markers:
-            marker.delete()
+            marker.remove()

@@ -27,7 +27,7 @@ from pipelines.common.cli import run_job
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.ray_session import init_ray
-from pipelines.common.shared_storage import check_visible_from_nodes
+from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
 from pipelines.data.ingest import CropSpec, train_dataset
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset, load_manifest
 from pipelines.tracking import (
@@ -240,6 +240,8 @@ def run_training(
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     # A pass over the plan that ran short would start another execution: do not print its plan again.
     ray.data.DataContext.get_current().print_on_execution_start = False
+    # Checked by every worker before its first iteration: covers nodes that join after the start check.
+    storage_marker = place_marker("run.storage_path", cfg.run.storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -248,6 +250,7 @@ def run_training(
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracking_uri,
             "step_callback": step_callback,
+            "storage_marker": storage_marker,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
@@ -279,6 +282,9 @@ def run_training(
     except Exception:
         tracker.finish("FAILED")
         raise
+    finally:
+        if storage_marker is not None:
+            storage_marker.remove()
     return register_result(cfg, tracker, best_checkpoint(result), register=register, latest=result.checkpoint)
 
 

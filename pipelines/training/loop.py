@@ -148,6 +148,8 @@ def setup(loop_config: dict[str, Any]) -> Worker:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg: Experiment = loop_config["experiment"]
+    if loop_config.get("storage_marker") is not None:  # a node that joined after the driver's start check
+        loop_config["storage_marker"].check_here()  # docs/cluster.md#shared-storage
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

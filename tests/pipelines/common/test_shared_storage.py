@@ -4,6 +4,7 @@ A simulated two-node cluster on loopback whose nodes do NOT share a filesystem: 
 usual, the worker node in its own mount namespace with an empty tmpfs over ``private/``, so a file the
 driver writes there is missing on the worker node exactly as a node-local ``runs/`` folder is missing on
 the other machines of a real cluster; ``shared/`` stays one folder for both, as an NFS mount would be.
+The head has no CPUs, as in infra/kuberay/, so training workers and data tasks run on the worker node.
 Both nodes start through the project's loopback-aware Ray CLI (``python -m pipelines.common.ray_session
 start``, like infra/local_cluster.sh) with their own ports and temp folders, and are stopped by their own
 pids (never ``ray stop``, which stops every Ray on the machine); the tmpfs goes with the worker's
@@ -43,18 +44,55 @@ START_TIMEOUT_S = 180
 # proved the paths, or the user error, and how long the check took.
 CHECK = """
 import json, sys, time
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipelines.common.errors import UserError
 from pipelines.common.ray_session import init_ray
-from pipelines.common.shared_storage import check_visible_from_nodes
+from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
+
+def check_here(marker):
+    try:
+        marker.check_here()
+        return "visible"
+    except UserError as error:
+        return str(error)
+
+def on_each_node(folder):
+    # What a training worker does in its setup, on each node, against the marker the driver keeps.
+    marker = place_marker("run.storage_path", folder)
+    head = ray.get_runtime_context().get_node_id()
+    task = ray.remote(num_cpus=0)(check_here)
+    try:
+        return {
+            "head" if node["NodeID"] == head else "worker": ray.get(task.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(marker))
+            for node in ray.nodes() if node["Alive"]
+        }
+    finally:
+        marker.remove()
 
 init_ray()
 for case in json.loads(sys.argv[1]):
     start = time.monotonic()
     try:
-        outcome = {"nodes": check_visible_from_nodes(case.get("writes", {}), case.get("reads", {}))}
+        if "marker" in case:
+            outcome = {"marker": on_each_node(case["marker"])}
+        else:
+            outcome = {"nodes": check_visible_from_nodes(case.get("writes", {}), case.get("reads", {}))}
     except UserError as error:
         outcome = {"error": str(error)}
     print(json.dumps(outcome | {"seconds": round(time.monotonic() - start, 2)}), flush=True)
+"""
+
+# The training job with the driver's start check taken out, as for a node that joins after it (an
+# autoscaling cluster): the workers' own check in their setup must refuse the storage.
+TRAIN_WITHOUT_START_CHECK = """
+import sys
+import pipelines.training.driver as driver
+from pipelines.training.experiment import TTVSRExperiment
+
+driver.check_paths_reach_nodes = lambda cfg: None
+sys.exit(driver.main(TTVSRExperiment, sys.argv[1:]))
 """
 
 WAIT_FOR_NODES = """
@@ -157,7 +195,7 @@ def split_cluster(tmp_path_factory):
         "--node-ip-address",
         "127.0.0.1",
     ]
-    common = ["--num-cpus", "1", "--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
+    common = ["--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
     nodes: list[subprocess.Popen] = []
 
     def launch(name: str, command: list[str]) -> None:
@@ -170,7 +208,7 @@ def split_cluster(tmp_path_factory):
     try:
         launch(
             "head",
-            ray_cli + common + ["--head", "--port", str(gcs), "--include-dashboard", "false"]
+            ray_cli + common + ["--head", "--num-cpus", "0", "--port", str(gcs), "--include-dashboard", "false"]
             + ["--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(head_agent)]
             + ["--temp-dir", str(ray_temp / "head")],
         )  # fmt: skip
@@ -180,7 +218,8 @@ def split_cluster(tmp_path_factory):
             "worker",
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'mount -t tmpfs tmpfs "$0" && exec "$@"', str(private)]
-            + ray_cli + common + ["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(worker_agent)]
+            + ray_cli + common + ["--address", f"127.0.0.1:{gcs}", "--num-cpus", "2"]
+            + ["--dashboard-agent-listen-port", str(worker_agent)]
             + ["--temp-dir", str(ray_temp / "worker")],
         )  # fmt: skip
         env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
@@ -206,10 +245,13 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
         time.sleep(0.5)
 
 
-def _one_error_line(done: subprocess.CompletedProcess) -> str:
+def _one_error_line(done: subprocess.CompletedProcess, driver_only: bool = True) -> str:
+    """The job's one ``error:`` line (exit status 2); with ``driver_only``, and no traceback at all (a
+    worker's failure is also logged by Ray's Train controller, with the worker's traceback)."""
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert not driver_only or "Traceback" not in done.stderr, done.stderr[-3000:]
     return lines[0]
 
 
@@ -231,6 +273,8 @@ def outcomes(split_cluster) -> dict[str, dict]:
             "writes": {"run.storage_path": str(shared / "runs")},
             "reads": {"data.path": str(shared / "manifest.json")},
         },
+        "private marker": {"marker": str(private / "runs")},
+        "shared marker": {"marker": str(shared / "runs")},
     }
     found = split_cluster.check(list(cases.values()))
     assert len(found) == len(cases), found
@@ -260,26 +304,62 @@ def test_shared_folders_and_files_are_proven_on_both_nodes(split_cluster, outcom
     assert not any(p.name.startswith(MARKER_PREFIX) for p in (split_cluster.shared / "runs").iterdir())
 
 
+def test_a_worker_on_a_node_that_does_not_see_the_storage_refuses_it_in_its_setup(split_cluster, outcomes):
+    found = outcomes["private marker"]["marker"]
+    assert found["head"] == "visible", found
+    storage = split_cluster.private / "runs"
+    assert f"run.storage_path {storage} is not visible from the Ray node 127.0.0.1" in found["worker"]
+    assert "this worker runs on: the marker the driver wrote there is missing" in found["worker"]
+    assert outcomes["shared marker"]["marker"] == {"head": "visible", "worker": "visible"}
+    assert not any(p.name.startswith(MARKER_PREFIX) for p in storage.iterdir())
+
+
+def _train(split_cluster, script: list[str], data, storage, mlflow_db, name) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, *script, "--config", "configs/ttvsr_test.yaml", "--set", f"data.path={data}"]
+        + ["--set", "run.max_failures=0"]  # a retry would meet the same refusal
+        + ["--storage-path", str(storage), "--mlflow-uri", f"sqlite:///{mlflow_db}", "--name", name],
+        env=split_cluster.env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+
+
 def test_training_refuses_a_node_local_storage_path_before_any_run_or_checkpoint(
     split_cluster, tiny_prepared_dataset, tmp_path
 ):
     # The real job on the two-node cluster: stops at the check, before MLflow or Ray Train start.
     storage = split_cluster.private / "train_runs"
     mlflow_db = tmp_path / "mlflow.db"
-    done = subprocess.run(
-        [PYTHON, "jobs/train_ttvsr.py", "--config", "configs/ttvsr_test.yaml"]
-        + ["--set", f"data.path={tiny_prepared_dataset}", "--storage-path", str(storage)]
-        + ["--mlflow-uri", f"sqlite:///{mlflow_db}", "--name", "local_storage"],
-        env=split_cluster.env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = _train(
+        split_cluster, ["jobs/train_ttvsr.py"], tiny_prepared_dataset, storage, mlflow_db, "local_storage"
     )
     line = _one_error_line(done)
     assert f"run.storage_path {storage} is not visible from 1 of 2 Ray nodes" in line
     assert list(storage.iterdir()) == []  # no checkpoint, no run folder, no marker left
     assert not mlflow_db.exists()  # no MLflow run was started
+
+
+def test_training_workers_refuse_storage_their_node_does_not_see_before_the_first_iteration(
+    split_cluster, tiny_prepared_dataset, tmp_path
+):
+    storage = split_cluster.private / "late_node_runs"
+    done = _train(
+        split_cluster,
+        ["-c", TRAIN_WITHOUT_START_CHECK],
+        tiny_prepared_dataset,
+        storage,
+        tmp_path / "m.db",
+        "late",
+    )
+    line = _one_error_line(done, driver_only=False)
+    assert f"run.storage_path {storage} is not visible from the Ray node 127.0.0.1" in line
+    assert "this worker runs on" in line
+    assert "iter 1/" not in done.stdout + done.stderr  # refused in setup: not one iteration trained
+    assert not list(storage.glob("**/checkpoint_*"))
+    assert not any(p.name.startswith(MARKER_PREFIX) for p in storage.iterdir())
 
 
 def test_a_single_node_cluster_and_object_store_uris_need_no_probe(ray_local, tmp_path):
