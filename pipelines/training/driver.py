@@ -49,6 +49,7 @@ from pipelines.training.state import (
     MODEL_FILE,
     check_checkpoints,
     latest_checkpoint_iteration,
+    latest_checkpoint_progress,
     read_training_state,
     run_folder,
 )
@@ -91,17 +92,18 @@ def training_crops(cfg: Experiment, manifest: Manifest) -> CropSpec:
     """The sampling plan of the run's training crops (``pipelines.data.ingest``), drawn in Ray Data tasks.
 
     The plan covers every sample the run still needs in one pass (one Ray Data execution per run). A
-    resumed run numbers its epochs past the samples it has consumed, so it draws crops it has not drawn.
+    resumed run numbers its epochs past the samples it has consumed (counted in its checkpoints, whatever
+    the global batch of each earlier part of the run), so it draws crops it has not drawn.
     """
-    done = latest_checkpoint_iteration(run_folder(cfg.run.storage_path, cfg.run.name))
-    per_iteration = cfg.data.batch_size * cfg.scaling.num_workers
+    per_iteration = cfg.global_batch
+    done, consumed = latest_checkpoint_progress(run_folder(cfg.run.storage_path, cfg.run.name), per_iteration)
     spec = CropSpec(
         cfg.data.num_frames,
         cfg.data.lr_patch,
         cfg.train.seed,
         True,
         cfg.data.samples_per_clip,
-        first_epoch=done * per_iteration,
+        first_epoch=consumed,
         shuffle_seed=cfg.train.seed,
     )
     fitting = len(fitting_clips(cfg, manifest))

@@ -170,7 +170,9 @@ def setup(loop_config: dict[str, Any]) -> Worker:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            restored = restore_training_checkpoint(Path(directory), rank, model, optimizer, scheduler)
+            restored = restore_training_checkpoint(
+                Path(directory), rank, model, optimizer, scheduler, global_batch=cfg.global_batch
+            )
         if restored.mlflow_run_id != state.mlflow_run_id:
             logger.warning(
                 "checkpoint was logged to MLflow run %s; continuing in run %s (found by the run name)",
@@ -178,6 +180,7 @@ def setup(loop_config: dict[str, Any]) -> Worker:
                 state.mlflow_run_id,
             )
         state.iteration, state.val_metrics = restored.iteration, restored.val_metrics
+        state.samples = restored.samples
     tracker = RunTracker.attach(loop_config["tracking_uri"], state.mlflow_run_id, active=rank == 0)
     if checkpoint is not None:
         tracker.log_metrics({"resumed_from_iteration": state.iteration}, step=state.iteration)
@@ -223,6 +226,7 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     worker.optimizer.step()
     worker.scheduler.step()
     worker.state.iteration += 1
+    worker.state.samples += cfg.data.batch_size * worker.world_size  # where a resumed crop plan starts
     return loss
 
 

@@ -48,6 +48,9 @@ class TrainingState:
     iteration: int = 0
     mlflow_run_id: str | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)
+    # Training sequences all workers have consumed: a resumed run's crop plan starts past them
+    # (pipelines.training.driver.training_crops), whatever global batch each part of the run had.
+    samples: int = 0
 
 
 # -- random number generators as tensors --------------------------------------------------------------
@@ -134,6 +137,7 @@ def save_training_checkpoint(
                     "iteration": state.iteration,
                     "mlflow_run_id": state.mlflow_run_id,
                     "val_metrics": state.val_metrics,
+                    "samples": state.samples,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                 },
@@ -173,7 +177,19 @@ def checkpoint_folders(run: str | os.PathLike | Location) -> list[Location]:
 
 def latest_checkpoint_iteration(run: str | os.PathLike | Location) -> int:
     """The iteration of the newest complete checkpoint under a run's storage folder (0 if none)."""
-    return max((int(read_training_state(f)["iteration"]) for f in checkpoint_folders(run)), default=0)
+    return latest_checkpoint_progress(run, global_batch=1)[0]
+
+
+def latest_checkpoint_progress(run: str | os.PathLike | Location, global_batch: int) -> tuple[int, int]:
+    """Iteration and samples consumed of the newest complete checkpoint of a run ((0, 0) if none).
+
+    ``global_batch`` estimates the samples of a checkpoint that predates their count.
+    """
+    states = [read_training_state(folder) for folder in checkpoint_folders(run)]
+    if not states:
+        return 0, 0
+    newest = max(states, key=lambda saved: int(saved["iteration"]))
+    return int(newest["iteration"]), samples_done(newest, global_batch)
 
 
 def check_checkpoints(run: str | os.PathLike | Location) -> None:
@@ -205,9 +221,16 @@ def _check_model_file(file: Location) -> None:
 
 
 def restore_training_checkpoint(
-    directory: Path, rank: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
+    directory: Path,
+    rank: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    global_batch: int = 1,
 ) -> TrainingState:
     """Load weights, optimizer, scheduler and this rank's RNG state from a checkpoint folder.
+
+    ``global_batch`` (this run's) estimates the samples consumed by a checkpoint that predates their count.
 
     The schedule resumes at the checkpoint's iteration from the base learning rates ``optimizer`` was
     built with, not the checkpoint's: a run resumed on another layout follows ``scaling.lr_rule`` at its
@@ -222,7 +245,17 @@ def restore_training_checkpoint(
     rng_file = directory / RNG_FILE.format(rank=rank)
     if rng_file.is_file():  # absent when the run restarts with more workers
         set_rng_state(_load_plain(rng_file))
-    return TrainingState(saved["iteration"], saved["mlflow_run_id"], dict(saved["val_metrics"]))
+    return TrainingState(
+        saved["iteration"],
+        saved["mlflow_run_id"],
+        dict(saved["val_metrics"]),
+        samples_done(saved, global_batch),
+    )
+
+
+def samples_done(saved: dict[str, Any], global_batch: int) -> int:
+    """The samples a checkpoint's ``training_state.pt`` says were consumed (estimated for older files)."""
+    return int(saved.get("samples", saved["iteration"] * global_batch))
 
 
 def _keep_base_lrs(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, base_lrs: list[float]) -> None:

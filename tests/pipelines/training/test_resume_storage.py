@@ -21,7 +21,13 @@ from pipelines.data.manifest import load_manifest
 from pipelines.training.driver import training_crops
 from pipelines.training.experiment import OptimSection, ScheduleSection, TTVSRExperiment, resolve_paths
 from pipelines.training.recipe import build_optimizer, lr_schedule
-from pipelines.training.state import TrainingState, check_checkpoints, save_training_checkpoint
+from pipelines.training.state import (
+    STATE_FILE,
+    TrainingState,
+    check_checkpoints,
+    read_training_state,
+    save_training_checkpoint,
+)
 from tests.conftest import REPO_ROOT
 from vsr_models import build_model
 
@@ -40,8 +46,8 @@ class RunsAShellCommand:
         return os.system, (f"touch {self.marker}",)
 
 
-def _write_checkpoints(run_dir, iterations=(4, 8)) -> None:
-    """Two complete checkpoints of two workers and one folder Ray never registered, on local disk."""
+def _write_checkpoints(run_dir, iterations=(4, 8), workers: int = 2) -> None:
+    """Complete checkpoints of ``workers`` workers and one folder Ray never registered, on local disk."""
     model = build_model("ttvsr", **TINY)
     optimizer = build_optimizer(model, OptimSection())
     scheduler = lr_schedule(optimizer, ScheduleSection(periods=[10], restart_weights=[1.0]))
@@ -49,7 +55,8 @@ def _write_checkpoints(run_dir, iterations=(4, 8)) -> None:
         folder = run_dir / f"checkpoint_{iteration:08d}"
         folder.mkdir(parents=True)
         for rank in (0, 1):
-            save_training_checkpoint(folder, rank, model, optimizer, scheduler, TrainingState(iteration))
+            state = TrainingState(iteration, samples=iteration * workers)
+            save_training_checkpoint(folder, rank, model, optimizer, scheduler, state)
     (run_dir / "checkpoint_00000012").mkdir()  # no training_state.pt: not a complete checkpoint
 
 
@@ -64,11 +71,16 @@ def _copy_to_memory(run_dir, bucket: str) -> str:
     return f"memory://{bucket}/runs"
 
 
-def _crops(data, storage: str):
+def _crops(data, storage: str, workers: int = 2):
     cfg = load_config(
         TTVSRExperiment,
         TEST_CONFIG,
-        [f"data.path={data}", f"run.storage_path={storage}", "scaling.num_workers=2", "train.total_iters=20"],
+        [
+            f"data.path={data}",
+            f"run.storage_path={storage}",
+            f"scaling.num_workers={workers}",
+            "train.total_iters=20",
+        ],
     )
     return training_crops(resolve_paths(cfg), load_manifest(data, verify=False))
 
@@ -99,3 +111,20 @@ def test_a_doctored_checkpoint_under_a_uri_is_refused_before_any_worker_runs_it(
     assert not marker.exists()
     (tmp_path / RUN / "checkpoint_00000004" / "rng_rank1.pt").unlink()
     check_checkpoints(_copy_to_memory(tmp_path / RUN, f"clean-{tmp_path.name}") + f"/{RUN}")  # loads
+
+
+def test_a_run_resumed_on_fewer_workers_starts_its_crops_past_every_sample_it_consumed(
+    tiny_prepared_dataset, tmp_path
+):
+    """8 iterations on 4 workers consumed 32 samples: 2 workers resuming start at epoch 32, not 8 x 2."""
+    _write_checkpoints(tmp_path / "runs" / RUN, workers=4)
+    plan = _crops(tiny_prepared_dataset, str(tmp_path / "runs"), workers=2)
+    assert plan.first_epoch == 32
+    assert plan == _crops(tiny_prepared_dataset, f"file://{tmp_path / 'runs'}", workers=2)
+
+    # a checkpoint written before the count: estimated at this run's global batch, as before
+    state_file = tmp_path / "runs" / RUN / "checkpoint_00000008" / STATE_FILE
+    saved = read_training_state(state_file.parent)
+    del saved["samples"]
+    torch.save(saved, state_file)
+    assert _crops(tiny_prepared_dataset, str(tmp_path / "runs"), workers=2).first_epoch == 16

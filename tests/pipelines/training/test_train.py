@@ -24,6 +24,7 @@ from pipelines.tracking import load_registered_model as load_model
 from pipelines.training.driver import run_training
 from pipelines.training.experiment import TTVSRExperiment
 from pipelines.training.recipe import CosineRestartFactor
+from pipelines.training.state import read_training_state
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
@@ -140,6 +141,8 @@ def test_stopped_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(stopped_
     assert stopped_history == tracker.metric_history("loss")[:2]
     assert summary.iteration == 6
     assert Path(summary.checkpoint_path).name == "checkpoint_00000006"
+    # 6 sequences consumed, 2 before the stop and 4 after: where a later resume's crop plan starts
+    assert read_training_state(summary.checkpoint_path)["samples"] == 6
 
 
 def test_training_end_to_end_logs_validation_and_registers_a_loadable_champion(
@@ -271,6 +274,7 @@ def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path)
     assert summary.iteration == 4 and summary.val_metrics["psnr"] > 0
     params = mlflow_client(summary.tracking_uri).get_run(summary.mlflow_run_id).data.params
     assert (params["global_batch"], float(params["effective_lr"])) == ("2", 2 * cfg.optim.lr)
+    assert read_training_state(summary.checkpoint_path)["samples"] == 8  # 4 steps x 2 workers
     # the workers stepped with the scaled rate: lr after step 1 of the cosine from 2 x optim.lr
     schedule = cfg.schedule
     stepped = CosineRestartFactor(
