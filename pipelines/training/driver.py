@@ -193,6 +193,8 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from pipelines.training.rendezvous import LoopbackTorchConfig
+
     cfg = resolve_paths(cfg)
     if cfg.data.verify:
         init_ray(cfg.run.address)  # the checksums are computed in Ray tasks, where the data is
@@ -205,8 +207,6 @@ def run_training(
     global_batch, batch_warning = describe_global_batch(cfg)
     print(f"global batch: {global_batch}", flush=True)
     if batch_warning:
-    from pipelines.training.rendezvous import LoopbackTorchConfig
-
         print(f"warning: {batch_warning}", file=sys.stderr, flush=True)
     init_ray(cfg.run.address)
     check_paths_reach_nodes(cfg)  # before the MLflow run exists: a refused job leaves nothing behind
@@ -257,6 +257,7 @@ def run_training(
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
         ),
+        torch_config=LoopbackTorchConfig(),  # the DDP rendezvous stays on loopback on a local cluster
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=cfg.run.storage_path,
@@ -272,7 +273,6 @@ def run_training(
         datasets={
             "train": train_dataset(
                 cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest)
-        torch_config=LoopbackTorchConfig(),  # the DDP rendezvous stays on loopback on a local cluster
             )
         },
     )
