@@ -5,17 +5,18 @@
   SQLite paths are made absolute so Ray workers in another folder write to the same store.
 - :class:`RunTracker`: one MLflow run found or created by its run name (re-running a name continues
   the same run). Only Ray Train's rank 0 holds an active tracker; other ranks get an inactive one
-  whose methods do nothing, so the training loop has no ``if rank == 0`` around logging.
+  whose methods do nothing, so the training loop has no ``if rank == 0`` around logging. Its calls are
+  synchronous: the training loop logs through :class:`pipelines.tracking.background.BackgroundTracker`,
+  which a tracking outage cannot stall.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -209,28 +210,6 @@ class RunTracker:
         self._client.log_inputs(
             self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
         )
-
-    @contextlib.contextmanager
-    def system_metrics(self, node_id: str, interval: float = 10.0) -> Iterator[None]:
-        """Log this machine's CPU, memory, disk, network (and GPU with nvidia-ml-py) to the run meanwhile,
-        as ``system/<node_id>/...`` every ``interval`` seconds. Does nothing for an inactive tracker."""
-        if not self.active:
-            yield
-            return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(
-            self.run_id,
-            sampling_interval=interval,
-            resume_logging=True,  # a resumed run continues its steps
-            node_id=node_id,
-            tracking_uri=self.tracking_uri,
-        )
-        monitor.start()
-        try:
-            yield
-        finally:
-            monitor.finish()
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,12 @@ from pipelines.tracking import (
     example_input,
     register_model,
     resolve_tracking_uri,
+)
+from pipelines.tracking.background import (
+    TrackingUnavailableError,
+    fail_fast_http_requests,
+    is_transient,
+    retry_until,
 )
 from pipelines.training.experiment import (
     Experiment,
@@ -56,6 +64,8 @@ from pipelines.training.state import (
 from vsr_models import get_family, load_checkpoint
 
 REGISTERED_ITERATION_TAG = "registered_iteration"
+REGISTER_PATIENCE_S = 600.0
+"""How long registration at the end of training waits for a tracking server that is away."""
 
 
 @dataclass(frozen=True)
@@ -329,11 +339,19 @@ def register_result(
     register: bool = True,
     latest: Any = None,
     val_metrics: dict[str, float] | None = None,
+    patience_s: float = REGISTER_PATIENCE_S,
 ) -> TrainingSummary:
     """Register ``checkpoint``'s network (the best one) unless an earlier call registered that iteration.
 
     ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs;
     ``val_metrics`` replace the checkpoint's own validation (a re-score on ``cfg.val``'s protocol).
+
+    A tracking server that is away is retried with backoff for ``patience_s`` seconds (requests fail
+    fast meanwhile: :func:`pipelines.tracking.background.fail_fast_http_requests`); after that a
+    :class:`~pipelines.tracking.background.TrackingUnavailableError` (one line, exit status 2) names the
+    kept checkpoint and the one command that registers it later (``docs/cluster.md#tracking-server``).
+    An attempt cut off between creating the version and tagging the run leaves a version that the
+    retry registers again (a duplicate, never a loss).
     """
     if checkpoint is None:
         raise RuntimeError(f"run {cfg.run.name} finished without a checkpoint under {cfg.run.storage_path}")
@@ -344,8 +362,11 @@ def register_result(
     with latest.as_directory() as directory:
         trained = int(read_training_state(Path(directory))["iteration"])
     iteration, val_metrics = int(state["iteration"]), dict(val_metrics or state["val_metrics"])
-    registered = None
-    if register and tracker.tags().get(REGISTERED_ITERATION_TAG) != str(iteration):
+
+    def register_once() -> RegisteredVersion | None:
+        # Asked again on every attempt: an attempt that failed after tagging the run registered it.
+        if not register or tracker.tags().get(REGISTERED_ITERATION_TAG) == str(iteration):
+            return None
         registered = register_model(
             tracker,
             model,
@@ -363,7 +384,22 @@ def register_result(
             },
         )
         tracker.set_tags({REGISTERED_ITERATION_TAG: iteration, "registered_version": registered.version})
-    tracker.finish("FINISHED")
+        return registered
+
+    deadline = time.monotonic() + patience_s
+    try:
+        with fail_fast_http_requests():
+            registered = retry_until(register_once, deadline, f"registering {checkpoint.path}")
+            retry_until(lambda: tracker.finish("FINISHED"), deadline, f"ending MLflow run {tracker.run_id}")
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        raise TrackingUnavailableError(
+            f"run {cfg.run.name} trained to iteration {trained}, but the tracking server {tracker.tracking_uri} "
+            f"did not answer for {patience_s:.0f} s ({type(error).__name__}), so nothing was registered and "
+            f"MLflow run {tracker.run_id} stays RUNNING; the checkpoint {checkpoint.path} is kept. Once the "
+            f"server is back, register it with: {register_command(cfg, tracker.tracking_uri, checkpoint.path)}"
+        ) from None
     return TrainingSummary(
         run_name=cfg.run.name,
         mlflow_run_id=tracker.run_id,
@@ -375,6 +411,25 @@ def register_result(
         best_iteration=iteration,
         best_checkpoint_path=checkpoint.path,
     )
+
+
+def register_command(cfg: Experiment, tracking_uri: str, checkpoint_path: str) -> str:
+    """The ``jobs/register_model.py`` command line that registers ``checkpoint_path`` as training would.
+
+    No ``--alias``: the champion comparison is not repeated, the alias is moved by hand if wanted.
+    """
+    source, fetch = checkpoint_path, ""
+    if "://" in cfg.run.storage_path:  # register_model.py reads a local folder
+        remote = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/{Path(checkpoint_path).name}"
+        source, fetch = (
+            Path(checkpoint_path).name,
+            f"copy {remote} to a local folder {Path(checkpoint_path).name}, then ",
+        )
+    words = [
+        "python", "jobs/register_model.py", source, "--name", cfg.tracking.registered_model,
+        "--experiment", cfg.tracking.experiment, "--mlflow-uri", tracking_uri,
+    ]  # fmt: skip
+    return fetch + " ".join(shlex.quote(word) for word in words)
 
 
 def main(cls: type[Experiment], argv: list[str] | None = None, description: str | None = None) -> int:

@@ -32,6 +32,7 @@ from pipelines.common.progress import format_eta
 from pipelines.data.ingest import iter_val_clips, make_train_batch_iterator
 from pipelines.evaluation.scoring import image_strip, score_clips, summarise
 from pipelines.tracking import RunTracker
+from pipelines.tracking.background import BackgroundTracker, fail_fast_http_requests, system_metrics
 from pipelines.training.experiment import Experiment
 from pipelines.training.recipe import build_optimizer, lr_schedule, set_spynet_trainable
 from pipelines.training.state import (
@@ -129,7 +130,7 @@ class Worker:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     state: TrainingState
-    tracker: RunTracker
+    tracker: BackgroundTracker  # queued: a tracking outage neither stalls nor fails a step
     batches: Iterator[dict[str, torch.Tensor]]
     step_callback: StepCallback | None
     network: nn.Module | None = None  # the model, DDP-wrapped when there are several workers
@@ -181,7 +182,9 @@ def setup(loop_config: dict[str, Any]) -> Worker:
             )
         state.iteration, state.val_metrics = restored.iteration, restored.val_metrics
         state.samples = restored.samples
-    tracker = RunTracker.attach(loop_config["tracking_uri"], state.mlflow_run_id, active=rank == 0)
+    tracker = BackgroundTracker(
+        RunTracker.attach(loop_config["tracking_uri"], state.mlflow_run_id, active=rank == 0)
+    )
     if checkpoint is not None:
         tracker.log_metrics({"resumed_from_iteration": state.iteration}, step=state.iteration)
         if rank == 0:
@@ -316,22 +319,43 @@ def save_and_report(worker: Worker, metrics: dict[str, float]) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The training loop each Ray Train worker runs (see the module docstring)."""
-    worker = setup(loop_config)
-    with _system_metrics(worker, loop_config):
-        _train(worker)
+    """The training loop each Ray Train worker runs (see the module docstring).
+
+    MLflow is reached through queues drained by background threads (:mod:`pipelines.tracking.background`)
+    whose requests fail fast and are retried there: with the tracking server away, training steps on at
+    its normal rate and the values logged meanwhile are sent when it is back. The queue is flushed at the
+    end, waiting a bounded time (a shorter one when the loop failed, so a restart is not held up).
+    """
+    with fail_fast_http_requests():
+        worker = setup(loop_config)
+        try:
+            with _system_metrics(worker, loop_config):
+                _train(worker)
+        except BaseException:
+            worker.tracker.close(timeout=5.0)
+            raise
+        worker.tracker.close()
 
 
-def _system_metrics(worker: Worker, loop_config: dict[str, Any]) -> contextlib.AbstractContextManager:
-    """CPU / GPU / memory of every node, from its first worker, to the run (``tracking.system_metrics_interval``)."""
+@contextlib.contextmanager
+def _system_metrics(worker: Worker, loop_config: dict[str, Any]) -> Iterator[None]:
+    """CPU / GPU / memory of every node, from its first worker, to the run (``tracking.system_metrics_interval``),
+    through a queue of its own, at the training iteration of each sample."""
     import ray.train
 
     interval = worker.cfg.tracking.system_metrics_interval
     context = ray.train.get_context()
     if interval is None or context.get_local_rank() != 0:
-        return contextlib.nullcontext()
-    node = RunTracker.attach(loop_config["tracking_uri"], worker.state.mlflow_run_id)
-    return node.system_metrics(node_id=f"node{context.get_node_rank()}", interval=interval)
+        yield
+        return
+    node = BackgroundTracker(RunTracker.attach(loop_config["tracking_uri"], worker.state.mlflow_run_id))
+    try:
+        with system_metrics(
+            node, f"node{context.get_node_rank()}", step=lambda: worker.state.iteration, interval=interval
+        ):
+            yield
+    finally:
+        node.close(timeout=5.0)  # a sample or two at most: not worth holding the end of training for
 
 
 def _train(worker: Worker) -> None:
