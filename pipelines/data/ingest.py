@@ -7,8 +7,10 @@ temporal reverse, each with probability 0.5 and always the same for LR and HR. O
 sequence is mirror-extended (``[x, reversed x]``) as the recurrent models are fed Vimeo-90K septuplets.
 
 The training dataset is a *sampling plan*: row ``i`` is epoch ``first_epoch + i // n`` and the clip at
-position ``i % n`` of that epoch's shuffled order (``n`` clips). Its Ray Data stage reads that clip's row
-group from its shard (any filesystem the dataset lives on) and draws ``samples_per_clip`` crops. The
+position ``i % n`` of that epoch's shuffled order (``n`` clips). Its Ray Data stage draws
+``samples_per_clip`` crops from the clip's size in the manifest, then reads from the clip's shard (any
+filesystem the dataset lives on) only the segments (row groups) their frame windows span
+(``docs/data_format.md#what-training-reads-from-shared-storage``). The
 plan covers as many epochs as the run needs (``CropSpec.epochs``), so the pipeline starts once per run
 rather than once per epoch, and the epoch is data this project owns rather than a counter inside Ray.
 
