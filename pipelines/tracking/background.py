@@ -390,19 +390,24 @@ class BackgroundTracker:
 
     def _run(self) -> None:
         delay = 1.0
+        files_turn = False  # alternate batches and files: a steady flow of metrics must not starve images
         while True:
             with self._cond:
                 while not (self._metrics or self._tags or self._files or self._closing):
                     self._cond.wait()
                 if self._gave_up or not (self._metrics or self._tags or self._files):
                     return  # closing, and everything was sent
-                metrics = [
-                    self._metrics.popleft() for _ in range(min(len(self._metrics), _METRICS_PER_BATCH))
-                ]
-                tags = [self._tags.popleft() for _ in range(min(len(self._tags), _TAGS_PER_BATCH))]
-                job = self._files.popleft() if not (metrics or tags) and self._files else None
+                metrics: list = []
+                tags: list = []
+                job = None
+                if self._files and (files_turn or not (self._metrics or self._tags)):
+                    job = self._files.popleft()
+                else:
+                    count = min(len(self._metrics), _METRICS_PER_BATCH)
+                    metrics = [self._metrics.popleft() for _ in range(count)]
+                    tags = [self._tags.popleft() for _ in range(min(len(self._tags), _TAGS_PER_BATCH))]
             try:
-                if metrics or tags:
+                if job is None:
                     self._client.log_batch(self.run_id, metrics=metrics, tags=tags)
                 else:
                     job.send(self._client, self.run_id)
@@ -412,13 +417,23 @@ class BackgroundTracker:
                     continue
                 self._requeue(metrics, tags, job)
                 self._failed(error, delay)
-                with self._cond:
-                    # closing: try again soon (the close waits a bounded time); else back off
-                    self._cond.wait(min(delay, 2.0) if self._closing else delay)
+                self._back_off(delay)
                 delay = min(2 * delay, self.max_retry_delay)
                 continue
             delay = 1.0
+            files_turn = job is None
             self._delivered(metrics, job)
+
+    def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` seconds (at most 2 s once closing: the close waits a bounded time), whatever is
+        logged meanwhile."""
+        started = time.monotonic()
+        with self._cond:
+            while not self._gave_up:
+                remaining = started + (min(delay, 2.0) if self._closing else delay) - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
 
     def _requeue(self, metrics: list, tags: list, job: _FileJob | None) -> None:
         with self._cond:

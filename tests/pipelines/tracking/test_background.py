@@ -119,6 +119,22 @@ def test_close_waits_a_bounded_time_and_says_what_was_not_delivered(run, caplog)
     assert tracker.metric_history("loss") == []
 
 
+def test_values_logged_during_an_outage_do_not_cut_the_backoff_short(run):
+    tracker, outage = run
+    outage.down.set()
+    queue = BackgroundTracker(tracker, client=outage)  # backoff from 1 s
+    queue.log_metrics({"loss": 1.0}, step=1)
+    wait_for_retries(outage, 1)
+    for step in range(2, 101):  # a training loop logging every few ms: each call wakes the thread
+        queue.log_metrics({"loss": 1.0}, step=step)
+        time.sleep(0.005)
+    failures_while_logging = outage.failures
+    outage.down.clear()
+    left = queue.close(timeout=30)
+    assert failures_while_logging <= 4  # one per backoff period (1 s, 2 s, ...), not one per logged value
+    assert left.nothing and len(tracker.metric_history("loss")) == 100
+
+
 def test_a_refused_request_is_dropped_not_retried_forever(run, caplog):
     tracker, _ = run
     queue = BackgroundTracker(tracker)
