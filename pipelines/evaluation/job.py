@@ -391,6 +391,8 @@ def _log_to_mlflow(
         params=params,
         metrics=report.metrics(),
         texts={PER_CLIP_CSV: report.csv(), PER_CLIP_MARKDOWN: report.markdown()},
+        model_id=(source.version or {}).get("model_id"),  # the run links to the LoggedModel it scored
+        dataset=(dataset_name, sha256[:32]),  # as training's dataset input names it
     )
     if source.version is not None and not cfg.model_settings:  # the version's own score, as registered
         prefix = f"eval_{sha256[:12]}"
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--model",
-        help=f"models:/<name>@<alias>, runs:/<id>/model, checkpoint folder or model.pt (default {DEFAULT_MODEL})",
+        help=f"models:/<name>@<alias>, runs:/<id>/<run name>, checkpoint folder or model.pt (default {DEFAULT_MODEL})",
     )
     source.add_argument("--official", metavar="PATH", help="authors' released checkpoint (needs --arch)")
     parser.add_argument("--arch", choices=("ttvsr", "vsrt"), help="architecture of --official")

@@ -132,9 +132,23 @@ def bicubic_upscale(lr: Tensor, scale: int) -> Tensor:
     return imresize_bicubic(lr, float(scale)).clamp_(0, 1)
 
 
+STRIP_LABELS = ("bicubic", "output", "ground truth")
+LABEL_BAND = 16  # pixel rows above the frames that hold the labels
+
+
 def image_strip(bicubic: Tensor, sr: Tensor, gt: Tensor) -> np.ndarray:
-    """``bicubic | output | ground truth`` of one ``(3, H, W)`` frame, side by side: ``(H, 3W, 3)`` uint8."""
-    return float_to_uint8(torch.cat([bicubic, sr, gt], dim=-1))
+    """``bicubic | output | ground truth`` of one ``(3, H, W)`` frame, side by side and labelled:
+    ``(LABEL_BAND + H, 3W, 3)`` uint8, each panel's name written in the black band above it (what the
+    MLflow run's image view shows)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    frames = float_to_uint8(torch.cat([bicubic, sr, gt], dim=-1))
+    width = bicubic.shape[-1]
+    band = Image.new("RGB", (frames.shape[1], LABEL_BAND))
+    draw, font = ImageDraw.Draw(band), ImageFont.load_default(size=LABEL_BAND - 4)
+    for panel, label in enumerate(STRIP_LABELS):
+        draw.text((panel * width + 3, 1), label, fill=(255, 255, 255), font=font)
+    return np.concatenate([np.asarray(band), frames], axis=0)
 
 
 def score_clips(

@@ -23,6 +23,8 @@ from pipelines.tracking.flavor import FLAVOR_NAME, MODEL_DATA_FILE, example_inpu
 from pipelines.tracking.runs import (
     RunTracker,
     _experiment_id,
+    create_run,
+    log_model_metrics,
     mlflow_client,
     resolve_tracking_uri,
     set_model_version_tags,
@@ -72,23 +74,33 @@ class RegisteredVersion:
 
 
 def _log_version(
-    tracker: RunTracker, model: nn.Module, registered_model: str, input_example: np.ndarray, step: int = 0
+    tracker: RunTracker,
+    model: nn.Module,
+    registered_model: str,
+    input_example: np.ndarray,
+    step: int = 0,
+    metrics: Mapping[str, float] | None = None,
+    dataset: tuple[str, str] | None = None,
 ) -> str:
     """Log ``model`` in the ``ray_vsr`` flavor to the tracker's run and register it; the new version.
 
-    ``step`` (the training iteration of the weights) is the LoggedModel's step: MLflow links the run's
-    metrics at that step to the model.
+    The LoggedModel is named after the run (the MLflow UI lists models by name; ``runs:/<id>/<run
+    name>`` loads it). ``step`` (the training iteration of the weights) is its step; ``metrics``
+    (validation, as ``val/<key>``) are logged again at that step as the model's own, naming
+    ``dataset`` ``(name, digest)``, the run's dataset input, so the model page shows what they measure.
     """
     import mlflow
     from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracker.tracking_uri)
     mlflow.set_registry_uri(tracker.tracking_uri)
+    client = mlflow_client(tracker.tracking_uri)
+    run_name = client.get_run(tracker.run_id).info.run_name or _LOGGED_MODEL_NAME
     # The LoggedModel MLflow 3 creates goes to the active run's experiment (else to the default one).
     with mlflow.start_run(run_id=tracker.run_id):
         info = Model.log(
             artifact_path=None,  # deprecated in MLflow 3 but still positional: the name is `name`
-            name=_LOGGED_MODEL_NAME,
+            name=run_name,
             flavor=flavor,
             flavor_name=FLAVOR_NAME,  # the LoggedModel's flavor (else this module's name)
             registered_model_name=registered_model,
@@ -96,6 +108,10 @@ def _log_version(
             signature=signature(input_example),
             input_example=input_example,
             step=step,
+        )
+    if metrics:
+        log_model_metrics(
+            client, tracker.run_id, {f"val/{k}": v for k, v in metrics.items()}, step, info.model_id, dataset
         )
     version = str(info.registered_model_version)
     flavor.record_artifact_digests(tracker.tracking_uri, registered_model, version)
@@ -125,8 +141,12 @@ def register_model(
             may hold ``bicubic_psnr`` (the baseline it must beat); all become ``val_<key>`` version tags.
         input_example: ``(1, t, 3, h, w)`` float32 LR frames the model accepts.
     """
-    step = int((version_tags or {}).get("iteration", 0))
-    version = _log_version(tracker, model, registered_model, input_example, step)
+    tags = dict(version_tags or {})
+    step = int(tags.get("iteration", 0))
+    dataset = None
+    if tags.get("dataset") and tags.get("val_dataset"):  # as training's dataset input names it
+        dataset = (Path(str(tags["dataset"])).name, str(tags["val_dataset"])[:32])
+    version = _log_version(tracker, model, registered_model, input_example, step, val_metrics, dataset)
     tags = {f"val_{k}": v for k, v in val_metrics.items()} | dict(version_tags or {})
     set_model_version_tags(tracker.tracking_uri, registered_model, version, tags)
     return promote_champion(
@@ -243,9 +263,7 @@ def register_checkpoint(
 
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(uri)
-    run_id = client.create_run(
-        _experiment_id(client, uri, experiment), run_name=f"register-{registered_model}"
-    ).info.run_id
+    run_id = create_run(client, _experiment_id(client, uri, experiment), f"register-{registered_model}", {})
     tracker = RunTracker(uri, run_id)
     try:
         tracker.log_params(

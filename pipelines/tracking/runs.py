@@ -117,7 +117,7 @@ class RunTracker:
             client.update_run(run_id, status="RUNNING")
             return cls(tracking_uri, run_id)
         experiment_id = _experiment_id(client, tracking_uri, experiment)
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+        run_id = create_run(client, experiment_id, run_name, dict(tags or {}))
         return cls(tracking_uri, run_id)
 
     @classmethod
@@ -133,7 +133,7 @@ class RunTracker:
             return cls(tracking_uri, run_id)
         experiment_id = _experiment_id(client, tracking_uri, experiment)
         all_tags = {**tags, key: value}
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        run_id = create_run(client, experiment_id, run_name, all_tags)
         return cls(tracking_uri, run_id)
 
     @classmethod
@@ -217,12 +217,62 @@ class RunTracker:
             self._client.set_terminated(self.run_id, status=status)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""The tag the MLflow 3 UI picks an experiment's view by; untagged experiments holding LoggedModels can
+open in the GenAI view (models listed as "Agent versions")."""
+MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "model training" view (runs, models, charts)
+
+
 def _experiment_id(client: Any, tracking_uri: str, experiment: str) -> str:
-    """The id of ``experiment``, created (with the store's artifact root) if there is none."""
+    """The id of ``experiment``, created (with the store's artifact root) if there is none, tagged as a
+    model-training experiment for the MLflow UI (also one created by an earlier release)."""
     found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(experiment, artifact_location=artifact_root(tracking_uri))
+    if found is None:
+        return client.create_experiment(
+            experiment,
+            artifact_location=artifact_root(tracking_uri),
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
+
+
+def source_tags() -> dict[str, str]:
+    """Who ran what: ``mlflow.user``, ``mlflow.source.name`` (the command: ``jobs/train_ttvsr.py``,
+    ``ray-vsr-train-ttvsr``), ``mlflow.source.type`` and ``mlflow.source.git.commit`` of this project's
+    checkout (none for an installed wheel), as MLflow's own ``start_run`` records them."""
+    import getpass
+    import sys
+
+    from mlflow.utils.git_utils import get_git_commit
+
+    command = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    if "ray" in command.parts and "workers" in command.parts:  # a Ray worker (a Tune trial's driver)
+        name = "ray-vsr (Ray Tune trial)"
+    else:
+        root = Path(__file__).resolve().parents[2]
+        name = (
+            str(command.resolve().relative_to(root))
+            if command.resolve().is_relative_to(root)
+            else command.name
+        )
+        name = command.name if name.startswith(".venv") else name  # an installed ray-vsr-* command
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = str(os.getuid())
+    tags = {"mlflow.user": user, "mlflow.source.name": name, "mlflow.source.type": "JOB"}
+    commit = get_git_commit(str(Path(__file__).resolve().parent))
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def create_run(client: Any, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> str:
+    """A new run with :func:`source_tags` under ``tags``; returns its id."""
+    all_tags = source_tags() | {k: str(v) for k, v in tags.items()}
+    return client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
 
 
 def _param_text(value: Any) -> str:
@@ -264,7 +314,35 @@ def resolve_model_version(tracking_uri: str, model_uri: str) -> dict[str, str] |
     source_run = (version.tags or {}).get("mlflow_run_id") or version.run_id
     if source_run:
         found["source_run_id"] = str(source_run)
+    # The LoggedModel behind the version (MLflow 3): its id, or its models:/m-... URI as the source
+    model_id = getattr(version, "model_id", None) or (
+        version.source.removeprefix("models:/") if str(version.source).startswith("models:/m-") else None
+    )
+    if model_id:
+        found["model_id"] = str(model_id)
     return found
+
+
+def log_model_metrics(
+    client: Any,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int,
+    model_id: str | None,
+    dataset: tuple[str, str] | None,
+) -> None:
+    """Metrics of ``run_id`` that belong to the LoggedModel ``model_id`` and name the dataset
+    ``(name, digest)`` they were measured on (MLflow 3's model page lists them with it)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    name, digest = dataset or (None, None)
+    batch = [
+        Metric(k, float(v), now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+        for k, v in metrics.items()
+        if math.isfinite(float(v))
+    ]
+    client.log_batch(run_id, metrics=batch)
 
 
 def set_model_version_tags(tracking_uri: str, name: str, version: str, tags: Mapping[str, Any]) -> None:
@@ -283,8 +361,14 @@ def log_evaluation(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     texts: Mapping[str, str],
+    model_id: str | None = None,
+    dataset: tuple[str, str] | None = None,
 ) -> str:
     """A new, finished MLflow run in ``experiment`` holding one evaluation; returns its id.
+
+    ``model_id``: the LoggedModel evaluated (a registered version's): the run lists it as an input and
+    its metrics are the model's, shown on the model's page; ``dataset``: (name, digest) the metrics
+    were measured on, which the model page shows beside them.
 
     Every call creates a run (re-evaluating the same model and data is a new run, not a continued one:
     params are immutable, and the model behind an alias may have changed). ``texts`` maps artifact file
@@ -294,13 +378,18 @@ def log_evaluation(
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(uri)
     experiment_id = _experiment_id(client, uri, experiment)
-    run_id = client.create_run(
-        experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-    ).info.run_id
+    run_id = create_run(client, experiment_id, run_name, tags)
     tracker = RunTracker(uri, run_id)
     try:
         tracker.log_params(params)
-        tracker.log_metrics(metrics, step=0)
+        if model_id is None and dataset is None:
+            tracker.log_metrics(metrics, step=0)
+        else:
+            log_model_metrics(client, run_id, metrics, 0, model_id, dataset)
+        if model_id is not None:
+            from mlflow.entities import LoggedModelInput
+
+            client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
         for artifact_file, text in texts.items():
             client.log_text(run_id, text, artifact_file)
     except BaseException:

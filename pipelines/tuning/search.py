@@ -422,18 +422,18 @@ def _summarise_trial(result: Any, plan: TrialPlan, spec: SearchConfig) -> TrialS
 
 
 def _record_statuses(trials: list[TrialSummary], tracking_uri: str) -> None:
-    """Tag every trial run with its status; close the runs of trials stopped early (their actor was
-    ended: KILLED) or errored (FAILED)."""
+    """Tag every trial run with its status; close the runs of trials stopped early (FINISHED: the
+    scheduler ended a trial that ran as it should; ``tune_status`` says it stopped early) or errored
+    (FAILED)."""
     for trial in trials:
         if not trial.mlflow_run_id:
             continue
         tracker = RunTracker.attach(tracking_uri, trial.mlflow_run_id)
         tracker.set_tags({TRIAL_STATUS_TAG: trial.status})
-        if trial.status == STOPPED_EARLY:
-            tracker.finish("KILLED")
-        elif trial.status == ERRORED:
+        if trial.status == ERRORED:
             tracker.finish("FAILED")
-        elif tracker.status() == "RUNNING":  # its actor ended with its last result, before closing it
+        elif trial.status == STOPPED_EARLY or tracker.status() == "RUNNING":
+            # RUNNING: its actor ended with its last result, before closing it
             tracker.finish("FINISHED")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from pipelines.data.degradations import imresize_bicubic
 from pipelines.evaluation.job import EvaluationConfig, main, run_evaluation
 from pipelines.evaluation.scoring import (
     CSV_COLUMNS,
+    LABEL_BAND,
     bicubic_upscale,
     image_strip,
     score_clips,
@@ -48,9 +50,24 @@ def make_clips(count: int, frames: int = 3, seed: int = 0):
 
 def test_image_strip_is_bicubic_output_and_ground_truth_side_by_side():
     frames = [torch.full((3, 4, 5), v) for v in (0.0, 0.5, 1.0)]
-    strip = image_strip(*frames)
+    strip = image_strip(*frames)[LABEL_BAND:]  # below the labels
     assert strip.shape == (4, 15, 3) and strip.dtype.name == "uint8"
     assert (strip[:, :5] == 0).all() and (strip[:, 5:10] == 128).all() and (strip[:, 10:] == 255).all()
+
+
+def test_image_strip_labels_each_panel_above_it():
+    from PIL import Image, ImageDraw, ImageFont
+
+    frames = [torch.full((3, 32, 96), 0.5) for _ in range(3)]
+    strip = image_strip(*frames)
+    assert strip.shape == (LABEL_BAND + 32, 288, 3)
+    band = strip[:LABEL_BAND]
+    font = ImageFont.load_default(size=LABEL_BAND - 4)
+    for panel, label in enumerate(("bicubic", "output", "ground truth")):
+        expected = Image.new("RGB", (96, LABEL_BAND))
+        ImageDraw.Draw(expected).text((3, 1), label, fill=(255, 255, 255), font=font)
+        written = band[:, panel * 96 : (panel + 1) * 96]
+        assert written.max() == 255 and np.array_equal(written, np.asarray(expected)), label
 
 
 def test_a_bicubic_model_scores_exactly_the_bicubic_baseline():

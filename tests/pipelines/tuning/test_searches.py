@@ -122,7 +122,7 @@ def test_token_scale_search_runs_every_scale_as_a_nested_run_and_asha_stops_some
     client = mlflow_client(workdir["uri"])
     for run in trials:
         stopped = statuses[run.info.run_name] == "stopped early"
-        assert run.info.status == ("KILLED" if stopped else "FINISHED")
+        assert run.info.status == "FINISHED"  # a trial ASHA stopped ran as it should: tune_status says why
         psnr = sorted(client.get_metric_history(run.info.run_id, "val/psnr"), key=lambda m: m.step)
         assert all(10 < m.value < 60 for m in psnr)
         # Tune saw the validations up to where ASHA stopped the trial, with the PSNR the trial logged
