@@ -168,15 +168,31 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB; anything far larger is not one
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of a config, refusing anchors and aliases first (one linear pass over the
+    events): a "billion laughs" file of nested aliases is small but expands in every walk of the result,
+    and configs never need them."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(
+                    f"{where}: YAML aliases (*name) are not accepted in configs; write the values out"
+                )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        reason = str(err).splitlines()[0][:200]
+        raise ConfigError(f"{where}: not valid YAML ({reason})") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``'optim.lr=1e-4'`` -> ``('optim.lr', 1e-4)``; the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+    value = _load_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
     return key.strip(), value
 
 
@@ -185,10 +201,18 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: {path.stat().st_size} bytes is not a config file (at most {MAX_CONFIG_BYTES}); "
+            "pass the YAML config to --config"
+        )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); pass the YAML config to --config") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: a binary file, not YAML; pass the YAML config to --config")
+    data = _load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return data

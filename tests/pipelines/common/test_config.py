@@ -78,3 +78,51 @@ def test_dump_round_trips_and_flatten_uses_dotted_keys(tmp_path):
     assert (
         flat["optim.lr"] == 3e-4 and flat["optim.betas"] == [0.9, 0.99] and flat["data_dir"] == "data/sample"
     )
+
+
+# -- hostile or wrong config files: one line, nothing expanded --------------------------------------
+
+
+def _alias_bomb(levels: int = 30) -> str:
+    """A "billion laughs" YAML: each level aliases the previous one ten times (10^30 leaves if walked)."""
+    lines = ['l0: &l0 ["lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join(f'*l{i - 1}' for _ in range(10))}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path):
+    from pipelines.common.config import read_yaml
+    from pipelines.common.errors import ConfigError
+    from pipelines.training.experiment import TTVSRExperiment
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb())
+    with pytest.raises(ConfigError) as refused:
+        read_yaml(bomb)
+    assert (
+        str(refused.value)
+        == f"{bomb}: YAML aliases (*name) are not accepted in configs; write the values out"
+    )
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(TTVSRExperiment, None, ["data.path=" + "[&a [x], *a, *a]"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a text file"),
+        (b"data:\n  path: x\x00y\n", "a binary file, not YAML"),
+        (b"a: 1\n" * 300_000, "is not a config file"),
+    ],
+    ids=["image", "nul", "enormous"],
+)
+def test_binary_or_enormous_config_file_is_one_line(tmp_path, content, message):
+    from pipelines.common.config import read_yaml
+    from pipelines.common.errors import ConfigError
+
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        read_yaml(path)
+    assert message in str(refused.value) and "\n" not in str(refused.value) and len(str(refused.value)) < 300
