@@ -160,19 +160,28 @@ def run_folder(storage_path: str, name: str) -> Location:
 def checkpoint_folders(run: str | os.PathLike | Location) -> list[Location]:
     """The run's complete checkpoint folders (those holding ``training_state.pt``), oldest first.
 
-    A folder without it was never registered by Ray Train (a worker stopped while uploading).
+    A folder without it was never registered by Ray Train (a worker stopped while uploading). The loop
+    names each folder after its iteration (``checkpoint_<iteration>``), which orders them.
     """
     run = resolve(run)
     if not run.is_dir():
         return []
     selector = pafs.FileSelector(run.path, recursive=False, allow_not_found=True)
     names = sorted(
-        posixpath.basename(info.path.rstrip("/"))
-        for info in run.fs.get_file_info(selector)
-        if info.type == pafs.FileType.Directory
+        (
+            posixpath.basename(info.path.rstrip("/"))
+            for info in run.fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+        ),
+        key=lambda name: (_named_iteration(name), name),
     )
     folders = [run.join(name) for name in names if name.startswith("checkpoint_")]
     return [folder for folder in folders if folder.join(STATE_FILE).is_file()]
+
+
+def _named_iteration(name: str) -> int:
+    digits = name.removeprefix("checkpoint_")
+    return int(digits) if digits.isdigit() else -1
 
 
 def latest_checkpoint_iteration(run: str | os.PathLike | Location) -> int:
@@ -183,12 +192,13 @@ def latest_checkpoint_iteration(run: str | os.PathLike | Location) -> int:
 def latest_checkpoint_progress(run: str | os.PathLike | Location, global_batch: int) -> tuple[int, int]:
     """Iteration and samples consumed of the newest complete checkpoint of a run ((0, 0) if none).
 
-    ``global_batch`` estimates the samples of a checkpoint that predates their count.
+    ``global_batch`` estimates the samples of a checkpoint that predates their count. Only the newest
+    folder's ``training_state.pt`` is read (it holds Adam's moments: tens of MB from an object store).
     """
-    states = [read_training_state(folder) for folder in checkpoint_folders(run)]
-    if not states:
+    folders = checkpoint_folders(run)
+    if not folders:
         return 0, 0
-    newest = max(states, key=lambda saved: int(saved["iteration"]))
+    newest = read_training_state(folders[-1])
     return int(newest["iteration"]), samples_done(newest, global_batch)
 
 
@@ -198,13 +208,45 @@ def check_checkpoints(run: str | os.PathLike | Location) -> None:
     A doctored or damaged file is one :class:`DataError` here instead of a failure in every worker
     (and every retry of it). Checkpoints on ``s3://`` and other URIs are read into memory to be checked.
     """
+    run = resolve(run)
+    _check_snapshot(run)
     for folder in checkpoint_folders(run):
+        names = set()
         for info in sorted(folder.list_files(), key=lambda info: info.path):
             file = folder.join(posixpath.relpath(info.path, folder.path))
+            names.add(file.name)
             if file.name == MODEL_FILE:
                 _check_model_file(file)
             elif file.name.endswith(".pt"):
                 _load_plain(file)
+        missing = [f for f in (MODEL_FILE, RNG_FILE.format(rank=0)) if f not in names]
+        if missing:
+            raise DataError(
+                f"checkpoint {folder.uri} lacks {', '.join(missing)} (damaged or cut short): move that "
+                "folder out of the run to resume from the checkpoint before it"
+            )
+
+
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of the run's checkpoints
+
+
+def _check_snapshot(run: Location) -> None:
+    """Ray Train resumes from its snapshot of the run's checkpoints; a damaged one fails in its controller
+    with a traceback, so it is read here first (one line and the fix)."""
+    import json
+
+    import pyarrow.fs
+
+    snapshot = run.join(SNAPSHOT_FILE)
+    if snapshot.fs.get_file_info(snapshot.path).type != pyarrow.fs.FileType.File:
+        return
+    try:
+        json.loads(snapshot.read_bytes().decode())
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(
+            f"{snapshot.uri}: Ray Train's list of the run's checkpoints is damaged (cut short?), so the run "
+            f"cannot resume; move {run.uri} away to start it over, or train under another name"
+        ) from None
 
 
 def _check_model_file(file: Location) -> None:
