@@ -245,6 +245,7 @@ def read_clip(filesystem, clip: PlanClip, segments: list[int] | None = None) -> 
 
     Unreadable bytes (a damaged page, a corrupt footer) are one :class:`CorruptShard` naming the shard.
     """
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     segments = list(range(clip.segments)) if segments is None else segments
@@ -263,7 +264,9 @@ def read_clip(filesystem, clip: PlanClip, segments: list[int] | None = None) -> 
     except (OSError, pa.ArrowException, IndexError) as err:
         raise corrupt_shard(clip.uri, err) from None
     ids, counts = set(table["clip_id"].to_pylist()), set(table["num_frames"].to_pylist())
-    if table.num_rows != len(segments) or ids != {clip.clip_id} or counts != {clip.num_frames}:
+    stored = pc.list_value_length(table["hr_frames"]).to_pylist()  # frames per row, no bytes copied
+    expected = [min(clip.segment_frames, clip.num_frames - s * clip.segment_frames) for s in segments]
+    if ids != {clip.clip_id} or counts != {clip.num_frames} or stored != expected:
         raise DataError(
             f"{clip.uri}: row groups {clip.first_row_group}+{segments} are not the {clip.num_frames} frames "
             f"of clip {clip.clip_id} the manifest lists; the shard was changed after preparation: prepare "
