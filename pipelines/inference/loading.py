@@ -31,10 +31,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> the first CUDA device if there is one, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device} requested but CUDA is not available; use --device cpu or auto")
-    return device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:<index>")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {parsed} requested but CUDA is not available; use --device cpu or auto")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 ...)"
+        )
+    return parsed
 
 
 def _load_mlflow_model(uri: str, tracking_uri: str | None) -> nn.Module:
