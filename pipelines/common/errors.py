@@ -46,6 +46,10 @@ class StateError(UserError, ValueError):
     the message names the path and the fix."""
 
 
+class TrainingDiverged(UserError, ArithmeticError):
+    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
 class ModelLoadError(UserError, ValueError):
     """A model specification that names no loadable network; the message says what was tried."""
 

@@ -157,3 +157,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While active (in the main thread), SIGTERM (``ray job stop``, ``kill``, a node being drained) does
+    what Ctrl-C does: Ray Train's SIGINT handler aborts the run gracefully. Without it, the handler
+    ``ray.init`` installs exits the driver in the middle of a call into Ray's core worker, which can end
+    in SIGABRT and a C++ stack dump."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -141,6 +141,7 @@ def register_model(
             may hold ``bicubic_psnr`` (the baseline it must beat); all become ``val_<key>`` version tags.
         input_example: ``(1, t, 3, h, w)`` float32 LR frames the model accepts.
     """
+    _refuse_non_finite(val_metrics["psnr"], f"the model of run {tracker.run_id}")  # before anything is logged
     tags = dict(version_tags or {})
     step = int(tags.get("iteration", 0))
     dataset = None
@@ -186,6 +187,7 @@ def promote_champion(
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
+    _refuse_non_finite(psnr, f"{name} version {version}")
     if force:
         client.set_registered_model_alias(name, alias, version)
         return RegisteredVersion(name, version, True, version, psnr, alias)
@@ -199,10 +201,10 @@ def promote_champion(
         )
     try:
         champion = client.get_model_version_by_alias(name, alias)
-        champion_psnr = float(champion.tags.get(VAL_PSNR_TAG, "-inf"))
+        champion_psnr = _finite_or_minus_inf(champion.tags.get(VAL_PSNR_TAG))
     except MlflowException:  # no version holds the alias yet
         champion, champion_psnr = None, -math.inf
-    if champion is not None:
+    if champion is not None and champion_psnr > -math.inf:  # a NaN / missing score: any finite one wins
         candidate = client.get_model_version(name, version).tags
         lineage = [key for key in LINEAGE_TAGS if champion.tags.get(key) != candidate.get(key)]
         if lineage:
@@ -211,6 +213,27 @@ def promote_champion(
         client.set_registered_model_alias(name, alias, version)
         return RegisteredVersion(name, version, True, version, psnr, alias)
     return RegisteredVersion(name, version, False, champion.version, champion_psnr, alias)
+
+
+def _finite_or_minus_inf(text: str | None) -> float:
+    """A champion's ``val_psnr`` tag as a number; missing, unreadable, NaN or infinite: -inf (beaten by
+    any finite score, so a champion that was registered with a NaN can be replaced)."""
+    try:
+        value = float(text) if text is not None else -math.inf
+    except ValueError:
+        return -math.inf
+    return value if math.isfinite(value) else -math.inf
+
+
+def _refuse_non_finite(psnr: float, what: str) -> None:
+    """A NaN or infinite validation PSNR is never registered nor compared with the champion's."""
+    from pipelines.common.errors import TrainingDiverged
+
+    if not math.isfinite(psnr):
+        raise TrainingDiverged(
+            f"{what}: its validation PSNR is {psnr} (the network diverged), so it is neither registered "
+            "nor compared with the champion; train again from an earlier checkpoint with a lower optim.lr"
+        )
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:

@@ -60,6 +60,20 @@ def mlflow_client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def metric_key(name: str) -> str:
+    """``name`` (a clip id, from the dataset) as a key MLflow accepts for a metric or an image: characters
+    outside ``A-Z a-z 0-9 _ . - space /`` become ``_`` and ``.`` / ``..`` path parts lose their dots; a
+    changed name gets a short hash of the original so that two clips never share a key."""
+    import hashlib
+    import re
+
+    parts = re.sub(r"[^A-Za-z0-9_.\- /]", "_", name).split("/")
+    key = "/".join(p.replace(".", "_") if p in (".", "..") else p for p in parts if p) or "_"
+    if key == name:
+        return key
+    return f"{key}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
 def filter_literal(value: str) -> str:
     """``value`` as a string literal of an MLflow search filter (which has no escape for its quote)."""
     if "'" not in value:

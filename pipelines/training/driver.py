@@ -28,7 +28,7 @@ from typing import Any
 from pipelines.common.cli import run_job
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, DataError
-from pipelines.common.ray_session import init_ray
+from pipelines.common.ray_session import init_ray, sigterm_as_ctrl_c
 from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
 from pipelines.data.ingest import CropSpec, train_dataset
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset, load_manifest
@@ -198,7 +198,26 @@ def run_training(
     callbacks: Sequence[Any] = (),
     register: bool = True,
 ) -> TrainingSummary:
-    """Train (or resume) the run ``cfg.run.name`` on Ray Train and register the result in MLflow."""
+    """Train (or resume) the run ``cfg.run.name`` on Ray Train and register the result in MLflow.
+
+    One training per run name at a time (:func:`pipelines.training.lock.run_lock`): a second one is
+    refused in one line before it reads or writes anything of the run.
+    """
+    from pipelines.training.lock import run_lock
+
+    cfg = resolve_paths(cfg)
+    with run_lock(cfg.run.storage_path, cfg.run.name):
+        return _run_training(cfg, step_callback=step_callback, callbacks=callbacks, register=register)
+
+
+def _run_training(
+    cfg: Experiment,
+    *,
+    step_callback: StepCallback | None,
+    callbacks: Sequence[Any],
+    register: bool,
+) -> TrainingSummary:
+    """:func:`run_training`, the run's lock held."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -287,10 +306,11 @@ def run_training(
         },
     )
     try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
+        with sigterm_as_ctrl_c():
+            result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C / SIGTERM: Train aborted the run, then exits
         tracker.finish("KILLED")
-        raise
+        raise KeyboardInterrupt from None
     except Exception:
         tracker.finish("FAILED")
         raise

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -65,6 +66,24 @@ class OptimSection:
     fix_spynet_iters: int = 5000  # SPyNet has requires_grad False for iterations [0, fix_spynet_iters)
     grad_clip_norm: float | None = None  # clip the global gradient norm when set
 
+    def __post_init__(self) -> None:
+        # A NaN or infinite rate would only show as a NaN loss once the workers run: refused here.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr must be a positive finite number, got {self.lr}")
+        for name in ("weight_decay", "spynet_lr_mult"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(
+                    f"optim.{name} must be a finite number, 0 or more, got {getattr(self, name)}"
+                )
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must both be in [0, 1), got {list(self.betas)}")
+        if self.grad_clip_norm is not None and not (
+            math.isfinite(self.grad_clip_norm) and self.grad_clip_norm > 0
+        ):
+            raise ValueError(
+                f"optim.grad_clip_norm must be a positive finite number (or null), got {self.grad_clip_norm}"
+            )
+
 
 @dataclass
 class ScheduleSection:
@@ -82,6 +101,12 @@ class ScheduleSection:
             )
         if not self.periods or min(self.periods) < 1:
             raise ValueError(f"schedule.periods must be positive iteration counts, got {self.periods}")
+        if not (math.isfinite(self.eta_min) and self.eta_min >= 0):
+            raise ValueError(f"schedule.eta_min must be a finite number, 0 or more, got {self.eta_min}")
+        if not all(math.isfinite(w) and w >= 0 for w in self.restart_weights):
+            raise ValueError(
+                f"schedule.restart_weights must be finite numbers, 0 or more, got {self.restart_weights}"
+            )
 
 
 @dataclass
@@ -161,6 +186,9 @@ class ScalingSection:
             raise ValueError(f"scaling.torch_threads must be at least 1 (or null), got {self.torch_threads}")
 
 
+MAX_RUN_NAME = 128  # characters: a folder name and an MLflow run name, with room for Tune's trial ids
+
+
 @dataclass
 class RunSection:
     """Where the run lives: its name (re-running a name resumes it), storage and Ray cluster."""
@@ -176,6 +204,14 @@ class RunSection:
             raise ValueError(
                 f"run.name must be a non-empty name without slashes and not both quote characters, got {self.name!r}"
             )
+        # The run's folder is <storage_path>/<name>: a name must stay one plain folder inside it.
+        if self.name in (".", "..") or not (self.name.isascii() and self.name.isprintable()):
+            raise ValueError(
+                f"run.name must be printable ASCII and not '.' or '..' (it names the folder "
+                f"<storage_path>/<name>), got {self.name!r}"
+            )
+        if len(self.name) > MAX_RUN_NAME:
+            raise ValueError(f"run.name must be at most {MAX_RUN_NAME} characters, got {len(self.name)}")
         if self.num_to_keep < 1:
             raise ValueError(f"run.num_to_keep must be at least 1, got {self.num_to_keep}")
         if self.max_failures < 0:
@@ -236,6 +272,14 @@ class TTVSRExperiment(Experiment):
             raise ValueError(
                 f"data.lr_patch ({self.data.lr_patch}) must be a multiple of model.token_size "
                 f"({self.model.token_size}): TTVSR cuts frames into token_size x token_size tokens"
+            )
+        # The network's own input constraints (vsr_models/registry.py), checked here rather than in
+        # every worker's first forward pass.
+        constraints = self.model.input_constraints()
+        if self.data.lr_patch < constraints.min_size or self.data.lr_patch % constraints.multiple:
+            raise ValueError(
+                f"data.lr_patch ({self.data.lr_patch}) must be at least {constraints.min_size} and a "
+                f"multiple of {constraints.multiple}: the smallest LR frame TTVSR takes (docs/models.md)"
             )
         # DDP (several workers) needs a gradient for every trainable parameter at every step. A
         # one-frame sequence has no neighbour to align or attend to: SPyNet and the trajectory attention

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,16 +29,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipelines.common.errors import TrainingDiverged
 from pipelines.common.progress import format_eta
 from pipelines.data.ingest import iter_val_clips, make_train_batch_iterator
 from pipelines.evaluation.scoring import image_strip, score_clips, summarise
 from pipelines.tracking import RunTracker
 from pipelines.tracking.background import BackgroundTracker, fail_fast_http_requests, system_metrics
+from pipelines.tracking.runs import metric_key
 from pipelines.training.experiment import Experiment
 from pipelines.training.recipe import build_optimizer, lr_schedule, set_spynet_trainable
 from pipelines.training.state import (
     TrainingState,
     restore_training_checkpoint,
+    run_folder,
     save_training_checkpoint,
     seed_everything,
 )
@@ -189,6 +193,7 @@ def setup(loop_config: dict[str, Any]) -> Worker:
         tracker.log_metrics({"resumed_from_iteration": state.iteration}, step=state.iteration)
         if rank == 0:
             logger.info("resumed from iteration %d", state.iteration)
+            tracker = SkipLoggedSteps(tracker, _last_logged_step(loop_config, state))
     # Endless: crops drawn in Ray Data (the driver's sampling plan), collated onto this worker's device.
     batches = make_train_batch_iterator(
         ray.train.get_dataset_shard("train"),
@@ -206,6 +211,35 @@ def setup(loop_config: dict[str, Any]) -> Worker:
         cfg, rank, world_size, device, model, optimizer, scheduler, state, tracker, batches,
         loop_config.get("step_callback"),
     )  # fmt: skip
+
+
+class SkipLoggedSteps:
+    """A tracker that drops the metrics and images of steps the run logged before it was stopped: a
+    resumed run re-does the steps after its checkpoint, and MLflow would keep both values of each."""
+
+    def __init__(self, tracker: Any, logged_until: int) -> None:
+        self.tracker, self.logged_until = tracker, logged_until
+
+    def log_metrics(self, metrics: Any, step: int) -> None:
+        if step > self.logged_until:
+            self.tracker.log_metrics(metrics, step=step)
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        if step > self.logged_until:
+            self.tracker.log_image(image, key=key, step=step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
+
+
+def _last_logged_step(loop_config: dict[str, Any], state: TrainingState) -> int:
+    """The last step of the run's ``loss`` history in MLflow (one read, at a resume), else the checkpoint's."""
+    try:
+        history = RunTracker.attach(loop_config["tracking_uri"], state.mlflow_run_id).metric_history("loss")
+    except Exception:  # tracking away: the re-done steps may then be logged twice, nothing worse
+        logger.warning("could not read the run's loss history: re-done steps may be logged twice")
+        return state.iteration
+    return max([state.iteration, *(step for step, _ in history)])
 
 
 def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -291,7 +325,8 @@ def validate(worker: Worker) -> dict[str, float]:
         scores = [clip for part in gathered for clip in part]
     metrics = summarise(scores, cfg.val.channel).metrics()
     for clip_id, strip in strips:
-        tracker.log_image(strip, key=f"val/{clip_id}", step=worker.state.iteration)
+        # clip ids come from the dataset: mapped to keys MLflow accepts (the first validation would fail)
+        tracker.log_image(strip, key=f"val/{metric_key(clip_id)}", step=worker.state.iteration)
     tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=worker.state.iteration)
     if worker.rank == 0:
         logger.info(
@@ -358,12 +393,34 @@ def _system_metrics(worker: Worker, loop_config: dict[str, Any]) -> Iterator[Non
         node.close(timeout=5.0)  # a sample or two at most: not worth holding the end of training for
 
 
+def check_finite_loss(worker: Worker, loss: float, last_checkpoint: int | None) -> None:
+    """Stop the run when the loss (the mean over the workers, read back at ``log_every`` and at
+    checkpoints only: no per-step host sync) is NaN or infinite, before a checkpoint holds the weights.
+
+    Raises:
+        TrainingDiverged: on every worker alike (the loss is the same all-reduced value on each).
+    """
+    if math.isfinite(loss):
+        return
+    cfg = worker.cfg
+    if last_checkpoint is None:
+        where = "no checkpoint was written before it, so a re-run starts over"
+    else:
+        folder = run_folder(cfg.run.storage_path, cfg.run.name).join(f"checkpoint_{last_checkpoint:08d}").uri
+        where = f"the last good checkpoint is {folder}, which a re-run of the same name resumes from"
+    raise TrainingDiverged(
+        f"run {cfg.run.name} diverged: the loss was {loss} by iteration {worker.state.iteration}; {where} "
+        f"(lower optim.lr, now {cfg.optim.lr:g}, or set optim.grad_clip_norm)"
+    )
+
+
 def _train(worker: Worker) -> None:
     """The iterations of :func:`train_loop_per_worker`, from the resumed one to ``train.total_iters``."""
     import ray.train
 
     train = worker.cfg.train
     window = LossWindow(worker.device)
+    last_checkpoint = worker.state.iteration or None  # a resumed run starts from a checkpoint
     while worker.state.iteration < train.total_iters:
         window.add(train_step(worker, next(worker.batches)))
         iteration = worker.state.iteration
@@ -373,6 +430,7 @@ def _train(worker: Worker) -> None:
         metrics: dict[str, float] = {}
         if iteration % train.log_every == 0 or done:
             metrics = log_progress(worker, window)
+            check_finite_loss(worker, metrics["loss"], last_checkpoint)
         validated = iteration % train.val_every == 0 or done
         if validated:
             with window.excluding():
@@ -383,8 +441,12 @@ def _train(worker: Worker) -> None:
         if iteration % train.checkpoint_every == 0 or done:
             # Ray keeps the best checkpoints by their validation PSNR, and always the latest.
             score = metrics.get("val_psnr", UNVALIDATED) if validated else UNVALIDATED
+            if "loss" not in metrics and window.steps:  # the steps since the last log_every
+                window_loss = mean_over_workers(window.loss_sum / window.steps, worker.device)
+                check_finite_loss(worker, float(window_loss), last_checkpoint)
             with window.excluding():
                 save_and_report(worker, {SCORE_METRIC: score} | metrics)
+            last_checkpoint = iteration
         elif validated:
             with window.excluding():
                 ray.train.report({"iteration": iteration, **metrics})

@@ -162,6 +162,20 @@ def test_version_tags_and_champion_rule_are_kept(mlflow_uri):
     assert tags["val_psnr"] == "27.0" and tags["iteration"] == "6"
 
 
+def test_nan_score_is_never_registered_and_a_nan_champion_can_be_replaced(mlflow_uri):
+    from pipelines.common.errors import TrainingDiverged
+
+    register_tiny(mlflow_uri, psnr=27.0)
+    client = mlflow_client(mlflow_uri)
+    with pytest.raises(TrainingDiverged, match="validation PSNR is nan"):
+        register_tiny(mlflow_uri, psnr=float("nan"))
+    assert [str(v.version) for v in client.search_model_versions("name='tiny'")] == ["1"]  # nothing logged
+
+    client.set_model_version_tag("tiny", "1", "val_psnr", "nan")  # a champion scored NaN (an older release)
+    register_tiny(mlflow_uri, psnr=20.0)
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "2"
+
+
 # -- a doctored registry runs no code ---------------------------------------------------------------
 
 

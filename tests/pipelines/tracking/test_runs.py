@@ -203,3 +203,14 @@ def test_a_run_name_with_both_quotes_is_a_config_error():
 
     with pytest.raises(ConfigError, match="both quote characters"):
         load_config(TTVSRExperiment, None, ['run.name="a\'b\\"c"'])
+
+
+@pytest.mark.parametrize("clip_id", ["clip;1", "it's", 'say "hi"', "a(b)", "..", "a/../b", "caf\u00e9", ""])
+def test_clip_ids_mlflow_cannot_name_become_distinct_valid_keys(clip_id):
+    from mlflow.utils.validation import _validate_metric_name
+
+    from pipelines.tracking.runs import metric_key
+
+    _validate_metric_name(f"val/{metric_key(clip_id)}")  # raises for a key MLflow would refuse
+    assert metric_key(clip_id) != metric_key(clip_id + "x")
+    assert metric_key("000") == "000" and metric_key("clip_01/frame.png") == "clip_01/frame.png"

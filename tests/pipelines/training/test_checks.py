@@ -79,6 +79,32 @@ def test_resuming_a_run_with_a_doctored_checkpoint_stops_before_ray(
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("removed", ["model.pt", "rng_rank0.pt"])
+def test_a_checkpoint_missing_a_file_is_one_line_naming_it_and_the_fix(tmp_path, removed):
+    older, newer = tmp_path / "run" / "checkpoint_00000002", tmp_path / "run" / "checkpoint_00000004"
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+        _checkpoint(folder)
+    (newer / removed).unlink()
+    with pytest.raises(DataError) as refused:
+        check_checkpoints(tmp_path / "run")
+    message = str(refused.value)
+    assert message == (
+        f"checkpoint {newer} lacks {removed} (damaged or cut short): move that folder out of the run to "
+        "resume from the checkpoint before it"
+    )
+
+
+def test_a_cut_short_checkpoint_list_of_ray_train_is_one_line(tmp_path):
+    folder = tmp_path / "run" / "checkpoint_00000002"
+    folder.mkdir(parents=True)
+    _checkpoint(folder)
+    snapshot = tmp_path / "run" / "checkpoint_manager_snapshot.json"
+    snapshot.write_text(json.dumps({"checkpoint_results": [{"path": str(folder)}] * 3})[:40])
+    with pytest.raises(DataError, match="list of the run's checkpoints is damaged .cut short.., so the run"):
+        check_checkpoints(tmp_path / "run")
+
+
 def _cfg(data, *overrides):
     return load_config(TTVSRExperiment, TEST_CONFIG, [f"data.path={data}", *overrides])
 
