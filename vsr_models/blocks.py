@@ -7,6 +7,8 @@ warping by optical flow, and a x4 pixel-shuffle reconstruction head added to a b
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +49,20 @@ class ResidualBlocksWithInputConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (n, in_channels, h, w) -> (n, out_channels, h, w)."""
         return self.main(x)
+
+
+def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device`` where it is on (nothing to do elsewhere, the meta device included).
+
+    For the computations that must stay in float32 under bf16 autocast: bf16's spacing near 1 is
+    2^-8, so comparisons of similarities or placements by flow would no longer match float32's. The
+    caller passes float32 inputs (``.float()``).
+    """
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type autocast does not know (meta): it cannot be on there
+        enabled = False
+    return torch.autocast(device.type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -135,7 +135,9 @@ def _window_starts(length: int, window: int, overlap: int) -> list[int]:
 # -- spatial tiles ---------------------------------------------------------------------------------
 
 
-def blend_profile(size: int, overlap: int, scale: int, first: bool, last: bool) -> Tensor:
+def blend_profile(
+    size: int, overlap: int, scale: int, first: bool, last: bool, device: torch.device | None = None
+) -> Tensor:
     """1-D blending weights of one tile along one axis, on the output (x ``scale``) grid.
 
     Args:
@@ -144,6 +146,7 @@ def blend_profile(size: int, overlap: int, scale: int, first: bool, last: bool) 
         scale: upscaling factor.
         first: the tile starts at the frame border (no fade-in).
         last: the tile ends at the frame border (no fade-out).
+        device: where the weights are made (default: the CPU).
 
     Returns:
         ``(scale * size,)`` float32 weights in [0, 1].
@@ -152,11 +155,11 @@ def blend_profile(size: int, overlap: int, scale: int, first: bool, last: bool) 
     ramp = overlap - 2 * margin
     rising = torch.cat(
         [
-            torch.zeros(margin * scale),
-            (torch.arange(ramp * scale, dtype=torch.float32) + 0.5) / (ramp * scale),
+            torch.zeros(margin * scale, device=device),
+            (torch.arange(ramp * scale, dtype=torch.float32, device=device) + 0.5) / (ramp * scale),
         ]
     )
-    weights = torch.ones(size * scale)
+    weights = torch.ones(size * scale, device=device)
     if not first:
         weights[: rising.numel()] = rising
     if not last:
@@ -206,6 +209,18 @@ def tiled_forward(
     out_tile = tile * scale
     output: Tensor | None = None
     weight = torch.zeros(scale * h, scale * w, device=lr.device)
+    # Every tile's window is one of at most 3 x 3 (first, middle or last along each axis): each is
+    # made once, on the device, not copied there per tile (docs/models.md#no-host-traffic-per-frame).
+    windows: dict[tuple[bool, bool, bool, bool], Tensor] = {}
+
+    def window_of(y: int, x: int) -> Tensor:
+        edges = (y == 0, y == ys[-1], x == 0, x == xs[-1])
+        if edges not in windows:
+            windows[edges] = torch.outer(
+                blend_profile(tile, overlap, scale, edges[0], edges[1], lr.device),
+                blend_profile(tile, overlap, scale, edges[2], edges[3], lr.device),
+            )
+        return windows[edges]
 
     with _evaluating(model):
         for batch_start in range(0, len(tiles), tile_batch):
@@ -223,10 +238,7 @@ def tiled_forward(
             if output is None:
                 output = torch.zeros(n, t, sr.shape[2], scale * h, scale * w, device=lr.device)
             for (y, x), sr_tile in zip(batch, sr.split(n)):
-                window = torch.outer(
-                    blend_profile(tile, overlap, scale, first=y == 0, last=y == ys[-1]),
-                    blend_profile(tile, overlap, scale, first=x == 0, last=x == xs[-1]),
-                ).to(lr.device)
+                window = window_of(y, x)
                 region = (..., slice(y * scale, y * scale + out_tile), slice(x * scale, x * scale + out_tile))
                 output[region] += sr_tile.float() * window
                 weight[region[1:]] += window
@@ -341,11 +353,16 @@ def _run_windows(
     output: Tensor | None = None
     with _evaluating(model):
         for done, (indices, kept) in enumerate(windows, 1):
-            sr = _call(model, lr[:, indices])
+            start = indices[0]
+            if indices == list(range(start, start + len(indices))):
+                frames = lr[:, start : start + len(indices)]  # a view: no index tensor from host data
+            else:  # a window padded past the ends (centred windows), at most window - 1 of them
+                frames = lr[:, indices]
+            sr = _call(model, frames)
             if output is None:
                 output = torch.zeros(lr.shape[0], lr.shape[1], *sr.shape[2:], device=lr.device)
-            frames, positions = zip(*kept, strict=True)
-            output[:, list(frames)] = sr[:, list(positions)].float()
+            for frame, position in kept:  # integer indices: a list would be copied to the device
+                output[:, frame] = sr[:, position]
             if progress is not None:
                 progress(done, len(windows))
     return output

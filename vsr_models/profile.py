@@ -17,15 +17,20 @@ By default everything runs on the ``meta`` device: shapes only, no arithmetic, s
 VSR-Transformer profile at 180x320 takes seconds on a laptop.
 
 Command line: ``python jobs/profile_model.py --arch ttvsr --size 180x320 --frames 10``.
+
+:class:`HostSyncCounter` counts what would stall a CUDA stream: operations that make the host wait for
+the device or copy host data to it (``docs/models.md#no-host-traffic-per-frame``).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from vsr_models.inference import super_resolve
@@ -94,3 +99,83 @@ def profile_report(
     if target.type != "meta":
         lines.append(f"time per frame on {target}: {elapsed / frames * 1e3:.1f} ms (includes FLOP counting)")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host-sync-like operations
+# ---------------------------------------------------------------------------------------------------
+
+_aten = torch.ops.aten
+_WAITS_FOR_DEVICE = {
+    _aten._local_scalar_dense.default: "_local_scalar_dense (.item(), bool(), float() of a tensor)",
+    _aten.equal.default: "equal",
+    _aten.is_nonzero.default: "is_nonzero",
+    _aten.nonzero.default: "nonzero",
+    _aten.masked_select.default: "masked_select",
+    _aten._unique2.default: "unique",
+    _aten.unique_consecutive.default: "unique_consecutive",
+    _aten.unique_dim.default: "unique",
+}
+"""Operations whose result the host must read (a value, or an output size) before it can go on."""
+_FROM_HOST_DATA = {_aten.lift_fresh.default, _aten.lift_fresh_copy.default}
+"""A tensor made from Python or numpy data (``torch.tensor(list)``, ``new_tensor``, ``as_tensor``,
+indexing by a list): built on the host, so a host-to-device copy wherever the computation is not on
+the CPU. (With a ``device=`` argument the copy happens before dispatch, out of sight: the CPU run,
+where this operation is seen, stands for every device.)"""
+_COPIES = {_aten._to_copy.default, _aten.copy_.default}
+_BOOLEAN_INDEXING = {_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default}
+
+
+def _device_of(value: Any) -> torch.device | None:
+    return value.device if isinstance(value, torch.Tensor) else None
+
+
+def _host_sync_kind(func: Any, args: tuple, kwargs: dict) -> str | None:
+    """What host traffic ``func(*args, **kwargs)`` stands for, or None."""
+    if func in _WAITS_FOR_DEVICE:
+        return _WAITS_FOR_DEVICE[func]
+    if func in _FROM_HOST_DATA:
+        return "lift_fresh (tensor from host data)"
+    if func in _COPIES:
+        source = _device_of(args[1] if func is _aten.copy_.default else args[0])
+        target = _device_of(args[0]) if func is _aten.copy_.default else kwargs.get("device")
+        if source is not None and target is not None and (source.type == "cpu") != (target.type == "cpu"):
+            return f"copy {source.type} -> {torch.device(target).type}"
+        return None
+    if func in _BOOLEAN_INDEXING:  # a mask's selected count sizes the output: nonzero underneath
+        indices = args[1] if len(args) > 1 else ()
+        if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            return "boolean mask indexing"
+    if func is _aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
+        return "repeat_interleave without output_size"
+    return None
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts host-sync-like operations run inside it (forward and, run inside too, backward).
+
+    On CUDA each is a stream synchronisation or a host-to-device copy from pageable memory: reading a
+    tensor's value (``.item()``, ``bool()``, ``torch.equal``), an output sized by the data
+    (``nonzero``, boolean masks, ``unique``), a tensor made from host data (``torch.tensor(list)``,
+    ``new_tensor``) and copies between the host and a device. It runs anywhere, the CPU included, so a
+    CPU test sees what ``torch.cuda.set_sync_debug_mode("error")`` would refuse on a GPU.
+
+        with HostSyncCounter() as syncs:
+            model(lr).mean().backward()
+        assert syncs.total == 0, syncs.counts
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        """All operations counted."""
+        return sum(self.counts.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (kind := _host_sync_kind(func, args, kwargs)) is not None:
+            self.counts[kind] += 1
+        return func(*args, **kwargs)

@@ -90,8 +90,11 @@ class SpyNet(nn.Module):
         flow = F.interpolate(
             self.compute_flow(ref_up, supp_up), size=(h, w), mode="bilinear", align_corners=False
         )
-        scale = flow.new_tensor([w / w_up, h / h_up]).view(1, 2, 1, 1)
-        return flow * scale
+        if (h, w) == (h_up, w_up):
+            return flow
+        # scaled by Python numbers, not by a tensor made from them: that would be a host-to-device
+        # copy at every call (docs/models.md#no-host-traffic-per-frame); the same float32 products
+        return torch.stack((flow[:, 0] * (w / w_up), flow[:, 1] * (h / h_up)), dim=1)
 
 
 _OFFICIAL_KEY = re.compile(r"^basic_module\.(\d+)\.basic_module\.(\d+)\.conv\.(weight|bias)$")

@@ -44,7 +44,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsr_models import ttvsr_fast
-from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, upsample_base
+from vsr_models.blocks import (
+    ResidualBlocksWithInputConv,
+    UpsampleHead,
+    flow_warp,
+    upsample_base,
+    without_autocast,
+)
 from vsr_models.frames import is_mirror_extended
 from vsr_models.registry import InputConstraints, ModelFamily, count_indices, register_family
 from vsr_models.spynet import SpyNet, load_spynet_weights, spynet_official_to_ours, spynet_ours_to_official
@@ -146,7 +152,9 @@ def trajectory_hard_attention(
     h = argmax_t <q / |q|, k_t / |k_t|> over the K trajectory positions, s = the maximum itself.
     The search runs without autograd; the soft weight is then recomputed from the selected key
     alone, which gives the same value and the same gradient (the gradient of a max reaches only the
-    maximising element).
+    maximising element). The search runs in float32 under autocast too: in bf16 (spacing 2^-8 near 1)
+    near ties would collapse and ``max`` pick the oldest key frame, another token than float32 picks
+    (``docs/models.md#bf16-autocast-and-the-trajectories``).
 
     query: (n, P, d) L2-normalised query tokens; keys: (n, K*P, d) L2-normalised key tokens of the
     K key frames; location_maps: (n, 2K, h', w') with h'w' = P.
@@ -154,10 +162,10 @@ def trajectory_hard_attention(
     position in the flattened token memory, see :func:`trajectory_rows`) and inside (n, P) bool.
     """
     rows, inside = trajectory_rows(location_maps)
-    with torch.no_grad():
+    with torch.no_grad(), without_autocast(query.device):
         similarity = torch.cat(
             [
-                torch.einsum("nkpd,npd->nkp", gather_tokens(keys, chunk), query)
+                torch.einsum("nkpd,npd->nkp", gather_tokens(keys, chunk).float(), query.float())
                 for chunk in rows.split(_KEY_FRAMES_PER_CHUNK, dim=1)
             ],
             dim=1,
@@ -198,7 +206,7 @@ class TrajectoryAttention(nn.Module):
         """
         n, _, h, w = anchor_feat.shape
         s = self.token_size
-        query = F.normalize(tokenize(query_feat, s), dim=-1)
+        query = F.normalize(tokenize(query_feat, s).float(), dim=-1)  # float32: see trajectory_hard_attention
         _, soft_weight, rows, inside = trajectory_hard_attention(query, keys, location_maps)
         inside = inside.unsqueeze(-1)
         attended = [untokenize(gather_tokens(v, rows) * inside, (h, w), s) for v in values]
@@ -248,33 +256,54 @@ class TTVSR(nn.Module):
                 f"size, or run the model through vsr_models.inference.super_resolve, which pads and crops."
             )
 
-    def compute_flows(self, lrs: Tensor) -> tuple[Tensor, Tensor]:
-        """lrs: (n, t, 3, h, w) -> (backward, forward) flows, each (n, t-1, 2, h, w).
+    def reuses_mirror_flows(self, lrs: Tensor, mirrored: bool | None) -> bool:
+        """Whether the forward flows of ``lrs`` are its backward flows reversed (``reuse_mirror_flows``).
+
+        ``mirrored`` is the caller's word that the clip is mirror-extended (the data pipeline that
+        built it knows; training passes it); ``None`` reads it from the frames
+        (:func:`is_mirror_extended`: one comparison of the two halves, a host sync on a GPU, once per
+        forward).
+        """
+        if not self.config.reuse_mirror_flows:
+            return False
+        if mirrored is None:
+            return is_mirror_extended(lrs)
+        if mirrored and lrs.shape[1] % 2:
+            raise ValueError(f"mirrored=True but the clip has an odd number of frames ({lrs.shape[1]})")
+        return mirrored
+
+    def compute_flows(self, lrs: Tensor, mirrored: bool | None = None) -> tuple[Tensor, Tensor]:
+        """lrs: (n, t, 3, h, w) -> (backward, forward) flows, each (n, t-1, 2, h, w), float32.
 
         backward[:, i] warps frame i+1 onto frame i; forward[:, i] warps frame i onto frame i+1.
+        ``mirrored``: see :meth:`reuses_mirror_flows`. SPyNet runs in float32 under autocast too: its
+        flows place the location maps (nearest token), and bf16 flows would move trajectories.
         """
         n, t, c, h, w = lrs.shape
         if t < 2:
-            empty = lrs.new_zeros(n, 0, 2, h, w)
+            empty = lrs.new_zeros(n, 0, 2, h, w, dtype=torch.float32)
             return empty, empty
-        earlier, later = lrs[:, :-1].flatten(0, 1), lrs[:, 1:].flatten(0, 1)
-        backward = self.spynet(earlier, later).view(n, t - 1, 2, h, w)
-        if self.config.reuse_mirror_flows and is_mirror_extended(lrs):
-            # frame i+1 -> i of the second half is frame t-2-i -> t-1-i of the first half, reversed
-            return backward, backward.flip(1)
-        return backward, self.spynet(later, earlier).view(n, t - 1, 2, h, w)
+        earlier, later = lrs[:, :-1].flatten(0, 1).float(), lrs[:, 1:].flatten(0, 1).float()
+        with without_autocast(lrs.device):
+            backward = self.spynet(earlier, later).view(n, t - 1, 2, h, w)
+            if self.reuses_mirror_flows(lrs, mirrored):
+                # frame i+1 -> i of the second half is frame t-2-i -> t-1-i of the first half, reversed
+                return backward, backward.flip(1)
+            return backward, self.spynet(later, earlier).view(n, t - 1, 2, h, w)
 
-    def forward(self, lrs: Tensor) -> Tensor:
+    def forward(self, lrs: Tensor, mirrored: bool | None = None) -> Tensor:
         """lrs: (n, t, 3, h, w) LR frames in [0, 1] -> (n, t, 3, 4h, 4w) SR frames.
 
         Runs the path ``config.implementation`` names (it may be changed on a built model).
+        ``mirrored``: whether the clip is mirror-extended, when the caller knows (see
+        :meth:`reuses_mirror_flows`); ``None`` reads it from the frames.
         """
         self.check_input_size(lrs)
         if self.config.implementation == "fast":
-            return ttvsr_fast.forward_fast(self, lrs)
-        return self.forward_reference(lrs)
+            return ttvsr_fast.forward_fast(self, lrs, mirrored)
+        return self.forward_reference(lrs, mirrored)
 
-    def forward_reference(self, lrs: Tensor) -> Tensor:
+    def forward_reference(self, lrs: Tensor, mirrored: bool | None = None) -> Tensor:
         """The straightforward forward pass, step by step as released; lrs: (n, t, 3, h, w) -> (n, t, 3, 4h, 4w).
 
         Each direction is propagated on its own, frame by frame, and every frame reconstructed at the
@@ -282,7 +311,7 @@ class TTVSR(nn.Module):
         """
         self.check_input_size(lrs)
         n, t = lrs.shape[:2]
-        flows_backward, flows_forward = self.compute_flows(lrs)
+        flows_backward, flows_forward = self.compute_flows(lrs, mirrored)
         feats = self.feature_extractor(lrs.flatten(0, 1)).unflatten(0, (n, t)).unbind(1)
 
         # flows are handed over in processing order: step k uses the flow onto the k-th frame visited
@@ -333,7 +362,7 @@ class TTVSR(nn.Module):
             propagated[i] = feat_prop
 
             if i in key_frames:
-                new_keys = F.normalize(tokenize(feats[i], s), dim=-1)
+                new_keys = F.normalize(tokenize(feats[i], s).float(), dim=-1)  # float32, as the query
                 new_values = [cross_scale_tokens(feat_prop, s, k) for k in self.config.token_scales]
                 if keys is None:
                     keys, values = new_keys, new_values

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vsr_models.blocks import flow_warp, upsample_base
-from vsr_models.frames import is_mirror_extended
+from vsr_models.blocks import flow_warp, upsample_base, without_autocast
 from vsr_models.trajectory import (
     cross_scale_tokens,
     identity_location_map,
@@ -66,28 +65,29 @@ _SPYNET_BUDGET = 1 << 18
 # ---------------------------------------------------------------------------------------------------
 
 
-def compute_flows(model: TTVSR, lrs: Tensor) -> tuple[Tensor, Tensor]:
+def compute_flows(model: TTVSR, lrs: Tensor, mirrored: bool | None = None) -> tuple[Tensor, Tensor]:
     """Same as :meth:`TTVSR.compute_flows`, bit for bit: lrs (n, t, 3, h, w) -> two (n, t-1, 2, h, w).
 
     Both directions' pairs go through SPyNet together, in batches of at most ``_SPYNET_BUDGET``
     pixels and of no more pairs than one direction has (SPyNet's convolutions give every pair the same
-    bits whatever the batch).
+    bits whatever the batch). In float32 under autocast too, as the reference.
     """
     n, t, c, h, w = lrs.shape
     if t < 2:
-        empty = lrs.new_zeros(n, 0, 2, h, w)
+        empty = lrs.new_zeros(n, 0, 2, h, w, dtype=torch.float32)
         return empty, empty
-    earlier, later = lrs[:, :-1].flatten(0, 1), lrs[:, 1:].flatten(0, 1)
-    mirrored = model.config.reuse_mirror_flows and is_mirror_extended(lrs)
+    earlier, later = lrs[:, :-1].flatten(0, 1).float(), lrs[:, 1:].flatten(0, 1).float()
+    mirrored = model.reuses_mirror_flows(lrs, mirrored)
     refs, supports = (
         (earlier, later) if mirrored else (torch.cat([earlier, later]), torch.cat([later, earlier]))
     )
     # never more pairs per call than the reference's one direction, so SPyNet's peak memory is no higher
     padded_pixels = -(-h // 32) * 32 * (-(-w // 32) * 32)
     batch = max(1, min(_SPYNET_BUDGET // padded_pixels, n * (t - 1)))
-    flows = torch.cat(
-        [model.spynet(r, s) for r, s in zip(refs.split(batch), supports.split(batch), strict=True)]
-    )
+    with without_autocast(lrs.device):
+        flows = torch.cat(
+            [model.spynet(r, s) for r, s in zip(refs.split(batch), supports.split(batch), strict=True)]
+        )
     backward = flows[: n * (t - 1)].view(n, t - 1, 2, h, w)
     if mirrored:
         return backward, backward.flip(1)
@@ -137,7 +137,8 @@ def cross_scale_token_grid(feat: Tensor, s: int, scale: int) -> Tensor:
         return reference.view(n, -1, c, s, s).permute(0, 1, 3, 4, 2)
     pad = (scale - s) // 2
     pooled = F.avg_pool2d(F.pad(feat, (pad, pad, pad, pad)), sizes.pop(), stride=1).permute(0, 2, 3, 1)
-    offsets = torch.tensor(starts, device=feat.device)
+    # ``starts`` made on the device (a tensor of the list would be a host-to-device copy per key frame)
+    offsets = torch.arange(s, device=feat.device).mul_(scale).div_(s, rounding_mode="floor")
     rows = torch.arange(h // s, device=feat.device).view(-1, 1) * s + offsets  # (h/s, s)
     cols = torch.arange(w // s, device=feat.device).view(-1, 1) * s + offsets  # (w/s, s)
     picked = pooled[:, rows[:, None, :, None], cols[None, :, None, :]]  # (n, h/s, w/s, s, s, c)
@@ -166,6 +167,7 @@ class TokenMemory:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.slots: list[int] = []
+        self._slot_index: dict[tuple[int, int], Tensor] = {}  # (K, oldest slot) -> slots, on the device
 
     def append(self, keys: Tensor, values: Tensor) -> None:
         """Add one key frame: keys (b, P, d), values (b, P, D); drop the oldest beyond the capacity."""
@@ -191,8 +193,14 @@ class TokenMemory:
     def rows(self, location_maps: Tensor) -> tuple[Tensor, Tensor]:
         """Rows of each trajectory position in the flattened memory: (b, K, P) int64 and inside (b, K, P)."""
         room = self.keys.shape[1] // (location_maps.shape[-2] * location_maps.shape[-1])
-        slots = torch.tensor(self.slots, device=location_maps.device)
-        return trajectory_rows(location_maps, slots, room)
+        # The slots are always consecutive from the oldest, modulo the room (filled in order, then
+        # the oldest overwritten): made on the device once per layout, not copied from the list at
+        # every frame (docs/models.md#no-host-traffic-per-frame).
+        layout = (len(self.slots), self.slots[0])
+        if layout not in self._slot_index:
+            slots = torch.arange(layout[0], device=location_maps.device).add_(layout[1]).remainder_(room)
+            self._slot_index[layout] = slots
+        return trajectory_rows(location_maps, self._slot_index[layout], room)
 
 
 @torch.no_grad()
@@ -201,23 +209,26 @@ def hard_attention_index(keys: Tensor, query: Tensor, rows: Tensor, inside: Tens
 
     keys: (b, R, d) L2-normalised memory; query: (b, P, d) L2-normalised; rows, inside: (b, K, P).
     The keys of each token's K positions are gathered side by side, (b, P, K, d), and multiplied with
-    its query in one batched product, in chunks of key frames of at most ``_GATHER_BUDGET`` elements. Off-map positions read zero keys (similarity 0); ties go to the
-    oldest key frame, as in the reference. Returns (b, P) int64 in [0, K).
+    its query in one batched product, in chunks of key frames of at most ``_GATHER_BUDGET`` elements.
+    Off-map positions read zero keys (similarity 0); ties go to the oldest key frame, as in the
+    reference. In float32 under autocast too (see :func:`vsr_models.ttvsr.trajectory_hard_attention`).
+    Returns (b, P) int64 in [0, K).
     """
     b, _, p = rows.shape
     flat_keys = keys.flatten(0, 1)
     per_token = rows.transpose(1, 2)  # (b, P, K)
     chunk = max(1, _GATHER_BUDGET // (b * p * keys.shape[-1]))
-    similarity = torch.cat(
-        [
-            torch.matmul(
-                flat_keys.index_select(0, part.reshape(-1)).view(b, p, part.shape[-1], -1),
-                query.unsqueeze(-1),
-            ).squeeze(-1)
-            for part in per_token.split(chunk, dim=-1)
-        ],
-        dim=-1,
-    )  # (b, P, K)
+    with without_autocast(query.device):
+        similarity = torch.cat(
+            [
+                torch.matmul(
+                    flat_keys.index_select(0, part.reshape(-1)).view(b, p, part.shape[-1], -1).float(),
+                    query.float().unsqueeze(-1),
+                ).squeeze(-1)
+                for part in per_token.split(chunk, dim=-1)
+            ],
+            dim=-1,
+        )  # (b, P, K)
     return similarity.masked_fill_(~inside.transpose(1, 2), 0.0).max(dim=-1).indices
 
 
@@ -342,7 +353,8 @@ def propagate_both(
     for step in range(t):
         current = torch.cat([feats[:, t - 1 - step], feats[:, step]])
         is_key_frame = step < t - 1 and step % config.key_frame_stride == 0
-        query = F.normalize(tokens(current, s), dim=-1)  # this frame's query, later maybe its keys
+        # this frame's query, later maybe its keys; float32 under autocast too (the search compares them)
+        query = F.normalize(tokens(current, s).float(), dim=-1)
         if step > 0:
             flow = step_flows[:, step - 1]
             feat_prop = flow_warp(feat_prop, flow, padding_mode="border")
@@ -367,13 +379,14 @@ def reconstruct(model: TTVSR, backward: Tensor, feat: Tensor, forward: Tensor, l
     return model.upsample.forward_channels_last(fused) + upsample_base(lr)
 
 
-def forward_fast(model: TTVSR, lrs: Tensor) -> Tensor:
+def forward_fast(model: TTVSR, lrs: Tensor, mirrored: bool | None = None) -> Tensor:
     """The fast forward pass: lrs (n, t, 3, h, w) in [0, 1] -> (n, t, 3, 4h, 4w), as the reference.
 
-    Frame i is reconstructed at step max(i, t-1-i), when both directions have passed it.
+    Frame i is reconstructed at step max(i, t-1-i), when both directions have passed it. ``mirrored``:
+    see :meth:`TTVSR.reuses_mirror_flows`.
     """
     n, t, _, h, w = lrs.shape
-    flows_backward, flows_forward = compute_flows(model, lrs)
+    flows_backward, flows_forward = compute_flows(model, lrs, mirrored)
     frames = lrs.flatten(0, 1).contiguous(memory_format=CHANNELS_LAST)
     feats = model.feature_extractor(frames).unflatten(0, (n, t))
     in_place = not torch.is_grad_enabled()

@@ -325,8 +325,12 @@ class VSRTransformer(nn.Module):
         flows_backward, flows_forward = rearrange(flows, "(n t) c h w -> n t c h w", n=n).chunk(2, dim=1)
         return flows_backward, flows_forward
 
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        """lr: (n, t, 3, s, s) in [0, 1] -> (n, t, 3, 4s, 4s), by the path ``config.implementation`` names."""
+    def forward(self, lr: torch.Tensor, mirrored: bool | None = None) -> torch.Tensor:
+        """lr: (n, t, 3, s, s) in [0, 1] -> (n, t, 3, 4s, 4s), by the path ``config.implementation`` names.
+
+        ``mirrored`` (whether the clip is mirror-extended) is accepted so that training calls both
+        networks alike (:meth:`vsr_models.ttvsr.TTVSR.forward`); VSR-Transformer estimates every flow.
+        """
         self.check_input(lr)
         if self.config.implementation == "fast":
             return vsrt_fast.forward_fast(self, lr)

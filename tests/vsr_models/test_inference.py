@@ -19,6 +19,7 @@ from vsr_models.inference import (
     super_resolve,
     tiled_forward,
 )
+from vsr_models.profile import HostSyncCounter
 
 SCALE = 4
 
@@ -343,3 +344,24 @@ def test_super_resolve_tiles_vsrt_frames_and_windows_long_sequences():
         second = tiled_forward(model, lr[:, :3], tile=16, overlap=4)
     torch.testing.assert_close(sr[:, 0], first[:, 1])
     torch.testing.assert_close(sr[:, 1], second[:, 1])
+
+
+def test_tiled_forward_makes_its_blend_windows_on_the_models_device_not_per_tile():
+    # the meta device stands in for a GPU: a window made on the CPU would be a copy per tile
+    def upscale(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(4, -1).repeat_interleave(4, -2)
+
+    for size in (64, 160):  # 9 and 36 tiles
+        lr = torch.rand(1, 2, 3, size, size, device="meta")
+        with HostSyncCounter() as syncs:
+            out = tiled_forward(upscale, lr, tile=32, overlap=8)
+        assert out.shape == (1, 2, 3, 4 * size, 4 * size)
+        assert syncs.total == 0, syncs.counts
+
+
+def test_windows_copy_their_output_frames_without_host_traffic():
+    lr = torch.rand(1, 9, 3, 4, 4)
+    with HostSyncCounter() as syncs:
+        out = chunked_forward(lambda x: x * 2, lr, chunk=4, overlap=2)
+    torch.testing.assert_close(out, lr * 2)
+    assert syncs.total == 0, syncs.counts

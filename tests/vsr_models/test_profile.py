@@ -4,7 +4,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vsr_models import build_model
-from vsr_models.profile import count_parameters, flops_per_frame
+from vsr_models.profile import HostSyncCounter, count_parameters, flops_per_frame
 
 TTVSR_TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
 VSRT_TINY = {
@@ -61,3 +61,27 @@ def test_vsrt_is_profiled_through_tiles_and_sliding_windows():
     assert flops_per_frame(model, (28, 40), frames=5, chunk_overlap=0) == pytest.approx(6 * 2 * window / 5)
     # by default every frame is the centre of its own window: 5 windows
     assert flops_per_frame(model, (28, 40), frames=5) == pytest.approx(6 * 5 * window / 5)
+
+
+def test_host_sync_counter_counts_what_would_stall_a_cuda_stream_and_nothing_else():
+    x = torch.rand(6, requires_grad=True)
+    with HostSyncCounter() as syncs:
+        y = (x * 2.0 + torch.arange(6)).exp()  # device work only: not counted
+        y.sum().backward()
+        y.sum().item()  # the host reads a value
+        bool(y[0] > 0)
+        torch.equal(y, y)
+        y.nonzero()
+        y[y > 1]  # output sized by the mask
+        torch.tensor([1.0, 2.0])  # from host data: a host-to-device copy on a GPU
+        y.new_tensor([0.5, 0.5])
+        y.detach().to("meta")  # host -> another device
+    assert syncs.counts == {
+        "_local_scalar_dense (.item(), bool(), float() of a tensor)": 2,
+        "equal": 1,
+        "nonzero": 1,
+        "boolean mask indexing": 1,
+        "lift_fresh (tensor from host data)": 2,
+        "copy cpu -> meta": 1,
+    }
+    assert syncs.total == 8

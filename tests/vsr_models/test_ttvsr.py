@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vsr_models import ttvsr_fast
+from vsr_models.profile import HostSyncCounter
 from vsr_models.spynet import spynet_ours_to_official
+from vsr_models.trajectory import trajectory_rows
 from vsr_models.ttvsr import (
     TTVSR,
     TrajectoryAttention,
@@ -320,6 +323,80 @@ def _attention_case(num_keys=3, grid=(4, 5), dim=32, seed=0):
     return query, F.normalize(keys, dim=-1).flatten(1, 2), maps.unsqueeze(0), match
 
 
+def _near_tie_case(num_keys=4, num_tokens=40, dim=128, seed=0):
+    """Keys whose cosine similarities to the query differ by 2e-4 near 0.993, the best at a random position.
+
+    Closer than bf16 can tell apart (its spacing there is 2^-8): in bf16 every similarity rounds to the
+    same number. Identity location maps: position k of token p is row k * P + p of the memory.
+    """
+    g = torch.Generator().manual_seed(seed)
+    query = F.normalize(torch.randn(1, num_tokens, dim, generator=g), dim=-1)
+    across = torch.randn(num_keys, num_tokens, dim, generator=g)  # made orthogonal to the query
+    across = F.normalize(across - (across * query[0]).sum(-1, keepdim=True) * query[0], dim=-1)
+    ranks = torch.stack([torch.randperm(num_keys, generator=g) for _ in range(num_tokens)], dim=1)
+    cosine = 0.9925 + 2e-4 * ranks.double()  # (K, P)
+    keys = cosine[..., None] * query[0].double() + (1 - cosine**2).sqrt()[..., None] * across.double()
+    grid = identity_location_map(1, (4, num_tokens // 4), torch.device("cpu"))
+    return query, keys.float().flatten(0, 1)[None], grid.repeat(1, num_keys, 1, 1), ranks.argmax(0)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "fast"])
+def test_bf16_autocast_selects_the_trajectory_tokens_float32_selects(implementation):
+    # GPU training runs under bf16 autocast, inference in float32: both must follow the same tokens
+    query, keys, maps, best = _near_tie_case()
+    assert len(torch.unique((keys[0, :40] * query[0]).sum(-1).bfloat16())) == 1  # a tie in bf16
+
+    def select() -> Tensor:
+        if implementation == "reference":
+            return trajectory_hard_attention(query, keys, maps)[0]
+        rows, inside = trajectory_rows(maps)
+        return ttvsr_fast.hard_attention_index(keys, query, rows, inside)
+
+    in_float32 = select()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_bf16 = select()
+    assert torch.equal(in_float32[0], best)
+    assert torch.equal(in_bf16, in_float32)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "fast"])
+def test_flows_placing_the_location_maps_stay_float32_under_bf16_autocast(implementation):
+    torch.manual_seed(0)
+    model = TTVSR(TINY)
+    lrs = torch.rand(1, 3, 3, 64, 64)
+
+    def flows() -> tuple[Tensor, Tensor]:
+        if implementation == "reference":
+            return model.compute_flows(lrs)
+        return ttvsr_fast.compute_flows(model, lrs)
+
+    with torch.no_grad():
+        in_float32 = flows()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            in_bf16 = flows()
+    for expected, got in zip(in_float32, in_bf16, strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+def test_training_forward_and_backward_make_no_host_traffic_whatever_the_length(implementation):
+    # on CUDA each counted operation is a stream synchronisation or a host-to-device copy
+    torch.manual_seed(0)
+    model = TTVSR(TTVSRConfig(**{**TINY.__dict__, "implementation": implementation}))
+    counts = {}
+    for frames in (12, 24):
+        with HostSyncCounter() as syncs:
+            model(torch.rand(1, frames, 3, 64, 64)).mean().backward()
+        counts[frames] = dict(syncs.counts)
+    # told nothing, the model compares the clip's two halves once: is it mirror-extended?
+    assert counts == {12: {"equal": 1}, 24: {"equal": 1}}
+    # told by the caller who built the clip, as training does: not even that
+    with HostSyncCounter() as syncs:
+        model(torch.rand(1, 12, 3, 64, 64), mirrored=False).mean().backward()
+    assert syncs.total == 0, syncs.counts
+
+
 def test_hard_attention_picks_the_key_frame_holding_the_matching_texture():
     query, keys, maps, match = _attention_case()
     hard_index, soft_weight, _, inside = trajectory_hard_attention(query, keys, maps)
@@ -457,7 +534,14 @@ def test_mirror_extended_input_reuses_backward_flows(implementation):
     lrs = torch.cat([half, half.flip(1)], 1)
     with torch.no_grad():
         out_reuse, out_recompute = reuse(lrs), recompute(lrs)
-    assert pairs == {"reuse": 3, "recompute": 6}
+        assert pairs == {"reuse": 3, "recompute": 6}
+        # the caller's word instead of the comparison: the same flows, or all of them recomputed
+        assert torch.equal(reuse(lrs, mirrored=True), out_reuse)
+        assert pairs == {"reuse": 6, "recompute": 6}
+        assert torch.equal(reuse(lrs, mirrored=False), out_recompute)
+        assert pairs == {"reuse": 12, "recompute": 6}
+        with pytest.raises(ValueError, match="odd number of frames"):
+            reuse(lrs[:, :3], mirrored=True)
     torch.testing.assert_close(out_reuse, out_recompute, rtol=1e-5, atol=1e-5)
 
 

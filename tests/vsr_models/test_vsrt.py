@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vsr_models.profile import HostSyncCounter
 from vsr_models.spynet import spynet_ours_to_official
 from vsr_models.vsrt import (
     SpatialTemporalConvSelfAttention,
@@ -346,3 +347,16 @@ def test_runs_under_bf16_autocast_on_cpu(tiny_model):
     assert out.shape == (1, 3, 3, 64, 64)
     assert torch.isfinite(out.float()).all()
     torch.testing.assert_close(out.float(), tiny_model(lr).detach(), atol=0.1, rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+def test_training_forward_and_backward_make_no_host_traffic_whatever_the_length(implementation):
+    # on CUDA each counted operation is a stream synchronisation or a host-to-device copy
+    torch.manual_seed(0)
+    model = VSRTransformer(dataclasses.replace(TINY, num_frames=24, implementation=implementation))
+    counts = {}
+    for frames in (12, 24):
+        with HostSyncCounter() as syncs:
+            model(torch.rand(1, frames, 3, 16, 16)).mean().backward()
+        counts[frames] = dict(syncs.counts)
+    assert counts == {12: {}, 24: {}}
