@@ -254,7 +254,8 @@ def train_step(worker: Worker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     gt_frames = batch["gt"].to(device, non_blocking=True)
     autocast = device.type == "cuda" and cfg.train.precision == "bf16"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        sr_frames = worker.network(lr_frames)
+        # the ingestion mirror-extends every clip or none: the model need not compare frames to know
+        sr_frames = worker.network(lr_frames, mirrored=cfg.data.mirror_times > 0)
     loss = charbonnier_loss(sr_frames.float(), gt_frames, eps=cfg.loss.eps, reduction=cfg.loss.reduction)
     worker.optimizer.zero_grad(set_to_none=True)
     loss.backward()
