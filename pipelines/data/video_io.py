@@ -225,7 +225,7 @@ def _is_own_output_file(path: Path) -> bool:
     return path.is_file() and (path.name == OUTPUT_MARKER or bool(_FRAME_FILE.match(path.name)))
 
 
-def _check_replaceable(path: Path, folder: bool, overwrite: bool) -> None:
+def check_replaceable(path: Path, folder: bool, overwrite: bool) -> None:
     """Refuse an output that exists, unless ``overwrite`` and it is a file or a folder this project wrote."""
     if not path.exists():
         return
@@ -259,7 +259,7 @@ class FrameWriter:
     ):
         self.path = Path(path)
         self.folder = output_is_folder(self.path)
-        _check_replaceable(self.path, self.folder, overwrite)
+        check_replaceable(self.path, self.folder, overwrite)
         suffix = self.path.suffix.lower()
         if not self.folder and suffix not in OUTPUT_CODECS:
             raise VideoError(

@@ -10,7 +10,9 @@ from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
 from pipelines.data.video_io import is_frame_folder
-from pipelines.inference.batch import super_resolve_many
+from pipelines.inference.batch import format_table, super_resolve_many
+from pipelines.inference.pipeline import PRECISIONS
+from pipelines.inference.streams import CODECS, FILTERS
 from pipelines.inference.video import InferConfig, check_output, describe, super_resolve_video
 
 
@@ -37,6 +39,29 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, help="LR tile size for spatial tiling (default: whole frames)")
     parser.add_argument("--chunk", type=int, help="frames per temporal window (default 30)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto (default: bf16 where the hardware runs it natively, CUDA sm80+ or AMX / AVX512-BF16 CPUs; "
+        "else fp32), fp32, bf16, fp16",
+    )
+    video = parser.add_argument_group("output video (docs/video.md)")
+    video.add_argument("--codec", help=f"{'|'.join(CODECS)} or an FFmpeg encoder (default: by suffix)")
+    video.add_argument("--crf", type=int, help="constant rate factor (h264 12, h265 14, vp9 15 by default)")
+    video.add_argument("--preset", help="encoder preset (x264 / x265: ultrafast .. veryslow; default medium)")
+    video.add_argument(
+        "--pix-fmt", help="output pixel format (default yuv420p, yuv420p10le for 10-bit input)"
+    )
+    video.add_argument(
+        "--no-audio", action="store_true", default=None, help="drop audio and subtitle streams"
+    )
+    video.add_argument("--start", help="start at seconds (12.5, 1:02.5) or a frame (300f)")
+    video.add_argument("--end", help="stop before seconds or a frame (same forms as --start)")
+    video.add_argument("--outscale", type=float, help="output size / input size (default 4, the network's)")
+    video.add_argument("--outscale-filter", choices=FILTERS, help="filter resizing to --outscale (lanczos)")
+    video.add_argument(
+        "--fps", help="constant output frame rate, e.g. 30000/1001 (default: the input's timing)"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -75,6 +100,17 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
             "chunk": args.chunk,
             "device": args.device,
             "allow_truncated": args.allow_truncated,
+            "precision": args.precision,
+            "codec": args.codec,
+            "crf": args.crf,
+            "preset": args.preset,
+            "pix_fmt": args.pix_fmt,
+            "no_audio": args.no_audio,
+            "start": args.start,
+            "end": args.end,
+            "outscale": args.outscale,
+            "outscale_filter": args.outscale_filter,
+            "fps": args.fps,
         }
         config = load_config(InferConfig, args.config, [*args.overrides, *flag_overrides(shortcuts)])
         model = args.model or args.official
@@ -109,5 +145,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
             if args.scale_check:
                 check_output(summary)
             print(describe(summary))
+        if args.input.is_dir() and not is_frame_folder(args.input):
+            print(format_table(summaries))
 
     return run_job(body)

@@ -1,12 +1,16 @@
 """Streamed super-resolution of one video (or folder of frames), window by window.
 
 :func:`super_resolve_video` decodes the video one temporal window at a time, super-resolves each window
-with :func:`vsr_models.inference.super_resolve` (spatial tiles when asked) and encodes only the frames
-for which the window is the most central (:func:`vsr_models.inference.most_central_windows`).
-Consecutive windows share ``chunk_overlap`` frames, so a recurrent model such as TTVSR, whose
-bidirectional propagation carries features along the whole input (TTVSR Sec. 3), still sees temporal
-context on both sides of every output frame, while memory stays bounded by one window of LR and SR
-frames whatever the video's length.
+with :func:`vsr_models.inference.super_resolve` (spatial tiles when asked, or when whole frames would not
+fit the device: :mod:`pipelines.inference.memory`) and encodes only the frames for which the window is the
+most central (:func:`vsr_models.inference.most_central_windows`). Consecutive windows share
+``chunk_overlap`` frames, so a recurrent model such as TTVSR, whose bidirectional propagation carries
+features along the whole input (TTVSR Sec. 3), still sees temporal context on both sides of every output
+frame, while memory stays bounded by a few windows of LR and SR frames whatever the video's length.
+
+Decoding, the model and encoding run at the same time (:func:`pipelines.inference.pipeline.run_overlapped`).
+A video file keeps everything but its resolution (:mod:`pipelines.inference.streams`): frame times, audio
+and subtitles, colour tags and bit depth (``docs/video.md``).
 """
 
 from __future__ import annotations
@@ -14,17 +18,28 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines.common.errors import ConfigError, VideoError
-from pipelines.common.progress import ThroughputReporter
-from pipelines.data.video_io import FrameReader, FrameWriter, open_frames
+from pipelines.common.errors import ConfigError, OutputExistsError, VideoError
+from pipelines.data.video_io import FrameReader, FrameWriter, open_frames, output_is_folder
+from pipelines.inference.colour import from_unit_float, rgb_to_frame, to_unit_float
 from pipelines.inference.loading import ModelSpec, load_model, resolve_device
-from vsr_models.frames import float_to_uint8, uint8_to_float
+from pipelines.inference.memory import choose_tile
+from pipelines.inference.pipeline import FrameProgress, resolve_precision, run_overlapped, with_precision
+from pipelines.inference.streams import (
+    FILTERS,
+    EncodeSettings,
+    Source,
+    SourceReader,
+    VideoFileWriter,
+    open_source,
+    parse_position,
+)
 from vsr_models.inference import input_constraints, most_central_windows, super_resolve
 
 SCALE = 4
@@ -38,13 +53,19 @@ Progress = Callable[[int, int], None]
 class InferConfig:
     """Inference settings (``jobs/infer.py --config`` / ``--set``; flags override them).
 
-    tile: LR tile size for spatial tiling (None: whole frames). VSR-Transformer always uses 64.
+    tile: LR tile size for spatial tiling (None: whole frames, or a tile chosen to fit the device).
     tile_overlap: LR pixels shared by neighbouring tiles (None: ``tile // 4``).
     chunk: frames per temporal window held in memory (None: the whole video at once).
     chunk_overlap: frames shared by consecutive windows (None: ``chunk // 4``, at least the
         frames a fixed-length model needs around each output frame).
     device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
-    crf: x264 quality of ``.mp4`` / ``.mov`` outputs (None: ``video_io.H264_CRF``).
+    precision: ``auto`` (bf16 where the hardware runs it natively, else fp32), ``fp32``, ``bf16``, ``fp16``.
+    codec, crf, preset, pix_fmt: the output video's encoding (None: the suffix's default,
+        :data:`pipelines.inference.streams.DEFAULT_CODEC`).
+    no_audio: drop the audio and subtitle streams (default: copied).
+    start, end: the part to super-resolve: seconds (``12.5``, ``1:02``) or a frame (``300f``).
+    outscale: output size over input size (None: 4, the network's); resized with ``outscale_filter``.
+    fps: a constant output frame rate (None: the input's own frame times).
     allow_truncated: super-resolve the frames of a video file that is cut short instead of refusing it;
         the summary says how many frames are missing.
     """
@@ -54,7 +75,17 @@ class InferConfig:
     chunk: int | None = 30
     chunk_overlap: int | None = None
     device: str = "auto"
+    precision: str = "auto"
+    codec: str | None = None
     crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    no_audio: bool = False
+    start: str | None = None
+    end: str | None = None
+    outscale: float | None = None
+    outscale_filter: str = "lanczos"
+    fps: str | None = None
     allow_truncated: bool = False
 
 
@@ -72,6 +103,8 @@ class InferSummary:
     device: str
     truncation: str | None = None  # why the input is cut short (only with allow_truncated)
     missing_frames: int | None = None  # estimated frames missing from a cut-short input
+    precision: str = "fp32"
+    notes: tuple[str, ...] = field(default=())  # corrections, re-encoded streams, tile chosen, colour
 
     @property
     def frames_per_second(self) -> float:
@@ -120,6 +153,45 @@ def temporal_windows(
     return [(start, start + chunk, kept) for start, kept in most_central_windows(num_frames, chunk, overlap)]
 
 
+def check_not_input(in_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
+    """Refuse an output that is the input itself: the same file, a hard link to it, or a symlink to it.
+
+    Checked before anything else, ``--overwrite`` or not: replacing the output would destroy the input.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    try:
+        same = out_path.exists() and in_path.exists() and os.path.samefile(in_path, out_path)
+    except OSError:
+        same = False
+    if same or (out_path.resolve() == in_path.resolve()):
+        raise OutputExistsError(
+            f"output {out_path} is the input {in_path} (the same file, a link to it or the same path); "
+            "choose another output path: --overwrite never replaces an input"
+        )
+
+
+def _output_size(lr_size: tuple[int, int], outscale: float | None) -> tuple[int, int] | None:
+    """``(height, width)`` of an ``--outscale`` output (even, for 4:2:0 video), or None for x4."""
+    if outscale is None or outscale == SCALE:
+        return None
+    if not 0 < outscale <= 16:
+        raise ConfigError(f"--outscale {outscale}: use a scale between 0 and 16 (4 is the network's own)")
+    return tuple(max(2, 2 * round(side * outscale / 2)) for side in lr_size)
+
+
+def _frame_rate(text: str | None) -> Fraction | None:
+    """``--fps 30000/1001`` or ``--fps 29.97`` (read as 30000/1001) -> an exact rational rate."""
+    if text in (None, ""):
+        return None
+    try:
+        rate = Fraction(str(text)) if "/" in str(text) else Fraction(float(text)).limit_denominator(1001)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"--fps {text!r}: give a rate such as 25, 29.97 or 30000/1001") from None
+    if rate <= 0:
+        raise ConfigError(f"--fps {text!r} must be positive")
+    return rate
+
+
 def super_resolve_video(
     model: ModelSpec,
     in_path: str | os.PathLike,
@@ -130,7 +202,17 @@ def super_resolve_video(
     chunk: int | None = 30,
     chunk_overlap: int | None = None,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
+    codec: str | None = None,
     crf: int | None = None,
+    preset: str | None = None,
+    pix_fmt: str | None = None,
+    no_audio: bool = False,
+    start: str | float | int | None = None,
+    end: str | float | int | None = None,
+    outscale: float | None = None,
+    outscale_filter: str = "lanczos",
+    fps: str | None = None,
     progress: bool | Progress = True,
     overwrite: bool = False,
     arch: str | None = None,
@@ -139,68 +221,198 @@ def super_resolve_video(
 ) -> InferSummary:
     """Super-resolve one video file or folder of frames x4 and write the result.
 
-    Decodes, super-resolves and encodes one temporal window at a time (:func:`temporal_windows`):
-    memory holds ``chunk`` LR frames and their SR frames, never the whole video.
+    Decodes, super-resolves and encodes one temporal window at a time (:func:`temporal_windows`), the
+    three stages overlapping: memory holds a few windows of LR and SR frames, never the whole video.
 
     Args:
         model: network, checkpoint path or MLflow model URI (:func:`load_model`).
-        in_path: a video file (decoded with decord) or a folder of frames.
-        out_path: ``.mkv`` / ``.avi`` (FFV1, lossless), ``.mp4`` / ``.mov`` (H.264, ``crf``) or a
-            path without a suffix for a folder of PNG frames. Written atomically.
-        tile, tile_overlap: spatial tiling in LR pixels (:func:`vsr_models.inference.tiled_forward`).
+        in_path: a video file (PyAV) or a folder of frames.
+        out_path: a video file (``.mkv`` / ``.avi``: FFV1, lossless; ``.mp4`` / ``.mov``: H.264; ``.webm``:
+            VP9; ``codec`` picks another) or a path without a suffix for a folder of PNG frames.
+            Written atomically; never the input itself (:func:`check_not_input`).
+        tile, tile_overlap: spatial tiling in LR pixels; ``tile=None`` picks one when whole frames would
+            not fit the device (:func:`pipelines.inference.memory.choose_tile`).
         chunk, chunk_overlap: temporal windows (:func:`temporal_windows`).
         device: where the network runs (``auto``: CUDA when available).
-        progress: print frames/s to stderr (``True``) or call ``progress(done, total)``.
+        precision: ``fp32`` (default here; ``jobs/infer.py`` defaults to ``auto``), ``bf16``, ``fp16``, ``auto``.
+        codec, crf, preset, pix_fmt, no_audio, fps: the output's encoding (:class:`InferConfig`).
+        start, end: the part to super-resolve (:func:`pipelines.inference.streams.parse_position`).
+        outscale, outscale_filter: resize the x4 frames to ``outscale`` times the input with this filter.
+        progress: print per-frame progress to stderr (``True``) or call ``progress(done, total)``.
         overwrite: replace an existing output file, or the frames of an output folder this project
-            wrote (other files in it are kept); never a folder it did not write.
+            wrote (other files in it are kept); never a folder it did not write, never the input.
         arch, tracking_uri: see :func:`load_model`.
         allow_truncated: accept a video cut short (its container declares more than the file holds);
             by default it is refused, since the output would look complete.
 
     Raises:
         MissingInputError: missing input or checkpoint (a ``FileNotFoundError``).
-        OutputExistsError: ``out_path`` exists and may not be replaced (a ``FileExistsError``).
-        VideoError: an input that cannot be decoded or is cut short, or an unsupported output suffix.
+        OutputExistsError: ``out_path`` exists and may not be replaced, or is the input.
+        VideoError: an input that cannot be decoded or is cut short, or an unsupported output.
+        ConfigError: a setting that cannot apply (``--start`` past the end, a codec the container lacks,
+            frames too large for the device even in the smallest tiles).
         ModelLoadError: an MLflow URI that does not resolve.
     """
     started = time.perf_counter()
+    check_not_input(in_path, out_path)
+    if outscale_filter not in FILTERS:
+        raise ConfigError(f"--outscale-filter {outscale_filter!r}: use one of {', '.join(FILTERS)}")
+    settings = EncodeSettings(codec, crf, preset, pix_fmt, not no_audio, _frame_rate(fps))
+    first, last = parse_position(start), parse_position(end)
     # Fail on a bad input before the (slow) model load.
-    reader = open_frames(in_path, allow_truncated=allow_truncated)
+    reader, source = _open_input(in_path, first, last, allow_truncated)
+    notes: list[str] = list(source.corrections) if source else []
+    writer = None
     try:
         info = reader.info
         target = resolve_device(device)
+        precision = resolve_precision(precision, target)
+        size = _output_size((info.height, info.width), outscale)
+        # The output is checked (exists, codec, container) before the slow model load.
+        writer = _open_writer(out_path, source, info.fps, settings, overwrite, notes, outscale_filter)
         network = load_model(model, device=target, arch=arch, tracking_uri=tracking_uri)
         windows = temporal_windows(
             info.num_frames, chunk, chunk_overlap, input_constraints(network).num_frames
         )
-        if progress is True:
-            report: Progress | None = ThroughputReporter(Path(in_path).name)
-        else:
-            report = progress or None
+        if tile is None:
+            span = max(stop - begin for begin, stop, _ in windows)
+            choice = choose_tile(network, (info.height, info.width), span, target)
+            tile = choice.tile
+            notes += [choice.note] if choice.note else []
+        network = with_precision(network, precision)
+        high_bit = source is not None and source.colour.high_bit_depth and writer_keeps_depth(writer)
+        if source is not None and source.colour.high_bit_depth and not isinstance(writer, VideoFileWriter):
+            notes.append("the input has more than 8 bits per sample; PNG frames hold 8")
+        report = _reporter(progress, Path(in_path).name, info.num_frames)
         frames = _SlidingFrames(reader)
         written = 0
-        with FrameWriter(out_path, info.fps, overwrite=overwrite, crf=crf) as writer:
-            for start, stop, kept in windows:
-                lr = uint8_to_float(frames.window(start, stop))[None]
-                sr = super_resolve(network, lr, tile=tile, overlap=tile_overlap, scale=SCALE)[0]
-                writer.write(float_to_uint8(sr[[frame - start for frame in kept]]))
-                written += len(kept)
+
+        def model_step(window, lr_frames: np.ndarray) -> np.ndarray:
+            begin, _, kept = window
+            sr = super_resolve(
+                network, to_unit_float(lr_frames), tile=tile, overlap=tile_overlap, scale=SCALE
+            )[0]
+            return from_unit_float(sr[[frame - begin for frame in kept]], high_bit)
+
+        def encode_step(window, sr_frames: np.ndarray) -> None:
+            nonlocal written
+            for offset, frame in enumerate(window[2]):
+                writer.write(sr_frames[offset : offset + 1], [frame], size)
+                written += 1
                 if report is not None:
                     report(written, info.num_frames)
+
+        run_overlapped(
+            windows,
+            lambda window: frames.window(window[0], window[1]),
+            model_step,
+            encode_step,
+            idle=getattr(report, "heartbeat", None),
+        )
+        notes += reader.notes() if isinstance(reader, SourceReader) else []
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         reader.close()
+    sr_size = size or (SCALE * info.height, SCALE * info.width)
+    truncation = reader.truncation
+    if source is not None:
+        notes.append(f"colour: {source.colour.describe()} -> {_written_colour(writer)}")
     return InferSummary(
         input=str(in_path),
         output=str(out_path),
         num_frames=written,
         lr_size=(info.height, info.width),
-        sr_size=(SCALE * info.height, SCALE * info.width),
+        sr_size=tuple(sr_size),
         fps=info.fps,
         seconds=time.perf_counter() - started,
         device=str(target),
-        truncation=reader.truncation.reason if reader.truncation else None,
-        missing_frames=reader.truncation.estimate_missing(written) if reader.truncation else None,
+        truncation=truncation.reason if truncation else None,
+        missing_frames=truncation.estimate_missing(written) if truncation else None,
+        precision=precision,
+        notes=tuple(notes),
     )
+
+
+def _open_input(
+    in_path: str | os.PathLike, start, end, allow_truncated: bool
+) -> tuple[FrameReader, Source | None]:
+    """A reader of the selected frames and, for a video file, its :class:`Source` (None for frame folders)."""
+    path = Path(in_path)
+    if path.is_dir() or not path.exists():
+        if start is not None or end is not None:
+            raise ConfigError(
+                "--start / --end apply to video files; select the frames of a folder by copying them"
+            )
+        return open_frames(path, allow_truncated=allow_truncated), None
+    source = open_source(path, start, end)
+    if source.truncation is not None and not allow_truncated:
+        found = len(source.times)
+        missing = source.truncation.estimate_missing(found)
+        estimate = f", about {missing} more are missing" if missing is not None else ""
+        raise VideoError(
+            f"video {path} is cut short ({source.truncation.reason}): only {found} frames decode{estimate}. "
+            "Restore or re-download the file, or pass --allow-truncated to super-resolve the frames that are there"
+        )
+    return SourceReader(source), source
+
+
+class _FolderOutput:
+    """PNG frames (or a video of a folder input) through :class:`FrameWriter`, with the writer's interface."""
+
+    def __init__(self, writer: FrameWriter, interpolation: str):
+        self.writer, self.interpolation = writer, interpolation
+
+    def write(self, frames: np.ndarray, indices: list[int], size: tuple[int, int] | None) -> None:
+        from pipelines.inference.colour import ColourTags
+
+        if frames.dtype == np.uint16:
+            frames = (frames.astype(np.float32) / 257).round().astype(np.uint8)
+        if size is not None:
+            tags = ColourTags(0, 1, 13, 2, rgb=True)
+            frames = np.stack(
+                [rgb_to_frame(f, "rgb24", tags, size, self.interpolation).to_ndarray() for f in frames]
+            )
+        self.writer.write(frames)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def _open_writer(out_path, source: Source | None, fps: float, settings, overwrite, notes, interpolation):
+    if source is None or output_is_folder(Path(out_path)):
+        if source is not None and source.side_streams and settings.keep_audio:
+            notes.append("PNG frames hold no audio or subtitles: only the video was written")
+        rate = float(settings.fps or (source.rate if source else fps))
+        return _FolderOutput(
+            FrameWriter(out_path, rate, overwrite=overwrite, crf=settings.crf), interpolation
+        )
+    writer = VideoFileWriter(out_path, source, settings, overwrite=overwrite, notes=notes)
+    writer.interpolation = interpolation
+    return writer
+
+
+def writer_keeps_depth(writer) -> bool:
+    """Whether ``writer`` stores more than 8 bits per sample (a 10-bit pixel format)."""
+    return isinstance(writer, VideoFileWriter) and writer.tags.bit_depth > 8
+
+
+def _written_colour(writer) -> str:
+    if not isinstance(writer, VideoFileWriter):
+        return "8-bit RGB PNG"
+    return f"{writer.encoder} {writer.pix_fmt} {writer.tags.describe()}"
+
+
+def _reporter(progress: bool | Progress, name: str, total: int) -> Progress | None:
+    if progress is True:
+        return FrameProgress(name, total)
+    return progress or None
 
 
 def check_output(summary: InferSummary) -> None:
@@ -224,15 +436,17 @@ def check_output(summary: InferSummary) -> None:
 
 
 def describe(summary: InferSummary) -> str:
-    """One line for logs: frames, sizes, throughput."""
+    """A line for logs (frames, sizes, throughput), then one indented line per note (what was corrected,
+    re-encoded, chosen)."""
     (h, w), (sh, sw) = summary.lr_size, summary.sr_size
     line = (
         f"{summary.input} -> {summary.output}: {summary.num_frames} frames {w}x{h} -> {sw}x{sh} "
-        f"in {summary.seconds:.1f} s ({summary.frames_per_second:.2f} frames/s on {summary.device})"
+        f"in {summary.seconds:.1f} s ({summary.frames_per_second:.2f} frames/s on {summary.device}, "
+        f"{summary.precision})"
     )
     if summary.truncation:
         missing = (
             "an unknown number of" if summary.missing_frames is None else f"about {summary.missing_frames}"
         )
         line += f"; INCOMPLETE: the input is cut short ({summary.truncation}), {missing} frames are missing"
-    return line
+    return "\n".join([line, *(f"  {note}" for note in summary.notes)])

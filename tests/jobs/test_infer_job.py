@@ -20,6 +20,19 @@ def test_help_lists_model_sources_and_options():
     )
     for option in ("--model", "--official", "--arch", "--tile", "--chunk", "--scale-check", "--set"):
         assert option in result.stdout
+    for option in (
+        "--precision",
+        "--codec",
+        "--crf",
+        "--preset",
+        "--pix-fmt",
+        "--no-audio",
+        "--start",
+        "--end",
+    ):
+        assert option in result.stdout
+    for option in ("--outscale", "--outscale-filter", "--fps"):
+        assert option in result.stdout
 
 
 def test_checkpoint_run_writes_4x_video_and_passes_scale_check(tmp_path, capsys):
@@ -57,3 +70,18 @@ def test_config_typo_and_official_without_arch_are_rejected(tmp_path, capsys):
     assert "chunks" in capsys.readouterr().err
     assert main([str(video), str(tmp_path / "o.mp4"), "--official", "TTVSR_REDS.pth"]) == 2
     assert "--official needs --arch" in capsys.readouterr().err
+
+
+def test_output_that_is_the_input_is_refused_with_one_line_and_the_input_kept(tmp_path, capsys):
+    source = tmp_path / "in.mkv"
+    with FrameWriter(source, fps=15) as writer:
+        writer.write(torch.zeros(2, 64, 64, 3, dtype=torch.uint8).numpy())
+    original = source.read_bytes()
+    (tmp_path / "link.mkv").symlink_to(source)
+
+    for out in (source, tmp_path / "link.mkv"):
+        code = main([str(source), str(out), "--model", "models:/ttvsr@champion", "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1
+        assert err.startswith(f"error: output {out} is the input {source}") and "--overwrite never" in err
+    assert source.read_bytes() == original

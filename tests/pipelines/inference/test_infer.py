@@ -118,18 +118,13 @@ def test_streaming_reads_each_frame_once_in_window_sized_pieces(clip, tmp_path, 
     path, _ = clip
     reads = []
 
-    def recording_open(in_path, **options):
-        reader = open_frames(in_path, **options)
-        read = reader.read
+    read = video.SourceReader.read
 
-        def record(start, stop):
-            reads.append((start, stop))
-            return read(start, stop)
+    def record(reader, start, stop):
+        reads.append((start, stop))
+        return read(reader, start, stop)
 
-        reader.read = record
-        return reader
-
-    monkeypatch.setattr(video, "open_frames", recording_open)
+    monkeypatch.setattr(video.SourceReader, "read", record)
     video.super_resolve_video(
         PerFrameUpscaler(), path, tmp_path / "out.mkv", chunk=3, chunk_overlap=1, progress=False
     )
@@ -248,8 +243,20 @@ def test_many_videos_with_ray_data_actor_pool(clip, tmp_path, ray_local):
             writer.write(frames[:count])
     (videos / "c.mp4").write_bytes(b"corrupt")
 
-    with pytest.raises(InferError, match=r"1 of 3 videos failed:\n.*c.mp4: VideoError: cannot decode"):
-        batch.super_resolve_many(videos, tmp_path / "sr", PerFrameUpscaler(), num_workers=2, suffix=".mkv")
+    exact = video.InferConfig(precision="fp32")  # the job's auto is bf16 on CPUs with AVX512-BF16
+    with pytest.raises(
+        InferError, match=r"1 of 3 videos failed:\n.*c.mp4: VideoError: cannot decode"
+    ) as failed:
+        batch.super_resolve_many(
+            videos, tmp_path / "sr", PerFrameUpscaler(), num_workers=2, suffix=".mkv", config=exact
+        )
+    table = str(failed.value).splitlines()[-4:]
+    assert [row.split()[:3] for row in table] == [
+        ["input", "status", "frames"],
+        ["a.mkv", "done", "3"],
+        ["b.mkv", "done", "5"],
+        ["c.mp4", "FAILED", "-"],
+    ]
     for name, count in (("a", 3), ("b", 5)):
         np.testing.assert_array_equal(
             open_frames(tmp_path / "sr" / f"{name}.mkv").read(0, count),
@@ -257,6 +264,10 @@ def test_many_videos_with_ray_data_actor_pool(clip, tmp_path, ray_local):
         )
 
     (videos / "c.mp4").unlink()
+    # A rerun skips the complete outputs (no actor starts: nothing is left to do).
+    rerun = batch.super_resolve_many(videos, tmp_path / "sr", PerFrameUpscaler(), suffix=".mkv", config=exact)
+    assert [s.notes for s in rerun] == [(batch.SKIPPED,), (batch.SKIPPED,)]
+    assert "skipped" in batch.format_table(rerun).splitlines()[1]
     summaries = batch.super_resolve_many(
         videos, tmp_path / "sr2", PerFrameUpscaler(), num_workers=2, config=video.InferConfig(chunk=2)
     )
