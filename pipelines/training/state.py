@@ -184,22 +184,39 @@ def _named_iteration(name: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def resume_folder(run: str | os.PathLike | Location) -> Location | None:
+    """The checkpoint folder a run started again resumes from (None: it starts from scratch).
+
+    Ray Train resumes from the latest checkpoint of its snapshot (``checkpoint_manager_snapshot.json``),
+    which lists only the checkpoints it registered: a complete folder written after the last registration
+    (a run stopped between a worker's upload and the report) is not resumed from, so the driver's crop
+    plan must not count it either. Without a snapshot the newest complete folder by name is taken.
+    """
+    run = resolve(run)
+    snapshot = _read_snapshot(run)
+    if snapshot is None:
+        folders = checkpoint_folders(run)
+        return folders[-1] if folders else None
+    latest = snapshot.get("latest_checkpoint_result")
+    return None if latest is None else run.join(latest["checkpoint_dir_name"])
+
+
 def latest_checkpoint_iteration(run: str | os.PathLike | Location) -> int:
-    """The iteration of the newest complete checkpoint under a run's storage folder (0 if none)."""
+    """The iteration of the checkpoint a run started again resumes from (0 if none)."""
     return latest_checkpoint_progress(run, global_batch=1)[0]
 
 
 def latest_checkpoint_progress(run: str | os.PathLike | Location, global_batch: int) -> tuple[int, int]:
-    """Iteration and samples consumed of the newest complete checkpoint of a run ((0, 0) if none).
+    """Iteration and samples consumed of the checkpoint a run resumes from (:func:`resume_folder`; (0, 0) if none).
 
-    ``global_batch`` estimates the samples of a checkpoint that predates their count. Only the newest
-    folder's ``training_state.pt`` is read (it holds Adam's moments: tens of MB from an object store).
+    ``global_batch`` estimates the samples of a checkpoint that predates their count. Only that folder's
+    ``training_state.pt`` is read (it holds Adam's moments: tens of MB from an object store).
     """
-    folders = checkpoint_folders(run)
-    if not folders:
+    folder = resume_folder(run)
+    if folder is None:
         return 0, 0
-    newest = read_training_state(folders[-1])
-    return int(newest["iteration"]), samples_done(newest, global_batch)
+    saved = read_training_state(folder)
+    return int(saved["iteration"]), samples_done(saved, global_batch)
 
 
 def check_checkpoints(run: str | os.PathLike | Location) -> None:
@@ -233,16 +250,23 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of the ru
 def _check_snapshot(run: Location) -> None:
     """Ray Train resumes from its snapshot of the run's checkpoints; a damaged one fails in its controller
     with a traceback, so it is read here first (one line and the fix)."""
+    _read_snapshot(run)
+
+
+def _read_snapshot(run: Location) -> dict[str, Any] | None:
+    """Ray Train's snapshot of the run's checkpoints (None when there is none), or one line if it is damaged."""
     import json
 
-    import pyarrow.fs
-
     snapshot = run.join(SNAPSHOT_FILE)
-    if snapshot.fs.get_file_info(snapshot.path).type != pyarrow.fs.FileType.File:
-        return
+    if snapshot.fs.get_file_info(snapshot.path).type != pafs.FileType.File:
+        return None
     try:
-        json.loads(snapshot.read_bytes().decode())
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(snapshot.read_bytes().decode())
+        latest = data.get("latest_checkpoint_result")
+        if latest is not None and not isinstance(latest["checkpoint_dir_name"], str):
+            raise ValueError("checkpoint_dir_name")
+        return data
+    except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
         raise DataError(
             f"{snapshot.uri}: Ray Train's list of the run's checkpoints is damaged (cut short?), so the run "
             f"cannot resume; move {run.uri} away to start it over, or train under another name"

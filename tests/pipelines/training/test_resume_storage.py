@@ -25,6 +25,7 @@ from pipelines.training.state import (
     STATE_FILE,
     TrainingState,
     check_checkpoints,
+    latest_checkpoint_iteration,
     read_training_state,
     save_training_checkpoint,
 )
@@ -128,3 +129,44 @@ def test_a_run_resumed_on_fewer_workers_starts_its_crops_past_every_sample_it_co
     del saved["samples"]
     torch.save(saved, state_file)
     assert _crops(tiny_prepared_dataset, str(tmp_path / "runs"), workers=2).first_epoch == 16
+
+
+def _write_snapshot(run_dir, latest: str | None) -> None:
+    """Ray Train's snapshot of a run whose registered checkpoints end at ``latest`` (None: none registered).
+
+    Written with Ray's own schema (an internal class: it tracks the installed Ray's file format).
+    """
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        _CheckpointManagerState,
+        _TrainingResultState,
+    )
+
+    results = [] if latest is None else [_TrainingResultState(checkpoint_dir_name=latest, metrics={})]
+    snapshot = _CheckpointManagerState(
+        checkpoint_results=results,
+        checkpoint_report_indices=list(range(len(results))),
+        latest_checkpoint_result=results[-1] if results else None,
+        pending_training_results=[],
+        pending_validation_specs=[],
+        current_report_index=len(results),
+        validated_checkpoint_dir_names=[],
+        timed_out_validation_checkpoint_dir_names=[],
+        failed_validation_checkpoint_dir_names=[],
+    )
+    (run_dir / "checkpoint_manager_snapshot.json").write_text(snapshot.model_dump_json())
+
+
+def test_the_crop_plan_follows_the_checkpoint_ray_resumes_from_not_the_newest_folder(
+    tiny_prepared_dataset, tmp_path
+):
+    """checkpoint 8 is complete on storage but Ray never registered it: workers restore 4, so must the plan."""
+    run_dir = tmp_path / "runs" / RUN
+    _write_checkpoints(run_dir)
+    _write_snapshot(run_dir, "checkpoint_00000004")
+    assert latest_checkpoint_iteration(run_dir) == 4
+    assert _crops(tiny_prepared_dataset, str(tmp_path / "runs")).first_epoch == 8  # 4 iterations x 2 workers
+    memory = _copy_to_memory(run_dir, f"unregistered-{tmp_path.name}")
+    assert _crops(tiny_prepared_dataset, memory).first_epoch == 8
+
+    _write_snapshot(run_dir, None)  # a snapshot with no checkpoint: Ray starts from scratch
+    assert _crops(tiny_prepared_dataset, str(tmp_path / "runs")).first_epoch == 0
