@@ -2,7 +2,10 @@
 
 On a machine with NVIDIA GPUs (``bash bench/gpu_check.sh``, ``make gpu-check``) this
 
-1. checks the GPUs: ``nvidia-smi``, ``torch.cuda``, bf16 support, NCCL for two or more;
+1. checks the GPUs: ``nvidia-smi``, ``torch.cuda``, bf16 in hardware (not emulated), NCCL for two or
+   more; then runs one training step of the recipe on the first GPU (``bench/gpu_measure.py``)
+   under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync anywhere in the step fails the
+   check) and measures its peak ``torch.cuda.max_memory_allocated``;
 2. renders a synthetic REDS-sized dataset with :mod:`pipelines.data.sample` (moving photographs,
    720x1280 frames, 100-frame clips) in REDS's ``train_sharp/<clip>`` layout, clip 000 being a REDS4
    clip and so the val split, and prepares it with ``jobs/prepare_data.py`` (BI x4: 180x320 LR);
@@ -11,9 +14,9 @@ On a machine with NVIDIA GPUs (``bash bench/gpu_check.sh``, ``make gpu-check``) 
    300 iterations, validating (one clip, 20 frames) and checkpointing at the end. One departure: SPyNet
    is unfrozen at iteration 150 (the recipe: 5,000) so that the re-wrapped DDP network is exercised too;
 4. evaluates the final checkpoint with ``jobs/evaluate.py`` on the GPU (the whole 100-frame val clip);
-5. prints frames/s (the ``frames_per_s`` the training loop logs every 10 iterations), peak GPU memory
-   (``nvidia-smi`` sampled every 500 ms: the loop does not record it) and the loss curve, read back
-   from the run's MLflow store (SQLite, beside the run).
+5. prints frames/s (the ``frames_per_s`` the training loop logs every 10 iterations), each GPU's
+   utilisation and memory used during the training (NVML, sampled every 500 ms) and the loss curve,
+   read back from the run's MLflow store (SQLite, beside the run).
 
 Everything goes under ``--out`` (default ``outputs/gpu_check/``): the dataset (kept: a rerun skips
 step 2), the run's checkpoints, ``mlflow.db``, one log per step and ``summary.json``. Each step runs
@@ -46,13 +49,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+from gpu_measure import GpuSampler, step_check_lines  # bench/, beside this script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = "configs/ttvsr_reds4.yaml"
 VAL_CLIP = "000"  # a REDS4 clip id: the REDS layout makes it the val split
 RUN_NAME = "gpu_check"
 EXPERIMENT = "gpu-check"
-SAMPLE_EVERY_MS = 500
 
 
 class CheckFailed(Exception):
@@ -169,8 +172,9 @@ def check_gpus(requested: int | None) -> tuple[int, list[str]]:
     gpus = requested or available
     if gpus > available:
         raise NoGpu(f"--gpus {gpus} but torch sees {available} GPU(s)")
-    if not torch.cuda.is_bf16_supported():
-        raise NoGpu(f"{torch.cuda.get_device_name(0)} has no bf16, which the recipe trains in")
+    # in hardware: emulated bf16 (pre-Ampere) would run the recipe, many times slower
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise NoGpu(f"{torch.cuda.get_device_name(0)} has no bf16 in hardware, which the recipe trains in")
     if gpus >= 2 and not torch.distributed.is_nccl_available():
         raise NoGpu(f"torch {torch.__version__} was built without NCCL; DDP over {gpus} GPUs needs it")
     return gpus, names
@@ -306,42 +310,34 @@ def run_step(name: str, command: list[str], plan: Plan, deadline: float, reserve
     return "".join(lines), seconds
 
 
+# -- 3a. one training step in this machine's first GPU ----------------------------------------------------
+
+
+def run_step_check(summary: Summary, plan: Plan, deadline: float, reserve: float) -> str | None:
+    """``bench/gpu_measure.py``'s step check with the training's overrides; what it found wrong, or None."""
+    result_path = plan.out / "step_check.json"
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, "bench/gpu_measure.py", "--json", str(result_path)]
+    command += [] if plan.gpus else ["--cpu-smoke"]
+    for override in plan.overrides:
+        command += ["--set", override]
+    try:
+        _, summary.steps_s["one training step (sync debug)"] = run_step(
+            "step-check", command, plan, deadline, reserve
+        )
+        failure = None
+    except CheckFailed as error:
+        failure = str(error)
+    if result_path.is_file():
+        summary.step_check = json.loads(result_path.read_text())
+        if summary.step_check.get("sync_debug_error"):
+            failure = f"a host sync in the training step: {summary.step_check['sync_debug_error']}"
+        elif summary.step_check.get("host_syncs"):
+            failure = f"host-sync-like operations in the training step: {summary.step_check['host_syncs']}"
+    return failure
+
+
 # -- 5. what to report --------------------------------------------------------------------------------
-
-
-class GpuMemorySampler:
-    """``nvidia-smi --query-gpu=memory.used -lms 500`` in the background; the peak per GPU."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> GpuMemorySampler:
-        self.process = subprocess.Popen(
-            ["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits",
-             "-lms", str(SAMPLE_EVERY_MS)],
-            stdout=self.path.open("w"), stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Per GPU index: peak and first (before training started) MiB used, and the total."""
-        gpus: dict[str, dict[str, float]] = {}
-        for line in self.path.read_text().splitlines():
-            try:
-                index, used, total = (field.strip() for field in line.split(","))
-                used_mib, total_mib = float(used), float(total)
-            except ValueError:
-                continue
-            gpu = gpus.setdefault(
-                index, {"first_mib": used_mib, "peak_mib": used_mib, "total_mib": total_mib}
-            )
-            gpu["peak_mib"] = max(gpu["peak_mib"], used_mib)
-        return gpus
 
 
 def metric_history(tracking_uri: str, run_name: str) -> dict[str, list[tuple[int, float]]]:
@@ -381,6 +377,7 @@ class Summary:
     steps_s: dict[str, float] = field(default_factory=dict)
     frames_per_s: dict[str, float] = field(default_factory=dict)
     gpu_memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    step_check: dict = field(default_factory=dict)
     loss: list[tuple[int, float]] = field(default_factory=list)
     validation: dict[str, float] = field(default_factory=dict)
     nccl_versions: list[str] = field(default_factory=list)
@@ -409,13 +406,22 @@ def report(summary: Summary, plan: Plan, history: dict, started: float) -> None:
             f" (the first, warm-up window left out); {fps['median'] / plan.frames_per_iter:.2f} iterations/s"
             f" of {plan.frames_per_iter} frames"
         )
+    for line in step_check_lines(summary.step_check):
+        print(f"   {line}")
     for index, gpu in sorted(summary.gpu_memory.items()):
         print(
-            f"   peak GPU memory, GPU {index}: {gpu['peak_mib'] / 1024:.1f} GiB used of "
-            f"{gpu['total_mib'] / 1024:.1f} GiB ({gpu['first_mib'] / 1024:.1f} GiB before training)"
+            f"   GPU {index} during training (NVML): peak {gpu['peak_mib'] / 1024:.1f} GiB used of "
+            f"{gpu['total_mib'] / 1024:.1f} GiB ({gpu['first_mib'] / 1024:.1f} GiB before; the allocator's "
+            "cache and CUDA context included)"
         )
+        if "utilisation_median" in gpu:
+            print(
+                f"   GPU {index} utilisation: median {gpu['utilisation_median']:.0f} %, mean "
+                f"{gpu['utilisation_mean']:.0f} %, {gpu['utilisation_under_50_share']:.0%} of "
+                f"{gpu['utilisation_samples']:.0f} samples under 50 % (from the first busy sample)"
+            )
     if plan.gpus and not summary.gpu_memory:
-        print("   peak GPU memory: no nvidia-smi samples")
+        print("   GPU memory and utilisation: no NVML samples")
     print("   loss curve (Charbonnier, mean over workers):")
     print("\n".join(loss_curve(history)))
     if summary.validation:
@@ -512,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(plan.run_dir, ignore_errors=True)
         plan.run_dir.mkdir(parents=True)
 
+        step_failure = run_step_check(summary, plan, deadline, eval_reserve + 240)
+
         h, w = plan.frame_size
         print(
             f"== dataset: {plan.train_clips} training clips of {plan.clip_frames} frames and val clip "
@@ -534,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         train += ["--mlflow-uri", plan.tracking_uri, "--set", f"data.path={prepared}"]
         for override in plan.overrides:
             train += ["--set", override]
-        sampler = GpuMemorySampler(plan.out / "gpu_memory.csv") if plan.gpus else None
+        sampler = GpuSampler(plan.out / "gpu_samples.csv") if plan.gpus else None
         try:
             with sampler or contextlib.nullcontext():
                 train_log, summary.steps_s["train (job wall time)"] = run_step(
@@ -566,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if plan.gpus and not any(line.startswith("evaluated on cuda") for line in where):
             summary.warnings.append(f"jobs/evaluate.py --device cuda did not report a GPU run: {where}")
+        if step_failure:  # found in the step check; the training's figures are worth having anyway
+            raise CheckFailed(step_failure)
     except CheckFailed as error:
         summary.failure = str(error)
         if not summary.loss and history.get("loss"):
