@@ -56,7 +56,6 @@ from pipelines.training.recipe import describe_global_batch, describe_schedule, 
 from pipelines.training.state import (
     MODEL_FILE,
     check_checkpoints,
-    latest_checkpoint_iteration,
     latest_checkpoint_progress,
     read_training_state,
     run_folder,
@@ -98,15 +97,19 @@ class TrainingSummary:
         return "\n".join(lines)
 
 
-def training_crops(cfg: Experiment, manifest: Manifest) -> CropSpec:
+def training_crops(cfg: Experiment, manifest: Manifest, progress: tuple[int, int] | None = None) -> CropSpec:
     """The sampling plan of the run's training crops (``pipelines.data.ingest``), drawn in Ray Data tasks.
 
     The plan covers every sample the run still needs in one pass (one Ray Data execution per run). A
     resumed run numbers its epochs past the samples it has consumed (counted in its checkpoints, whatever
-    the global batch of each earlier part of the run), so it draws crops it has not drawn.
+    the global batch of each earlier part of the run), so it draws crops it has not drawn. ``progress``
+    is that checkpoint's iteration and samples when the caller has read them already
+    (:func:`pipelines.training.state.check_checkpoints`).
     """
     per_iteration = cfg.global_batch
-    done, consumed = latest_checkpoint_progress(run_folder(cfg.run.storage_path, cfg.run.name), per_iteration)
+    if progress is None:
+        progress = latest_checkpoint_progress(run_folder(cfg.run.storage_path, cfg.run.name), per_iteration)
+    done, consumed = progress
     spec = CropSpec(
         cfg.data.num_frames,
         cfg.data.lr_patch,
@@ -231,7 +234,8 @@ def _run_training(
         cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify
     )
     check_training_inputs(cfg, manifest)
-    check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name))
+    # The checkpoint the workers will resume from, checked once: its iteration and samples consumed.
+    progress = check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name), cfg.global_batch)
     trained = with_batch_lr(cfg)  # what the workers train with: optim.lr after scaling.lr_rule
     global_batch, batch_warning = describe_global_batch(cfg)
     print(f"global batch: {global_batch}", flush=True)
@@ -249,7 +253,7 @@ def _run_training(
         | {"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr}
     )
     # Params keep their first value; the metric records the layout of every (re)start at its iteration.
-    resumed_at = latest_checkpoint_iteration(run_folder(cfg.run.storage_path, cfg.run.name))
+    resumed_at = progress[0]
     tracker.log_metrics({"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr}, step=resumed_at)
     tracker.log_dict(config_to_dict(cfg), "config.yaml")
     tracker.log_dict(manifest.data, f"dataset/{MANIFEST_NAME}")
@@ -301,7 +305,7 @@ def _run_training(
         ),
         datasets={
             "train": train_dataset(
-                cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest)
+                cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest, progress)
             )
         },
     )

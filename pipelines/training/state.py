@@ -202,8 +202,15 @@ def resume_folder(run: str | os.PathLike | Location) -> Location | None:
 
 
 def latest_checkpoint_iteration(run: str | os.PathLike | Location) -> int:
-    """The iteration of the checkpoint a run started again resumes from (0 if none)."""
-    return latest_checkpoint_progress(run, global_batch=1)[0]
+    """The iteration of the checkpoint a run started again resumes from (0 if none).
+
+    Taken from the folder's name (``checkpoint_<iteration>``, the loop's naming): nothing is read.
+    """
+    folder = resume_folder(run)
+    if folder is None:
+        return 0
+    named = _named_iteration(folder.name)
+    return named if named >= 0 else int(read_training_state(folder)["iteration"])
 
 
 def latest_checkpoint_progress(run: str | os.PathLike | Location, global_batch: int) -> tuple[int, int]:
@@ -219,38 +226,41 @@ def latest_checkpoint_progress(run: str | os.PathLike | Location, global_batch: 
     return int(saved["iteration"]), samples_done(saved, global_batch)
 
 
-def check_checkpoints(run: str | os.PathLike | Location) -> None:
-    """Load every file of the run's checkpoints as plain data, on the driver, before any worker resumes.
+def check_checkpoints(run: str | os.PathLike | Location, global_batch: int = 1) -> tuple[int, int]:
+    """Load every file of the checkpoint the run resumes from as plain data, on the driver, before any worker.
 
     A doctored or damaged file is one :class:`DataError` here instead of a failure in every worker
-    (and every retry of it). Checkpoints on ``s3://`` and other URIs are read into memory to be checked.
+    (and every retry of it). Only :func:`resume_folder`'s checkpoint is read (on ``s3://`` and other URIs,
+    into memory): it is the one every worker loads; the other kept checkpoints are read only by
+    registration, which loads them as plain data too (``docs/security.md``).
+
+    Returns that checkpoint's iteration and samples consumed (``(0, 0)`` for a new run), as
+    :func:`latest_checkpoint_progress` would, without reading its ``training_state.pt`` a second time.
     """
     run = resolve(run)
-    _check_snapshot(run)
-    for folder in checkpoint_folders(run):
-        names = set()
-        for info in sorted(folder.list_files(), key=lambda info: info.path):
-            file = folder.join(posixpath.relpath(info.path, folder.path))
-            names.add(file.name)
-            if file.name == MODEL_FILE:
-                _check_model_file(file)
-            elif file.name.endswith(".pt"):
-                _load_plain(file)
-        missing = [f for f in (MODEL_FILE, RNG_FILE.format(rank=0)) if f not in names]
-        if missing:
-            raise DataError(
-                f"checkpoint {folder.uri} lacks {', '.join(missing)} (damaged or cut short): move that "
-                "folder out of the run to resume from the checkpoint before it"
-            )
+    folder = resume_folder(run)  # reads and checks Ray Train's snapshot
+    if folder is None:
+        return 0, 0
+    names, saved = set(), None
+    for info in sorted(folder.list_files(), key=lambda info: info.path):
+        file = folder.join(posixpath.relpath(info.path, folder.path))
+        names.add(file.name)
+        if file.name == MODEL_FILE:
+            _check_model_file(file)
+        elif file.name == STATE_FILE:
+            saved = _load_plain(file)
+        elif file.name.endswith(".pt"):
+            _load_plain(file)
+    missing = [f for f in (MODEL_FILE, STATE_FILE, RNG_FILE.format(rank=0)) if f not in names]
+    if missing:
+        raise DataError(
+            f"checkpoint {folder.uri} lacks {', '.join(missing)} (damaged or cut short): move that "
+            "folder out of the run to resume from the checkpoint before it"
+        )
+    return int(saved["iteration"]), samples_done(saved, global_batch)
 
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of the run's checkpoints
-
-
-def _check_snapshot(run: Location) -> None:
-    """Ray Train resumes from its snapshot of the run's checkpoints; a damaged one fails in its controller
-    with a traceback, so it is read here first (one line and the fix)."""
-    _read_snapshot(run)
 
 
 def _read_snapshot(run: Location) -> dict[str, Any] | None:

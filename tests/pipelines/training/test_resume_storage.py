@@ -170,3 +170,40 @@ def test_the_crop_plan_follows_the_checkpoint_ray_resumes_from_not_the_newest_fo
 
     _write_snapshot(run_dir, None)  # a snapshot with no checkpoint: Ray starts from scratch
     assert _crops(tiny_prepared_dataset, str(tmp_path / "runs")).first_epoch == 0
+
+
+def test_only_the_checkpoint_ray_resumes_from_is_read_on_the_driver_and_only_once(
+    tiny_prepared_dataset, tmp_path, monkeypatch
+):
+    """Every file of checkpoint 8 is checked once; checkpoint 4 (kept, not resumed from) is never downloaded."""
+    from pipelines.common.storage import Location
+
+    _write_checkpoints(tmp_path / RUN, iterations=(4, 8), workers=2)
+    uri = _copy_to_memory(tmp_path / RUN, f"reads-{tmp_path.name}")
+    read = []
+    real_read_bytes = Location.read_bytes
+
+    def recording_read_bytes(self):  # a spy: records what is read of the run, then reads the real store
+        if self.uri.startswith(f"{uri}/{RUN}/"):
+            read.append(self.uri.removeprefix(f"{uri}/{RUN}/"))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Location, "read_bytes", recording_read_bytes)
+    assert check_checkpoints(f"{uri}/{RUN}", global_batch=2) == (8, 16)
+    assert sorted(read) == [
+        f"checkpoint_00000008/{name}" for name in ("model.pt", "rng_rank0.pt", "rng_rank1.pt", STATE_FILE)
+    ]
+
+    read.clear()
+    assert latest_checkpoint_iteration(f"{uri}/{RUN}") == 8  # from the folder's name
+    assert _crops_with_progress(tiny_prepared_dataset, uri, (8, 16)).first_epoch == 16
+    assert read == []
+
+
+def _crops_with_progress(data, storage: str, progress: tuple[int, int]):
+    cfg = load_config(
+        TTVSRExperiment,
+        TEST_CONFIG,
+        [f"data.path={data}", f"run.storage_path={storage}", "scaling.num_workers=2", "train.total_iters=20"],
+    )
+    return training_crops(resolve_paths(cfg), load_manifest(data, verify=False), progress)
