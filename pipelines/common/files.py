@@ -39,6 +39,15 @@ TEMP_MARKER = ".tmp-"
 """Part of every temporary file name: ``.<name>.tmp-<pid>``."""
 
 
+def first_difference(expected: dict[str, str], found: dict[str, str]) -> tuple[str, str] | None:
+    """The first file (by name) whose digest in ``found`` is not the one in ``expected``, with how it
+    differs (``added``, ``removed``, ``changed``); None when the two listings agree."""
+    for name in sorted(set(expected) | set(found)):
+        if expected.get(name) != found.get(name):
+            return name, "added" if name not in expected else "removed" if name not in found else "changed"
+    return None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 8 * 2**20) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, StateError
+from pipelines.common.files import first_difference
 from pipelines.training.experiment import Experiment
 from pipelines.tuning.config import SearchConfig
 
@@ -148,11 +149,10 @@ def verify_search(experiment_path: str, state: dict[str, Any], sealed: str | Non
             f"{experiment_path}: the Tune state there was not sealed by this search's last run (killed "
             f"before it could, or changed since), and resuming would unpickle it; {fix}"
         )
-    found = _file_digests(experiment_path)
-    for name in sorted(set(files) | set(found)):
-        if files.get(name) != found.get(name):
-            change = "added" if name not in files else "removed" if name not in found else "changed"
-            raise StateError(
-                f"{experiment_path}/{name}: {change} since this search last ran, and resuming would "
-                f"unpickle the search's state; {fix}"
-            )
+    difference = first_difference(files, _file_digests(experiment_path))
+    if difference is not None:
+        name, change = difference
+        raise StateError(
+            f"{experiment_path}/{name}: {change} since this search last ran, and resuming would "
+            f"unpickle the search's state; {fix}"
+        )
