@@ -313,15 +313,35 @@ def _run_training(
         with sigterm_as_ctrl_c():
             result = trainer.fit()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C / SIGTERM: Train aborted the run, then exits
-        tracker.finish("KILLED")
+        end_unfinished_run(tracker, "KILLED")
         raise KeyboardInterrupt from None
     except Exception:
-        tracker.finish("FAILED")
+        end_unfinished_run(tracker, "FAILED")
         raise
     finally:
         if storage_marker is not None:
             storage_marker.remove()
     return register_result(cfg, tracker, best_checkpoint(result), register=register, latest=result.checkpoint)
+
+
+def end_unfinished_run(tracker: RunTracker, status: str) -> None:
+    """Mark the MLflow run ``FAILED`` or ``KILLED`` on the way out of a training that did not finish.
+
+    What the job must show is the training's own error (or the Ctrl-C): with the tracking server away,
+    MLflow's default retries would hold the driver for minutes and then replace that error with its own.
+    So one attempt of at most 10 s (:func:`pipelines.tracking.background.fail_fast_http_requests`), and a
+    failure here is a warning line (the run stays ``RUNNING`` in MLflow), never the job's error.
+    """
+    try:
+        with fail_fast_http_requests():
+            tracker.finish(status)
+    except Exception as error:
+        print(
+            f"warning: MLflow run {tracker.run_id} could not be marked {status}: the tracking server "
+            f"{tracker.tracking_uri} did not answer ({type(error).__name__}); it stays RUNNING there",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def best_checkpoint(result: Any) -> Any:

@@ -203,3 +203,25 @@ def test_registration_with_the_server_away_ends_with_the_checkpoint_and_the_comm
     done = subprocess.run([sys.executable, *command[1:]], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"registered models:/{cfg.tracking.registered_model}/2" in done.stdout
+
+
+def test_a_training_that_fails_while_the_server_is_away_ends_with_its_own_error(capsys):
+    """The driver's failure path marks the run FAILED with one short attempt: no server listens on the
+    port, and the job's error is still the training's one line, with a warning about the run's status."""
+    from pipelines.common.errors import DataError
+    from pipelines.training.driver import end_unfinished_run
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    tracker = RunTracker.attach(closed, "0" * 32)
+    for status in ("FAILED", "KILLED"):
+        with pytest.raises(DataError, match="^data.path /nowhere: no manifest.json"):
+            try:  # what _run_training does around trainer.fit()
+                raise DataError("data.path /nowhere: no manifest.json")
+            except DataError:
+                end_unfinished_run(tracker, status)
+                raise
+        warning = capsys.readouterr().err
+        assert f"MLflow run {'0' * 32} could not be marked {status}: the tracking server {closed}" in warning
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") is None  # fail-fast settings are restored
