@@ -56,13 +56,18 @@ def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
     For the computations that must stay in float32 under bf16 autocast: bf16's spacing near 1 is
     2^-8, so comparisons of similarities or placements by flow would no longer match float32's. The
-    caller passes float32 inputs (``.float()``).
+    caller passes float32 inputs (:func:`at_least_float32`).
     """
     try:
         enabled = torch.is_autocast_enabled(device.type)
     except RuntimeError:  # a device type autocast does not know (meta): it cannot be on there
         enabled = False
     return torch.autocast(device.type, enabled=False) if enabled else contextlib.nullcontext()
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or as it is if wider (float64 stays float64): what :func:`without_autocast` regions take."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -47,6 +47,7 @@ from vsr_models import ttvsr_fast
 from vsr_models.blocks import (
     ResidualBlocksWithInputConv,
     UpsampleHead,
+    at_least_float32,
     flow_warp,
     upsample_base,
     without_autocast,
@@ -165,7 +166,9 @@ def trajectory_hard_attention(
     with torch.no_grad(), without_autocast(query.device):
         similarity = torch.cat(
             [
-                torch.einsum("nkpd,npd->nkp", gather_tokens(keys, chunk).float(), query.float())
+                torch.einsum(
+                    "nkpd,npd->nkp", at_least_float32(gather_tokens(keys, chunk)), at_least_float32(query)
+                )
                 for chunk in rows.split(_KEY_FRAMES_PER_CHUNK, dim=1)
             ],
             dim=1,
@@ -206,7 +209,9 @@ class TrajectoryAttention(nn.Module):
         """
         n, _, h, w = anchor_feat.shape
         s = self.token_size
-        query = F.normalize(tokenize(query_feat, s).float(), dim=-1)  # float32: see trajectory_hard_attention
+        query = F.normalize(
+            at_least_float32(tokenize(query_feat, s)), dim=-1
+        )  # float32: see trajectory_hard_attention
         _, soft_weight, rows, inside = trajectory_hard_attention(query, keys, location_maps)
         inside = inside.unsqueeze(-1)
         attended = [untokenize(gather_tokens(v, rows) * inside, (h, w), s) for v in values]
@@ -281,9 +286,12 @@ class TTVSR(nn.Module):
         """
         n, t, c, h, w = lrs.shape
         if t < 2:
-            empty = lrs.new_zeros(n, 0, 2, h, w, dtype=torch.float32)
+            empty = at_least_float32(lrs.new_zeros(n, 0, 2, h, w))
             return empty, empty
-        earlier, later = lrs[:, :-1].flatten(0, 1).float(), lrs[:, 1:].flatten(0, 1).float()
+        earlier, later = (
+            at_least_float32(lrs[:, :-1].flatten(0, 1)),
+            at_least_float32(lrs[:, 1:].flatten(0, 1)),
+        )
         with without_autocast(lrs.device):
             backward = self.spynet(earlier, later).view(n, t - 1, 2, h, w)
             if self.reuses_mirror_flows(lrs, mirrored):
@@ -362,7 +370,9 @@ class TTVSR(nn.Module):
             propagated[i] = feat_prop
 
             if i in key_frames:
-                new_keys = F.normalize(tokenize(feats[i], s).float(), dim=-1)  # float32, as the query
+                new_keys = F.normalize(
+                    at_least_float32(tokenize(feats[i], s)), dim=-1
+                )  # float32, as the query
                 new_values = [cross_scale_tokens(feat_prop, s, k) for k in self.config.token_scales]
                 if keys is None:
                     keys, values = new_keys, new_values

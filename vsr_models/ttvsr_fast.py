@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vsr_models.blocks import flow_warp, upsample_base, without_autocast
+from vsr_models.blocks import at_least_float32, flow_warp, upsample_base, without_autocast
 from vsr_models.trajectory import (
     cross_scale_tokens,
     identity_location_map,
@@ -74,9 +74,9 @@ def compute_flows(model: TTVSR, lrs: Tensor, mirrored: bool | None = None) -> tu
     """
     n, t, c, h, w = lrs.shape
     if t < 2:
-        empty = lrs.new_zeros(n, 0, 2, h, w, dtype=torch.float32)
+        empty = at_least_float32(lrs.new_zeros(n, 0, 2, h, w))
         return empty, empty
-    earlier, later = lrs[:, :-1].flatten(0, 1).float(), lrs[:, 1:].flatten(0, 1).float()
+    earlier, later = at_least_float32(lrs[:, :-1].flatten(0, 1)), at_least_float32(lrs[:, 1:].flatten(0, 1))
     mirrored = model.reuses_mirror_flows(lrs, mirrored)
     refs, supports = (
         (earlier, later) if mirrored else (torch.cat([earlier, later]), torch.cat([later, earlier]))
@@ -222,8 +222,10 @@ def hard_attention_index(keys: Tensor, query: Tensor, rows: Tensor, inside: Tens
         similarity = torch.cat(
             [
                 torch.matmul(
-                    flat_keys.index_select(0, part.reshape(-1)).view(b, p, part.shape[-1], -1).float(),
-                    query.float().unsqueeze(-1),
+                    at_least_float32(
+                        flat_keys.index_select(0, part.reshape(-1)).view(b, p, part.shape[-1], -1)
+                    ),
+                    at_least_float32(query).unsqueeze(-1),
                 ).squeeze(-1)
                 for part in per_token.split(chunk, dim=-1)
             ],
@@ -354,7 +356,7 @@ def propagate_both(
         current = torch.cat([feats[:, t - 1 - step], feats[:, step]])
         is_key_frame = step < t - 1 and step % config.key_frame_stride == 0
         # this frame's query, later maybe its keys; float32 under autocast too (the search compares them)
-        query = F.normalize(tokens(current, s).float(), dim=-1)
+        query = F.normalize(at_least_float32(tokens(current, s)), dim=-1)
         if step > 0:
             flow = step_flows[:, step - 1]
             feat_prop = flow_warp(feat_prop, flow, padding_mode="border")
