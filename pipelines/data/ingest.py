@@ -243,7 +243,8 @@ _FOOTER_CACHE_SIZE = 64
 def read_clip(filesystem, clip: PlanClip, segments: list[int] | None = None) -> StoredClip:
     """Read ``segments`` (all when None) of ``clip`` from its shard, checking they are the manifest's clip.
 
-    Unreadable bytes (a damaged page, a corrupt footer) are one :class:`CorruptShard` naming the shard.
+    Unreadable bytes (a damaged page, a corrupt footer) are one :class:`CorruptShard` naming the shard; a
+    shard that is not there at all is :func:`shard_not_found` (a node without the dataset's mount).
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -261,6 +262,8 @@ def read_clip(filesystem, clip: PlanClip, segments: list[int] | None = None) -> 
             table = parquet.read_row_groups([clip.first_row_group + s for s in segments], columns=columns)
     except DataError:
         raise
+    except FileNotFoundError:
+        raise shard_not_found(clip.uri) from None
     except (OSError, pa.ArrowException, IndexError) as err:
         raise corrupt_shard(clip.uri, err) from None
     ids, counts = set(table["clip_id"].to_pylist()), set(table["num_frames"].to_pylist())
@@ -273,6 +276,30 @@ def read_clip(filesystem, clip: PlanClip, segments: list[int] | None = None) -> 
             "the dataset again"
         )
     return StoredClip(clip, table, segments)
+
+
+def shard_not_found(uri: str) -> DataError:
+    """The one-line error for a shard missing where it is read: names the node and the shared-storage fix.
+
+    The driver checked at start that the manifest's shards are there, so a shard missing in a Ray Data
+    task is most often a node that lacks the dataset's mount (one that joined later, or mounts elsewhere):
+    re-running prepare, the fix for a damaged shard, would not help (``docs/cluster.md#shared-storage``).
+    """
+    return DataError(
+        f"{uri}: no such file on {_this_node()}; the prepared dataset (data.path) must be on shared storage "
+        "mounted at the same path on every node (docs/cluster.md#shared-storage): mount it there, or if it "
+        "is mounted, the shard was removed after preparation: re-run prepare with the same --output"
+    )
+
+
+def _this_node() -> str:
+    import socket
+
+    import ray
+
+    if ray.is_initialized():
+        return f"Ray node {ray.get_runtime_context().get_node_id()} (host {socket.gethostname()})"
+    return f"host {socket.gethostname()}"
 
 
 def _clip_row(clip: PlanClip) -> dict:

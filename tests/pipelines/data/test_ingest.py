@@ -409,3 +409,38 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_cause(tiny_prepared_datas
         CorruptShard, match=r"part-00000.parquet: the shard does not read .*ZSTD decompression failed"
     ):
         list(iter_val_clips(old, "train"))
+
+
+def test_a_shard_missing_on_the_node_that_reads_it_names_the_node_and_the_shared_storage_fix(
+    tiny_prepared_dataset, ray_local, tmp_path
+):
+    """The shard is gone after the driver's start check (a node without the dataset's mount sees exactly
+    that): one line naming the node and the mount, not "damaged, re-run prepare"."""
+    import shutil
+    import socket
+
+    from pipelines.data.ingest import plan_clips, read_clip
+    from pipelines.data.manifest import CorruptShard, load_manifest
+
+    copy = tmp_path / "unmounted"
+    shutil.copytree(tiny_prepared_dataset, copy)
+    manifest = load_manifest(copy)
+    clip = plan_clips(manifest, "val")[0]
+    Path(clip.uri).unlink()
+
+    @ray_local.remote
+    def read_in_a_ray_task():
+        try:
+            read_clip(manifest.filesystem, clip)
+        except DataError as error:
+            return type(error).__name__, str(error), ray_local.get_runtime_context().get_node_id()
+
+    kind, message, node = ray_local.get(read_in_a_ray_task.remote())
+    assert kind == "DataError" and "\n" not in message
+    assert message.startswith(f"{clip.uri}: no such file on Ray node {node} (host {socket.gethostname()})")
+    assert "mounted at the same path on every node (docs/cluster.md#shared-storage)" in message
+    assert "damaged" not in message
+
+    with pytest.raises(DataError, match="no such file on Ray node") as here:  # validation reads in the worker
+        read_clip(manifest.filesystem, clip)
+    assert not isinstance(here.value, CorruptShard)
