@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipelines.common.config import as_overrides
+from pipelines.common.console import add_verbose_arg, quiet_logging
 from pipelines.common.errors import find_user_error
 
 USER_ERROR_EXIT = 2
@@ -44,6 +45,7 @@ def add_config_args(
 ) -> argparse.ArgumentParser:
     """Add the ``--config`` and repeatable ``--set`` options every command shares."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
+    add_verbose_arg(parser)
     return add_set_arg(parser, set_example)
 
 
@@ -67,7 +69,9 @@ def run_job(body: Callable[[], int | None]) -> int:
     """Run ``body``; a user error becomes ``error: <message>`` on stderr and exit status 2.
 
     Nothing is caught silently: an error that is not a user error keeps its traceback (a bug to report).
+    The libraries' own messages stay off the console unless ``--verbose`` (:mod:`pipelines.common.console`).
     """
+    quiet_logging()
     try:
         return body() or 0
     except KeyboardInterrupt:

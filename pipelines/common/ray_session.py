@@ -31,6 +31,9 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+
+from pipelines.common.console import route_worker_output, verbose
 
 LOOPBACK = "127.0.0.1"
 
@@ -123,19 +126,28 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         with _loopback_node_address():
-            ray.init(address=address)
+            context = ray.init(address=address)
+        print(dashboard_line(context.dashboard_url, route_worker_output()), flush=True)  # stderr: errors only
         return
+    # Ray Train's and Tune's helpers (the placement-group cleaner of a stopped trial) ask the State API
+    # of "the" local Ray; with a second Ray on this machine they find two and give up, leaving the
+    # trial's resources reserved. Naming this Ray's dashboard (the State API server) in the environment
+    # the Ray processes inherit gives them the right one (docs/tuning.md#another-ray-on-the-same-machine).
+    port = _free_port()
+    os.environ[API_SERVER_ENV] = f"http://{LOOPBACK}:{port}"
     with _loopback_node_address():
-        ray.init(
+        context = ray.init(
             address="local",
             num_cpus=num_cpus,
             # The dashboard serves the State API Ray Train's controller polls (without it, every poll
             # logs a warning); on loopback like everything else.
             dashboard_host=LOOPBACK,
+            dashboard_port=port,
             _node_ip_address=LOOPBACK,
             # Ray's own INFO lines ("Started a local Ray instance") would precede a job's one error line;
-            # the workers' output (training progress) still reaches the console.
-            logging_level=logging.WARNING,
+            # the workers' output (training progress) still reaches the console. Its warnings too
+            # (token authentication is on: the dashboard line says how to log in), unless --verbose.
+            logging_level=logging.WARNING if verbose() else logging.ERROR,
         )
     node_ip = ray.util.get_node_ip_address()
     if not is_loopback(node_ip):
@@ -144,6 +156,35 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             f"the local Ray started on {node_ip} instead of {LOOPBACK}, so it listens on every interface: "
             "this Ray version no longer honours pipelines.common.ray_session._loopback_node_address"
         )
+    print(dashboard_line(context.dashboard_url, route_worker_output()), flush=True)  # stderr: errors only
+
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's State API client before any auto-detection
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def dashboard_line(dashboard_url: str | None, library_log: Path | None = None) -> str:
+    """``Ray dashboard: http://127.0.0.1:8265`` (under Ray's token authentication, how to log in) and
+    where the libraries' own messages went (:func:`pipelines.common.console.route_worker_output`)."""
+    if not dashboard_url:
+        line = "Ray dashboard: not running"
+    else:
+        line = f"Ray dashboard: {dashboard_url if '://' in dashboard_url else 'http://' + dashboard_url}"
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            where = os.environ.get("RAY_AUTH_TOKEN_PATH") or (
+                "$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else "~/.ray/auth_token"
+            )
+            line += f" (token authentication: log in with the token in {where})"
+    if library_log is not None:
+        line += f"; Ray's and MLflow's own messages: {library_log} (--verbose prints them here)"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 
 from pipelines.common.cli import run_job
 from pipelines.common.config import config_to_dict, flatten
+from pipelines.common.console import verbose
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.ray_session import init_ray, sigterm_as_ctrl_c
 from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
@@ -275,6 +276,8 @@ def _run_training(
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     # A pass over the plan that ran short would start another execution: do not print its plan again.
     ray.data.DataContext.get_current().print_on_execution_start = False
+    # Its bars run in Ray Data's coordinator actor, off any terminal: line noise; the loop prints progress.
+    ray.data.DataContext.get_current().enable_progress_bars = verbose()
     # Checked by every worker before its first iteration: covers nodes that join after the start check.
     storage_marker = place_marker("run.storage_path", cfg.run.storage_path)
     trainer = TorchTrainer(

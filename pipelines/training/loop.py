@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipelines.common.console import quiet_logging
 from pipelines.common.errors import TrainingDiverged
 from pipelines.common.progress import format_eta
 from pipelines.data.ingest import iter_val_clips, make_train_batch_iterator
@@ -152,6 +153,7 @@ def setup(loop_config: dict[str, Any]) -> Worker:
     import ray.train.torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_logging()  # Ray Train's and MLflow's INFO lines stay off the console (pipelines.common.console)
     cfg: Experiment = loop_config["experiment"]
     if loop_config.get("storage_marker") is not None:  # a node that joined after the driver's start check
         loop_config["storage_marker"].check_here()  # docs/cluster.md#shared-storage
