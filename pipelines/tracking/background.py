@@ -167,7 +167,9 @@ class BackgroundTracker:
         client: what the thread calls (``log_batch``, ``log_image``, ...); the tracker's MlflowClient
             unless given (tests give a real client behind a switch that fails its calls).
         max_metrics / max_file_bytes: the bounds of the queue (module docstring).
-        flush_timeout: how long :meth:`close` waits for the queue to drain.
+        flush_timeout: how long :meth:`close` waits for the queue to drain (5 minutes: at the end of a
+            run the job waits for the server anyway, to register the model, and a restarted server
+            takes a minute to answer on a busy head node).
     """
 
     def __init__(
@@ -177,7 +179,7 @@ class BackgroundTracker:
         client: Any = None,
         max_metrics: int = 200_000,
         max_file_bytes: int = 256 << 20,
-        flush_timeout: float = 60.0,
+        flush_timeout: float = 300.0,
         max_retry_delay: float = 30.0,
     ) -> None:
         self.tracking_uri = tracker.tracking_uri

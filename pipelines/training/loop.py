@@ -14,6 +14,7 @@ device and read back once per ``log_every`` iterations, so a step never waits fo
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import tempfile
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.common.console import quiet_logging
-from pipelines.common.errors import TrainingDiverged
+from pipelines.common.errors import DataError, TrainingDiverged
 from pipelines.common.progress import format_eta
 from pipelines.data.ingest import iter_val_clips, make_train_batch_iterator
 from pipelines.evaluation.scoring import image_strip, score_clips, summarise
@@ -345,15 +346,26 @@ def save_and_report(worker: Worker, metrics: dict[str, float]) -> None:
     import ray.train
 
     iteration = worker.state.iteration
-    with tempfile.TemporaryDirectory() as directory:
-        save_training_checkpoint(
-            Path(directory), worker.rank, worker.model, worker.optimizer, worker.scheduler, worker.state
-        )
-        ray.train.report(
-            {"iteration": iteration, **metrics},
-            checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"checkpoint_{iteration:08d}",
-        )
+    name = f"checkpoint_{iteration:08d}"
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            save_training_checkpoint(
+                Path(directory), worker.rank, worker.model, worker.optimizer, worker.scheduler, worker.state
+            )
+            ray.train.report(
+                {"iteration": iteration, **metrics},
+                checkpoint=ray.train.Checkpoint.from_directory(directory),
+                checkpoint_dir_name=name,
+            )
+    except OSError as error:  # pyarrow's copy to the storage reports a full disk without an errno
+        if error.errno != errno.ENOSPC and "No space left on device" not in str(error):
+            raise
+        cfg = worker.cfg
+        where = error.filename or run_folder(cfg.run.storage_path, cfg.run.name).join(name).uri
+        raise DataError(
+            f"no space left on the device while writing {where} (checkpoint of iteration {iteration}): free "
+            "space there or choose another --storage-path; a re-run resumes from the last complete checkpoint"
+        ) from None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

@@ -205,3 +205,49 @@ def test_sigterm_ends_training_as_ctrl_c_and_the_resumed_run_logs_each_step_once
     assert resumed.returncode == 0, resumed.stderr
     steps = logged_steps()
     assert sorted(steps) == list(range(1, stopped_at + 3))  # every step once, the re-done ones too
+
+
+@pytest.mark.slow
+def test_full_disk_at_a_checkpoint_is_one_line_naming_the_path(tiny_prepared_dataset, tmp_path, ray_local):
+    import subprocess
+
+    from pipelines.common.errors import DataError, find_user_error
+    from pipelines.training.state import check_checkpoints, checkpoint_folders
+    from vsr_models import IncompatibleCheckpointError
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root: a tmpfs is needed to fill a disk")
+        pytest.skip("needs root to mount a 1 MiB tmpfs (the checkpoint of the tiny network is ~6 MB)")
+    storage = tmp_path / "full"
+    storage.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(storage)], check=True)
+    try:
+        cfg = load_config(
+            TTVSRExperiment,
+            TEST_CONFIG,
+            [
+                f"data.path={tiny_prepared_dataset}",
+                f"run.storage_path={storage}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "run.name=full",
+                "run.max_failures=0",
+                "train.total_iters=2",
+                "train.val_every=2",
+            ],
+        )
+        with pytest.raises(Exception) as failed:
+            run_training(cfg, register=False)
+        error = find_user_error(failed.value)
+        assert isinstance(error, DataError), failed.value
+        message = str(error)
+        assert "\n" not in message and message.startswith("no space left on the device while writing")
+        assert str(storage / "full") in message and "checkpoint of iteration 2" in message
+        # Ray Train copies a checkpoint into its folder in place: the cut-short one (model.pt, ~6 MB, cannot
+        # fit) is refused in one line before any worker would resume from it
+        (cut,) = checkpoint_folders(storage / "full")
+        with pytest.raises((DataError, IncompatibleCheckpointError)) as damaged:  # both user errors
+            check_checkpoints(storage / "full")
+        assert "\n" not in str(damaged.value) and cut.name in str(damaged.value)
+    finally:
+        subprocess.run(["umount", "-l", str(storage)], check=False)

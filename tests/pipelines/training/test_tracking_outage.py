@@ -174,7 +174,8 @@ def test_training_steps_on_while_the_tracking_server_is_down_and_loses_no_metric
     assert run.info.status == "FINISHED"
     # log_every 1: every step, including those logged while the server was away, is there exactly once
     assert [step for step, _ in tracker.metric_history("loss")] == list(range(1, TOTAL_ITERS + 1))
-    assert [step for step, _ in tracker.metric_history("val/psnr")] == [4, 8, 12]
+    # (registration logs the registered step's validation once more, as the LoggedModel's own)
+    assert sorted({step for step, _ in tracker.metric_history("val/psnr")}) == [4, 8, 12]
     assert any(key.startswith("system/node0/") for key in run.data.metrics)
     assert summary.registered is not None and summary.registered.version == "1"
     assert run.data.tags["registered_iteration"] == str(summary.best_iteration)
