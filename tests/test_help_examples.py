@@ -146,6 +146,8 @@ def commands_in(text: str, comment: str = "") -> list[tuple[str, list[str]]]:
                 argv = shlex.split(rest)
             except ValueError:  # an unbalanced quote: prose, not a command
                 continue
+            if match.group(2) and not argv:  # `ray-vsr-infer` named in a sentence, not an example
+                continue
             found.append((script, argv))
     return found
 
@@ -217,8 +219,11 @@ def test_set_examples_in_prose_are_keys_of_a_config(dry_run):
             if example in in_commands or value in {v.strip("'\"") for v in in_commands}:
                 continue
             jobs = ["train_ttvsr", "train_vsrt", "tune_ttvsr", "evaluate", "prepare_data", "infer"]
-            codes = [dry_run(job, [*MINIMAL_ARGS[job], "--set", value])[0] for job in jobs]
-            assert None in codes, f"{path.name}: --set {value} is a key of no job's config"
+            # alone on a job's defaults; a value that needs another key (scaling.lr_rule needs the recipe's
+            # batch) still counts: the key is real, and whole commands are checked whole above
+            results = [dry_run(job, [*MINIMAL_ARGS[job], "--set", value]) for job in jobs]
+            known = [code is None or "unknown config key" not in err for code, _, err in results]
+            assert any(known), f"{path.name}: --set {value} is a key of no job's config"
             checked += 1
     assert checked >= 1
 
