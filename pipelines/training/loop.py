@@ -390,7 +390,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def _system_metrics(worker: Worker, loop_config: dict[str, Any]) -> Iterator[None]:
     """CPU / GPU / memory of every node, from its first worker, to the run (``tracking.system_metrics_interval``),
-    through a queue of its own, at the training iteration of each sample."""
+    through a background queue, at the training iteration of each sample."""
     import ray.train
 
     interval = worker.cfg.tracking.system_metrics_interval
@@ -398,14 +398,24 @@ def _system_metrics(worker: Worker, loop_config: dict[str, Any]) -> Iterator[Non
     if interval is None or context.get_local_rank() != 0:
         yield
         return
-    node = BackgroundTracker(RunTracker.attach(loop_config["tracking_uri"], worker.state.mlflow_run_id))
+    # Rank 0 shares its queue (one flush at the end); the first worker of another node has its own.
+    own = worker.rank != 0
+    node = (
+        BackgroundTracker(RunTracker.attach(loop_config["tracking_uri"], worker.state.mlflow_run_id))
+        if own
+        else worker.tracker
+    )
     try:
         with system_metrics(
             node, f"node{context.get_node_rank()}", step=lambda: worker.state.iteration, interval=interval
         ):
             yield
-    finally:
-        node.close(timeout=5.0)  # a sample or two at most: not worth holding the end of training for
+    except BaseException:
+        if own:
+            node.close(timeout=5.0)
+        raise
+    if own:
+        node.close()
 
 
 def check_finite_loss(worker: Worker, loss: float, last_checkpoint: int | None) -> None:
