@@ -114,6 +114,7 @@ from pipelines.tuning.trial import (
 logger = logging.getLogger("ray_vsr.tune")
 
 TRIAL_STATUS_TAG = "tune_status"  # completed | stopped early | errored
+SEARCH_PARENT_TAG = "tune_search_parent"  # on the parent run only: the search id (the trials have it too)
 REGISTERED_TAG = "best_registered_version"  # on the parent run: the version registered as best-<name>
 TRAIN_RUNS_DIR = "train"  # the trials' Train runs: <storage_path>/<search name>/train/<trial id>/
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes reserved for each trial's driver function (it holds no CPU)
@@ -228,14 +229,17 @@ def _sigterm_stops_gracefully() -> Iterator[None]:
 def _start_parent_run(
     spec: SearchConfig, base: Experiment, tracking_uri: str, arch: str, search_id: str
 ) -> RunTracker:
-    """The search's MLflow parent run (found by the search id), with the space as params and the YAML."""
+    """The search's MLflow parent run (found by the search id), with the space as params and the YAML.
+
+    Found by :data:`SEARCH_PARENT_TAG`, which only the parent carries: the trial runs carry the search id
+    too, and the newest of them is not the parent (whose tags hold the seal a resume checks)."""
     parent = RunTracker.start_tagged(
         tracking_uri,
         base.tracking.experiment,
         spec.name,
-        SEARCH_ID_TAG,
+        SEARCH_PARENT_TAG,
         search_id,
-        tags={TUNE_EXPERIMENT_TAG: spec.name, "arch": arch},
+        tags={TUNE_EXPERIMENT_TAG: spec.name, "arch": arch, SEARCH_ID_TAG: search_id},
     )
     settings = {"num_samples": spec.num_samples, "metric": spec.metric, "scheduler": spec.scheduler.name}
     if spec.evaluate is not None:

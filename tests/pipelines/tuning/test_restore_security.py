@@ -17,7 +17,7 @@ from pipelines.common.errors import StateError
 from pipelines.tracking import RunTracker, mlflow_client
 from pipelines.training.experiment import TTVSRExperiment, resolve_paths
 from pipelines.tuning.config import base_experiment
-from pipelines.tuning.search import main, search_from_args, search_parser
+from pipelines.tuning.search import SEARCH_PARENT_TAG, main, search_from_args, search_parser
 from pipelines.tuning.state import SEAL_TAG, STATE_FILE, seal_search, search_fingerprint, verify_search
 from pipelines.tuning.trial import SEARCH_ID_TAG
 
@@ -54,11 +54,11 @@ def _sealed_search(tmp_path: Path, dataset: Path, *, seal: bool) -> tuple[list[s
     base = resolve_paths(base_experiment(spec, TTVSRExperiment))
     state = {"search_id": "a1", "fingerprint": search_fingerprint(spec, base)}
     state, digest = seal_search(str(folder), state)
-    parent = RunTracker.start_tagged(
-        f"sqlite:///{tmp_path}/m.db", "sealed", NAME, SEARCH_ID_TAG, "a1", tags={}
-    )
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = RunTracker.start_tagged(uri, "sealed", NAME, SEARCH_PARENT_TAG, "a1", tags={SEARCH_ID_TAG: "a1"})
     if seal:
         parent.set_tags({SEAL_TAG: digest})
+    RunTracker.start(uri, "sealed", "trial_0", tags={SEARCH_ID_TAG: "a1"})  # newer, the search id too
     return argv, folder
 
 
@@ -104,5 +104,6 @@ def test_seal_names_a_file_added_or_removed_since(tmp_path):
 def test_search_seal_is_a_tag_of_the_parent_run(tmp_path, tiny_prepared_dataset):
     _, folder = _sealed_search(tmp_path, tiny_prepared_dataset, seal=True)
     client = mlflow_client(f"sqlite:///{tmp_path}/m.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("sealed").experiment_id])
-    assert len(run.data.tags[SEAL_TAG]) == 64
+    runs = client.search_runs([client.get_experiment_by_name("sealed").experiment_id])
+    (parent,) = [r for r in runs if SEARCH_PARENT_TAG in r.data.tags]
+    assert len(parent.data.tags[SEAL_TAG]) == 64
