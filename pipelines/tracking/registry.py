@@ -85,9 +85,10 @@ def _log_version(
     """Log ``model`` in the ``ray_vsr`` flavor to the tracker's run and register it; the new version.
 
     The LoggedModel is named after the run (the MLflow UI lists models by name; ``runs:/<id>/<run
-    name>`` loads it). ``step`` (the training iteration of the weights) is its step; ``metrics``
-    (validation, as ``val/<key>``) are logged again at that step as the model's own, naming
-    ``dataset`` ``(name, digest)``, the run's dataset input, so the model page shows what they measure.
+    name>`` loads it). ``step`` (the training iteration of the weights) is its step; ``metrics`` (its
+    validation) are logged at that step as the model's own, ``best/<key>`` (``val/<key>`` again would
+    add a point to the run's validation curve), naming ``dataset`` ``(name, digest)``, the run's dataset
+    input, so the model page shows what they measure.
     """
     import mlflow
     from mlflow.models import Model
@@ -111,7 +112,7 @@ def _log_version(
         )
     if metrics:
         log_model_metrics(
-            client, tracker.run_id, {f"val/{k}": v for k, v in metrics.items()}, step, info.model_id, dataset
+            client, tracker.run_id, {f"best/{k}": v for k, v in metrics.items()}, step, info.model_id, dataset
         )
     version = str(info.registered_model_version)
     flavor.record_artifact_digests(tracker.tracking_uri, registered_model, version)

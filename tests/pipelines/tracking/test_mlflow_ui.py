@@ -74,8 +74,9 @@ def test_logged_model_is_named_after_the_run_and_its_metrics_name_their_dataset(
     logged = client.get_logged_model(model_id)
     assert logged.name == "ttvsr_sample" and logged.source_run_id == tracker.run_id
     metrics = {m.key: m for m in logged.metrics}
-    assert metrics["val/psnr"].value == 28.5 and metrics["val/psnr"].step == 300
-    assert (metrics["val/psnr"].dataset_name, metrics["val/psnr"].dataset_digest) == ("sample", "ab" * 16)
+    assert metrics["best/psnr"].value == 28.5 and metrics["best/psnr"].step == 300
+    assert (metrics["best/psnr"].dataset_name, metrics["best/psnr"].dataset_digest) == ("sample", "ab" * 16)
+    assert "val/psnr" not in metrics  # the run's validation curve gets no extra point
 
 
 def test_an_evaluation_run_links_to_the_model_it_scored(mlflow_uri):
