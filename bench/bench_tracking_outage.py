@@ -12,77 +12,12 @@ against the rate before the kill (measured in the same run), and which logged st
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 in its own process group (killed with its workers)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> float:
-        """Start it; returns the seconds until ``/health`` answered."""
-        started = time.monotonic()
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                "--artifacts-destination", str(self.folder / "mlartifacts"),
-            ],
-            stdout=open(self.folder / "server.log", "ab"),  # noqa: SIM115 (the child owns it)
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.folder / "server.log").read_text()[-2000:])
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return time.monotonic() - started
-            except OSError:
-                time.sleep(0.2)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-@dataclasses.dataclass
-class KillServerAt:
-    """Rank 0: record each iteration's time; SIGKILL the server's group after ``iteration``."""
-
-    iteration: int
-    server_group: int
-    timeline: str
-
-    def __call__(self, iteration, model, rank):
-        if rank != 0:
-            return
-        with open(self.timeline, "a") as file:
-            file.write(f"{iteration} {time.time()}\n")
-            if iteration == self.iteration:
-                os.killpg(self.server_group, signal.SIGKILL)
-                file.write(f"killed {time.time()}\n")
 
 
 def main() -> None:
@@ -94,17 +29,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300, help="training iterations (log_every 1)")
     args = parser.parse_args()
 
-    import ray.cloudpickle
-
     from pipelines.common.config import load_config
     from pipelines.common.ray_session import init_ray
     from pipelines.data.prepare import PrepareConfig, prepare_dataset
     from pipelines.data.sample import render_sample_dataset
     from pipelines.tracking import RunTracker, mlflow_client
+    from pipelines.tracking.server import KillServerAt, MlflowServer
     from pipelines.training.driver import run_training
     from pipelines.training.experiment import TTVSRExperiment
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the callback travels to the worker
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     init_ray(None)
     source = render_sample_dataset(work / "src", num_train_clips=2, num_val_clips=1, num_frames=8)

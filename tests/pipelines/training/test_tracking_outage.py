@@ -9,15 +9,12 @@ timeout does).
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ import pytest
 from pipelines.common.config import load_config
 from pipelines.tracking import RunTracker, mlflow_client
 from pipelines.tracking.background import TrackingUnavailableError
+from pipelines.tracking.server import KillServerAt, MlflowServer
 from pipelines.training.driver import register_result, run_training
 from pipelines.training.experiment import TTVSRExperiment
 
@@ -37,72 +35,6 @@ TOTAL_ITERS = 12
 pytestmark = pytest.mark.slow
 
 
-class MlflowServer:
-    """``mlflow server`` (SQLite backend, served artifacts) on 127.0.0.1, in its own process group."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        mlflow = Path(sys.executable).with_name("mlflow")
-        self.process = subprocess.Popen(
-            [
-                str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                "--artifacts-destination", str(self.folder / "mlartifacts"),
-            ],
-            stdout=open(self.folder / "server.log", "ab"),  # noqa: SIM115 (the child owns it)
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a group of its own: kill it with its workers
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"mlflow server on {self.uri} did not answer /health in {timeout} s")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def _pickle_this_module_by_value() -> None:
-    # The step callback travels to the Ray worker, which cannot import this test module by name.
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-@dataclasses.dataclass
-class KillServerAt:
-    """On rank 0: SIGKILL the server's process group after ``iteration``; record when, and every
-    iteration's time (``<iteration> <time>`` lines, ``killed <time>``)."""
-
-    iteration: int
-    server_group: int
-    timeline: str
-
-    def __call__(self, iteration, model, rank):
-        if rank != 0:
-            return
-        with open(self.timeline, "a") as file:
-            file.write(f"{iteration} {time.time()}\n")
-            if iteration == self.iteration:
-                os.killpg(self.server_group, signal.SIGKILL)
-                file.write(f"killed {time.time()}\n")
-
-
 def read_timeline(path: Path) -> list[tuple[str, float]]:
     if not path.exists():
         return []
@@ -112,7 +44,6 @@ def read_timeline(path: Path) -> list[tuple[str, float]]:
 @pytest.fixture(scope="module")
 def outage_run(tiny_prepared_dataset, tmp_path_factory):
     """A 12-iteration run whose server dies after iteration 3 and returns once 4 more iterations passed."""
-    _pickle_this_module_by_value()
     workdir = tmp_path_factory.mktemp("outage")
     server = MlflowServer(workdir)
     server.start()
