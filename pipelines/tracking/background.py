@@ -22,7 +22,8 @@ Bounds (memory stays bounded whatever the outage):
   (``tracking/dropped_files``).
 
 A request the server refuses (HTTP 4xx: a changed param, a deleted run) is not retried: it is dropped
-with an error line. :meth:`BackgroundTracker.close` waits a bounded time (``flush_timeout``) for the
+with an error line. A refused batch is first sent again in halves, down to single entries, so one key
+the server rejects costs only its own values, not the other metrics and tags of its batch. :meth:`BackgroundTracker.close` waits a bounded time (``flush_timeout``) for the
 queue to drain and then logs ONE line saying what was not delivered.
 
 Why not MLflow's own asynchronous logging (``synchronous=False``, ``MLFLOW_ENABLE_ASYNC_LOGGING``): in
@@ -43,7 +44,6 @@ import collections
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -57,13 +57,13 @@ from typing import Any
 import numpy as np
 
 from pipelines.common.errors import UserError
+from pipelines.tracking.runs import _param_text, log_new_params, metric_entries
 
 logger = logging.getLogger("ray_vsr.tracking")
 
 # MLflow's limits per log_batch call.
 _METRICS_PER_BATCH = 1000
 _TAGS_PER_BATCH = 100
-_PARAMS_PER_BATCH = 100
 
 FAIL_FAST_HTTP = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -75,15 +75,19 @@ DROPPED_FILES = "tracking/dropped_files"
 
 
 @contextlib.contextmanager
-def fail_fast_http_requests() -> Iterator[None]:
-    """MLflow HTTP requests of this process make one attempt of at most 10 s meanwhile (the caller retries).
+def fail_fast_http_requests(short_timeout: bool = True) -> Iterator[None]:
+    """MLflow HTTP requests of this process make one attempt (the caller retries), of at most 10 s
+    unless ``short_timeout`` is False.
 
     Process-wide (MLflow reads ``os.environ`` at each request): use it where every MLflow call of the
     process retries on its own terms (a training worker logging through :class:`BackgroundTracker`,
-    the driver's registration loop).
+    the driver's registration loop). ``short_timeout=False`` keeps MLflow's timeout (120 s by default)
+    for requests that may be long on a healthy server: registration uploads ``model.pt``, which a
+    server proxying artifacts to object storage may take well over 10 s to accept.
     """
-    saved = {key: os.environ.get(key) for key in FAIL_FAST_HTTP}
-    os.environ.update(FAIL_FAST_HTTP)
+    settings = FAIL_FAST_HTTP if short_timeout else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
@@ -167,6 +171,7 @@ class BackgroundTracker:
         client: what the thread calls (``log_batch``, ``log_image``, ...); the tracker's MlflowClient
             unless given (tests give a real client behind a switch that fails its calls).
         max_metrics / max_file_bytes: the bounds of the queue (module docstring).
+        first_retry_delay / max_retry_delay: the backoff while the server is away (1 s doubling to 30 s).
         flush_timeout: how long :meth:`close` waits for the queue to drain (5 minutes: at the end of a
             run the job waits for the server anyway, to register the model, and a restarted server
             takes a minute to answer on a busy head node).
@@ -180,6 +185,7 @@ class BackgroundTracker:
         max_metrics: int = 200_000,
         max_file_bytes: int = 256 << 20,
         flush_timeout: float = 300.0,
+        first_retry_delay: float = 1.0,
         max_retry_delay: float = 30.0,
     ) -> None:
         self.tracking_uri = tracker.tracking_uri
@@ -187,6 +193,7 @@ class BackgroundTracker:
         self._client = client if client is not None else (tracker._client if tracker.active else None)
         self.max_metrics, self.max_file_bytes = max_metrics, max_file_bytes
         self.flush_timeout, self.max_retry_delay = flush_timeout, max_retry_delay
+        self.first_retry_delay = first_retry_delay
         self._cond = threading.Condition()
         self._metrics: collections.deque = collections.deque()
         self._tags: collections.deque = collections.deque()
@@ -227,10 +234,7 @@ class BackgroundTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.active:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)  # fixed now: a retried batch repeats identical rows (idempotent)
-        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+        batch = metric_entries(metrics, step)  # stamped now: a retried batch repeats identical rows
         with self._cond:
             self._metrics.extend(batch)
             self._last_step = max(self._last_step, int(step))
@@ -253,19 +257,14 @@ class BackgroundTracker:
         """Params not logged before (a resumed run keeps its first values), as one queued job."""
         if not self.active:
             return
-        from pipelines.tracking.runs import _param_text
-
-        texts = {k: _param_text(v) for k, v in params.items()}
-
-        def send(client: Any, run_id: str) -> None:
-            from mlflow.entities import Param
-
-            logged = client.get_run(run_id).data.params
-            new = [Param(k, v) for k, v in texts.items() if k not in logged]
-            for start in range(0, len(new), _PARAMS_PER_BATCH):
-                client.log_batch(run_id, params=new[start : start + _PARAMS_PER_BATCH])
-
-        self._add_file(_FileJob(f"params ({len(texts)})", sum(map(len, texts.values())), send))
+        texts = {k: _param_text(v) for k, v in params.items()}  # a snapshot now
+        self._add_file(
+            _FileJob(
+                f"params ({len(texts)})",
+                sum(map(len, texts.values())),
+                lambda client, run_id: log_new_params(client, run_id, texts),
+            )
+        )
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         if not self.active:
@@ -391,7 +390,7 @@ class BackgroundTracker:
     # -- the thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = 1.0
+        delay = self.first_retry_delay
         files_turn = False  # alternate batches and files: a steady flow of metrics must not starve images
         while True:
             with self._cond:
@@ -410,21 +409,48 @@ class BackgroundTracker:
                     tags = [self._tags.popleft() for _ in range(min(len(self._tags), _TAGS_PER_BATCH))]
             try:
                 if job is None:
-                    self._client.log_batch(self.run_id, metrics=metrics, tags=tags)
+                    sent_metrics, sent_tags = self._send_batch(metrics, tags)
                 else:
                     job.send(self._client, self.run_id)
+                    sent_metrics, sent_tags = [], []
             except Exception as error:
                 if not is_transient(error):
                     self._refused(error, metrics, tags, job)
                     continue
+                # Pieces of a split batch already sent are sent again: identical rows and tags.
                 self._requeue(metrics, tags, job)
                 self._failed(error, delay)
                 self._back_off(delay)
                 delay = min(2 * delay, self.max_retry_delay)
                 continue
-            delay = 1.0
+            delay = self.first_retry_delay
             files_turn = job is None
-            self._delivered(metrics, job)
+            if job is not None or sent_metrics or sent_tags:  # else all refused: nothing to report
+                self._delivered(sent_metrics, job)
+
+    def _send_batch(self, metrics: list, tags: list) -> tuple[list, list]:
+        """``log_batch``; a refused batch is sent again in halves, down to single entries, so that one
+        refused entry (a key MLflow rejects) drops only itself. Returns the metrics and tags delivered;
+        a transient error is raised (the caller requeues the whole batch)."""
+        try:
+            self._client.log_batch(self.run_id, metrics=metrics, tags=tags)
+            return metrics, tags
+        except Exception as error:
+            if is_transient(error):
+                raise
+            # A run that is gone refuses every entry: no point in splitting.
+            if len(metrics) + len(tags) <= 1 or getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                self._refused(error, metrics, tags, None)
+                return [], []
+        half = (len(metrics) + len(tags)) // 2
+        cut = max(half - len(metrics), 0)  # where the first half ends within the tags
+        sent_metrics, sent_tags = [], []
+        for part in ((metrics[:half], tags[:cut]), (metrics[half:], tags[cut:])):
+            if part[0] or part[1]:
+                part_metrics, part_tags = self._send_batch(*part)
+                sent_metrics += part_metrics
+                sent_tags += part_tags
+        return sent_metrics, sent_tags
 
     def _back_off(self, delay: float) -> None:
         """Wait ``delay`` seconds (at most 2 s once closing: the close waits a bounded time), whatever is
@@ -462,7 +488,12 @@ class BackgroundTracker:
             )  # fmt: skip
 
     def _refused(self, error: Exception, metrics: list, tags: list, job: _FileJob | None) -> None:
-        what = job.what if job is not None else f"{len(metrics)} metric values and {len(tags)} tags"
+        if job is not None:
+            what = job.what
+        elif len(metrics) + len(tags) == 1:
+            what = f"metric {metrics[0].key} step {metrics[0].step}" if metrics else f"tag {tags[0].key}"
+        else:
+            what = f"{len(metrics)} metric values and {len(tags)} tags"
         logger.error("tracking: %s refused by %s (%s); dropped", what, self.tracking_uri, _short(error))
         with self._cond:
             self._rejected += 1

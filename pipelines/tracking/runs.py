@@ -39,6 +39,26 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def metric_entries(metrics: Mapping[str, float], step: int) -> list:
+    """``log_batch`` entries for ``metrics`` at ``step``, all stamped now (a retried batch repeats identical
+    rows); values that are not finite are left out."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+
+
+def log_new_params(client: Any, run_id: str, texts: Mapping[str, str]) -> None:
+    """Log the params of ``texts`` that ``run_id`` has not logged before (MLflow params are immutable: a
+    resumed run keeps its first values), in ``log_batch`` calls of at most 100."""
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in texts.items() if k not in logged]
+    for start in range(0, len(new), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=new[start : start + _PARAMS_PER_BATCH])
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Where an embedded (SQLite) store keeps artifacts: ``mlartifacts/`` beside the database file.
 
@@ -157,23 +177,12 @@ class RunTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params not logged before (MLflow params are immutable: a resumed run keeps its first values)."""
-        if not self.active:
-            return
-        from mlflow.entities import Param
-
-        logged = self._client.get_run(self.run_id).data.params
-        new = [Param(k, _param_text(v)) for k, v in params.items() if k not in logged]
-        for start in range(0, len(new), _PARAMS_PER_BATCH):
-            self._client.log_batch(self.run_id, params=new[start : start + _PARAMS_PER_BATCH])
+        if self.active:
+            log_new_params(self._client, self.run_id, {k: _param_text(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not self.active:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-        self._client.log_batch(self.run_id, metrics=batch)
+        if self.active:
+            self._client.log_batch(self.run_id, metrics=metric_entries(metrics, step))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active:

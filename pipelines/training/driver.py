@@ -393,8 +393,9 @@ def register_result(
     ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs;
     ``val_metrics`` replace the checkpoint's own validation (a re-score on ``cfg.val``'s protocol).
 
-    A tracking server that is away is retried with backoff for ``patience_s`` seconds (requests fail
-    fast meanwhile: :func:`pipelines.tracking.background.fail_fast_http_requests`); after that a
+    A tracking server that is away is retried with backoff for ``patience_s`` seconds (each request makes
+    one attempt meanwhile, with MLflow's usual timeout:
+    :func:`pipelines.tracking.background.fail_fast_http_requests`); after that a
     :class:`~pipelines.tracking.background.TrackingUnavailableError` (one line, exit status 2) names the
     kept checkpoint and the one command that registers it later (``docs/cluster.md#tracking-server``).
     An attempt cut off between creating the version and tagging the run leaves a version that the
@@ -435,7 +436,9 @@ def register_result(
 
     deadline = time.monotonic() + patience_s
     try:
-        with fail_fast_http_requests():
+        # One attempt per try, but MLflow's own timeout: uploading model.pt to a healthy server that
+        # proxies it to object storage may take far longer than the 10 s that detects an outage.
+        with fail_fast_http_requests(short_timeout=False):
             registered = retry_until(register_once, deadline, f"registering {checkpoint.path}")
             retry_until(lambda: tracker.finish("FINISHED"), deadline, f"ending MLflow run {tracker.run_id}")
     except Exception as error:

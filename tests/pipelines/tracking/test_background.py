@@ -16,7 +16,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from pipelines.tracking import RunTracker, mlflow_client
-from pipelines.tracking.background import DROPPED_METRICS, BackgroundTracker, is_transient
+from pipelines.tracking.background import (
+    DROPPED_METRICS,
+    BackgroundTracker,
+    fail_fast_http_requests,
+    is_transient,
+)
 
 
 class Outage:
@@ -122,16 +127,16 @@ def test_close_waits_a_bounded_time_and_says_what_was_not_delivered(run, caplog)
 def test_values_logged_during_an_outage_do_not_cut_the_backoff_short(run):
     tracker, outage = run
     outage.down.set()
-    queue = BackgroundTracker(tracker, client=outage)  # backoff from 1 s
+    queue = BackgroundTracker(tracker, client=outage, first_retry_delay=600.0)
     queue.log_metrics({"loss": 1.0}, step=1)
-    wait_for_retries(outage, 1)
-    for step in range(2, 101):  # a training loop logging every few ms: each call wakes the thread
+    wait_for_retries(outage, 1)  # the first attempt failed: the thread now waits 600 s
+    for step in range(2, 101):  # a training loop logging meanwhile: each call notifies the thread
         queue.log_metrics({"loss": 1.0}, step=step)
-        time.sleep(0.005)
-    failures_while_logging = outage.failures
+    # No second attempt: a retry woken by a logged value would come within milliseconds.
+    assert not outage.calls_while_down.acquire(timeout=0.5)
+    assert outage.failures == 1
     outage.down.clear()
-    left = queue.close(timeout=30)
-    assert failures_while_logging <= 4  # one per backoff period (1 s, 2 s, ...), not one per logged value
+    left = queue.close(timeout=30)  # closing shortens the wait to 2 s
     assert left.nothing and len(tracker.metric_history("loss")) == 100
 
 
@@ -143,6 +148,35 @@ def test_a_refused_request_is_dropped_not_retried_forever(run, caplog):
         left = queue.close(timeout=30)  # retried forever, it would still be queued after the wait
     assert left.nothing and left.rejected == 1
     assert any("refused" in r.getMessage() for r in caplog.records)
+
+
+def test_a_refused_key_drops_only_its_own_values_not_the_rest_of_its_batch(run, caplog):
+    tracker, _ = run
+    queue = BackgroundTracker(tracker, client=mlflow_client(tracker.tracking_uri))
+    with caplog.at_level(logging.ERROR, logger="ray_vsr.tracking"):
+        for step in range(1, 41):
+            # "bad?key" is a name the store refuses; it shares its log_batch with 80 other values.
+            queue.log_metrics({"loss": 1.0 / step, "bad?key": 1.0, "lr": 1e-3}, step=step)
+        queue.set_tags({"phase": "train"})
+        left = queue.close(timeout=30)
+
+    assert left.nothing and left.rejected == 40
+    assert [step for step, _ in tracker.metric_history("loss")] == list(range(1, 41))
+    assert len(tracker.metric_history("lr")) == 40
+    assert mlflow_client(tracker.tracking_uri).get_run(tracker.run_id).data.tags["phase"] == "train"
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 40 and all("metric bad?key step" in line for line in refused)
+
+
+def test_registration_makes_one_attempt_with_mlflows_usual_timeout():
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    default = MLFLOW_HTTP_REQUEST_TIMEOUT.get()
+    with fail_fast_http_requests():  # the training loop: an outage is noticed within 10 s
+        assert (MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_TIMEOUT.get()) == (0, 10)
+    with fail_fast_http_requests(short_timeout=False):  # registration: model.pt may upload for minutes
+        assert (MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_TIMEOUT.get()) == (0, default)
+    assert default == 120 and MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 7
 
 
 def test_only_server_side_failures_and_lost_connections_are_retried():
