@@ -8,6 +8,7 @@ real name and an interrupted job leaves only temporary files, which carry :data:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ __all__ = [
     "load_plain",
     "TEMP_MARKER",
     "atomic_path",
+    "is_disk_full",
     "project_version",
     "sha256_file",
     "temp_path_for",
@@ -37,6 +39,14 @@ CHECKPOINT_STATE_FILE = "training_state.pt"
 
 TEMP_MARKER = ".tmp-"
 """Part of every temporary file name: ``.<name>.tmp-<pid>``."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a full disk: ENOSPC, or pyarrow's and PyAV's wrappers of it (pyarrow's
+    streams report ``[errno 28] No space left on device`` in the message only for some calls)."""
+    return isinstance(error, OSError) and (
+        error.errno == errno.ENOSPC or "No space left on device" in str(error)
+    )
 
 
 def first_difference(expected: dict[str, str], found: dict[str, str]) -> tuple[str, str] | None:

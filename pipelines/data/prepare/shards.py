@@ -14,12 +14,13 @@ leftover temporary files (:func:`clean_output`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pyarrow as pa
 
-from pipelines.common.errors import UnreadableInput
-from pipelines.common.files import TEMP_MARKER
+from pipelines.common.errors import DataError, UnreadableInput
+from pipelines.common.files import TEMP_MARKER, is_disk_full
 from pipelines.common.storage import HashingWriter, Location, resolve, sha256_location, sync_local
 from pipelines.data.manifest import SHARDS_DIR
 from pipelines.data.prepare.stages import compress_clip, decode_clip, degrade_clip
@@ -47,6 +48,13 @@ class ShardWriter:
     def add(self, row: dict, segment_frames: int) -> tuple[int, int]:
         """Write one clip (``row`` has every :data:`CLIP_SCHEMA` column but ``segment_start``) as row groups
         of at most ``segment_frames`` frames; returns ``(first row group, row groups)``."""
+        try:
+            return self._add(row, segment_frames)
+        except OSError as error:
+            self._raise_if_disk_full(error)
+            raise
+
+    def _add(self, row: dict, segment_frames: int) -> tuple[int, int]:
         import pyarrow.parquet as pq
 
         if self._writer is None:
@@ -68,6 +76,13 @@ class ShardWriter:
 
     def finish(self) -> dict:
         """Close and move the file into place, then write its done-record; returns the record."""
+        try:
+            return self._finish()
+        except OSError as error:
+            self._raise_if_disk_full(error)
+            raise
+
+    def _finish(self) -> dict:
         record = {
             "key": self.plan["key"],
             "path": None,
@@ -88,10 +103,23 @@ class ShardWriter:
         return record
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._stream.close()
+        """Close and delete the temporary file (closing may fail again on a full disk: it goes anyway)."""
+        writer, stream, self._writer = self._writer, self._stream, None
+        if writer is not None:
+            for close in (writer.close, stream.close):
+                with contextlib.suppress(OSError):
+                    close()
         self.temp.delete()
+
+    def _raise_if_disk_full(self, error: OSError) -> None:
+        """A full disk is the user's to fix: one line naming the shard, with nothing hidden left behind."""
+        if not is_disk_full(error):
+            return
+        self.abort()
+        raise DataError(
+            f"no space left on the device while writing {self.final.uri} (a shard of the prepared dataset): free "
+            "space there or choose another output; a re-run keeps the shards already complete"
+        ) from None
 
 
 def _clip_record(spec: dict, hr_shape, lr_shape, source_shape, row_groups: tuple[int, int]) -> dict:
