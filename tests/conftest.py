@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,24 @@ def require_file(path: str | Path, install_hint: str) -> Path:
 def opencv_video(name: str) -> Path:
     """A real video shipped by Debian's opencv-doc package (e.g. 'tree.avi', 'Megamind_bugy.avi')."""
     return require_file(OPENCV_DATA / name, "apt-get install -y opencv-doc")
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(where: Path, reason: str) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted at ``where`` (a disk that fills on demand), unmounted after; skips with
+    ``reason`` unless root, fails under CI=true (CI runs as root)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI runs as root: a tmpfs is needed to fill a disk")
+        pytest.skip(f"needs root to mount a 1 MiB tmpfs ({reason})")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 # A fresh local cluster (address="local": never one a developer started with `ray start`), with four

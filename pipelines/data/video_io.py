@@ -15,6 +15,7 @@ them to the project's float ``(n, t, c, h, w)`` layout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from pipelines.common.errors import MissingInputError, OutputExistsError, VideoError
-from pipelines.common.files import TEMP_MARKER
+from pipelines.common.files import TEMP_MARKER, is_disk_full
 from pipelines.data.containers import Truncation, check_container
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".wmv"})
@@ -247,6 +248,14 @@ def output_is_folder(path: Path) -> bool:
     return path.is_dir() or not path.suffix
 
 
+def disk_full_error(path: Path) -> VideoError:
+    """The one line for a full disk under an output video or folder (its partial output already deleted)."""
+    return VideoError(
+        f"no space left on the device while writing {path}: free space there or choose another output "
+        "path (the partial output was deleted)"
+    )
+
+
 class FrameWriter:
     """Streams uint8 ``(t, h, w, 3)`` RGB chunks to a video file or a PNG folder.
 
@@ -304,6 +313,18 @@ class FrameWriter:
 
     def write(self, frames: np.ndarray) -> None:
         """Append uint8 ``(t, h, w, 3)`` RGB frames."""
+        try:
+            self._write(frames)
+        except OSError as error:
+            self._raise_if_disk_full(error)
+            raise
+
+    def _raise_if_disk_full(self, error: OSError) -> None:
+        if is_disk_full(error):
+            self.abort()
+            raise disk_full_error(self.path) from None
+
+    def _write(self, frames: np.ndarray) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 (t, h, w, 3) frames, got {frames.dtype} {frames.shape}")
         if self.folder:
@@ -324,6 +345,13 @@ class FrameWriter:
 
     def close(self) -> None:
         """Flush the encoder and move the finished output to ``path``."""
+        try:
+            self._close()
+        except OSError as error:
+            self._raise_if_disk_full(error)
+            raise
+
+    def _close(self) -> None:
         if self._stream is not None:
             for packet in self._stream.encode():  # flush frames the encoder still buffers
                 self._container.mux(packet)
@@ -350,9 +378,10 @@ class FrameWriter:
 
     def abort(self) -> None:
         """Delete the partial output."""
-        if self._container is not None:
-            self._container.close()
-            self._container = self._stream = None
+        container, self._container, self._stream = self._container, None, None
+        if container is not None:
+            with contextlib.suppress(OSError):  # a full disk fails the close again; the partial goes anyway
+                container.close()
         self._remove(self.partial)
 
     def __enter__(self) -> FrameWriter:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 # Re-exported: with two conftest.py files, a test's `from conftest import ...` may bind to this one.
-from tests.conftest import OPENCV_DATA, REPO_ROOT, opencv_video, require_file  # noqa: F401
+from tests.conftest import OPENCV_DATA, REPO_ROOT, opencv_video, require_file, tiny_tmpfs  # noqa: F401
 
 
 def smooth_frames(num_frames: int, size: tuple[int, int], seed: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, make_frame_dataset, truncated_copy, write_clip
+from conftest import REPO_ROOT, make_frame_dataset, tiny_tmpfs, truncated_copy, write_clip
 
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
@@ -100,27 +100,13 @@ def test_strict_stops_with_one_line_and_no_ray_error_log(tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def _tiny_tmpfs(where, reason: str):
-    """Mount a 1 MiB tmpfs at ``where`` (a full disk on demand); skips unless root, fails under CI (root there)."""
-    import os
-
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs as root: a tmpfs is needed to fill a disk")
-        pytest.skip(f"needs root to mount a 1 MiB tmpfs ({reason})")
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
-
-
 def test_full_disk_while_writing_a_shard_is_one_line_naming_it_and_leaves_no_temporary_file(tmp_path):
     import os
 
     from pipelines.common.storage import resolve
     from pipelines.data.prepare.shards import ShardWriter
 
-    full = tmp_path / "full"
-    _tiny_tmpfs(full, "the shard below is 4.8 MB of incompressible frames")
-    try:
+    with tiny_tmpfs(tmp_path / "full", "the shard below is 4.8 MB of incompressible frames") as full:
         plan = {"key": "k", "path": "shards/part-00000.parquet", "record_path": "shards/part-00000.done.json"}
         writer = ShardWriter(resolve(full / "ds"), plan)
         frames = [os.urandom(300_000) for _ in range(8)]
@@ -135,8 +121,5 @@ def test_full_disk_while_writing_a_shard_is_one_line_naming_it_and_leaves_no_tem
         message = str(full_disk.value)
         assert "\n" not in message and message.startswith("no space left on the device while writing")
         assert str(full / "ds" / "shards" / "part-00000.parquet") in message and "free space" in message
-        assert [
-            p.name for p in (full / "ds" / "shards").iterdir()
-        ] == []  # the hidden temporary file went too
-    finally:
-        subprocess.run(["umount", "-l", str(full)], check=False)
+        # the hidden temporary file went too
+        assert [p.name for p in (full / "ds" / "shards").iterdir()] == []

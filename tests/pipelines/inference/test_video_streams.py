@@ -12,7 +12,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import opencv_video
+from conftest import opencv_video, tiny_tmpfs
 from media import (
     NTSC,
     NearestUpscaler,
@@ -198,3 +198,31 @@ def test_fps_gives_a_constant_rate_of_the_same_length(tmp_path):
 )
 def test_positions_are_seconds_or_frames(text, expected):
     assert streams.parse_position(text) == expected
+
+
+@pytest.mark.parametrize("output", ["out.mkv", "frames"])
+def test_full_disk_while_writing_the_output_is_one_line_naming_it_and_leaves_no_temporary_file(
+    tmp_path, output
+):
+    from pipelines.common.errors import VideoError
+    from pipelines.data.video_io import FrameWriter
+
+    clip = write_clip(tmp_path / "in.mkv", num_frames=8, audio=None)
+    source = streams.open_source(clip)
+    # 8 frames of 256x256 noise: 1.5 MB that neither FFV1 nor PNG can shrink
+    noise = np.random.default_rng(0).integers(0, 256, (8, 256, 256, 3), np.uint8)
+    with tiny_tmpfs(tmp_path / "full", "the output below is 1.5 MB of noise") as full:
+        out = full / output
+        if output == "frames":  # a folder of PNG frames (FrameWriter, also what infer writes for folders)
+            writer = FrameWriter(out, 25.0)
+            write = lambda i: writer.write(noise[i : i + 1])  # noqa: E731
+        else:
+            writer = streams.VideoFileWriter(out, source, streams.EncodeSettings())
+            write = lambda i: writer.write(noise[i : i + 1], [i])  # noqa: E731
+        with pytest.raises(VideoError) as full_disk:
+            for i in range(8):
+                write(i)
+            writer.close()
+        message = str(full_disk.value)
+        assert "\n" not in message and message.startswith(f"no space left on the device while writing {out}:")
+        assert list(full.iterdir()) == []  # no output, and no hidden partial one
