@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.common.config import as_overrides
 from pipelines.common.console import add_verbose_arg, quiet_logging
-from pipelines.common.errors import find_user_error
+from pipelines.common.errors import ConfigError, find_user_error
 
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
@@ -58,6 +58,16 @@ def job_parser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     return add_config_args(parser, set_example)
+
+
+def check_arch(arch: str | None) -> None:
+    """An ``--arch`` the model registry does not know: one line listing the ones it does."""
+    from vsr_models import ARCHITECTURES
+
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"--arch {arch!r} is not a known architecture: use one of {', '.join(sorted(ARCHITECTURES))}"
+        )
 
 
 def flag_overrides(flags: Mapping[str, Any]) -> list[str]:

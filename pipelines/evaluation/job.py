@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.common.cli import flag_overrides, job_parser, run_job
+from pipelines.common.cli import check_arch, flag_overrides, job_parser, run_job
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE
@@ -52,7 +52,7 @@ class EvaluationConfig:
     # registry / run URI, checkpoint folder or model.pt; default models:/ttvsr@champion unless `official`
     model: str | None = None
     official: str | None = None  # an authors' released checkpoint (.pth), instead of `model`; needs `arch`
-    arch: Literal["ttvsr", "vsrt"] | None = None  # architecture of `official`
+    arch: str | None = None  # architecture of `official`: a family of vsr_models.ARCHITECTURES
     data: str = "data/sample"  # prepared dataset folder (manifest.json + shards/): a path or a URI (s3://...)
     verify_data: bool = False  # check every shard's sha256 first (in Ray tasks); else manifest and sizes
     split: str = "val"
@@ -71,6 +71,7 @@ class EvaluationConfig:
     tracking_uri: str | None = None  # MLflow store for models:/ URIs and the run; default as in training
 
     def __post_init__(self) -> None:
+        check_arch(self.arch)
         if self.official is not None and self.model is not None:
             raise ConfigError(f"give either --model ({self.model}) or --official ({self.official}), not both")
         if self.official is not None and self.arch is None:
@@ -420,7 +421,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
         help=f"models:/<name>@<alias>, runs:/<id>/<run name>, checkpoint folder or model.pt (default {DEFAULT_MODEL})",
     )
     source.add_argument("--official", metavar="PATH", help="authors' released checkpoint (needs --arch)")
-    parser.add_argument("--arch", choices=("ttvsr", "vsrt"), help="architecture of --official")
+    # Checked by EvaluationConfig (check_arch): an unknown name is one line listing the registry's families.
+    parser.add_argument("--arch", help="architecture of --official (ttvsr, vsrt)")
     parser.add_argument("--data", help="prepared dataset folder: a path or a URI such as s3://bucket/reds_bi")
     parser.add_argument(
         "--verify-data",

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.common.cli import flag_overrides, job_parser, run_job
+from pipelines.common.cli import check_arch, flag_overrides, job_parser, run_job
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
 from pipelines.data.video_io import is_frame_folder
 from pipelines.inference.batch import format_table, super_resolve_many
+from pipelines.inference.loading import load_model
 from pipelines.inference.pipeline import PRECISIONS
 from pipelines.inference.streams import CODECS, FILTERS
-from pipelines.inference.video import InferConfig, check_output, describe, super_resolve_video
+from pipelines.inference.video import InferConfig, check_output, check_tile, describe, super_resolve_video
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -31,7 +32,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "--model", help="MLflow model URI (models:/ttvsr@champion) or checkpoint of this project"
     )
     source.add_argument("--official", metavar="CKPT", help="authors' released checkpoint (needs --arch)")
-    parser.add_argument("--arch", choices=("ttvsr", "vsrt"), help="architecture of --official")
+    # Checked in the job (check_arch): an unknown name is one line listing the registry's families.
+    parser.add_argument("--arch", help="architecture of --official (ttvsr, vsrt)")
     parser.add_argument(
         "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)"
     )
@@ -88,11 +90,25 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def check_before_workers(args: argparse.Namespace, config: InferConfig, model: str) -> None:
+    """What the actors of a folder of videos would each fail on, refused in one line before Ray starts:
+    the pool's size and, when ``--tile`` is given, the tile against the network (loaded here on the CPU)."""
+    if args.num_workers < 1:
+        raise ConfigError(
+            f"--num-workers must be at least 1 (actors for a folder of videos), got {args.num_workers}"
+        )
+    if not args.gpus_per_worker >= 0:
+        raise ConfigError(f"--gpus-per-worker must be 0 or more, got {args.gpus_per_worker}")
+    if config.tile is not None:
+        check_tile(load_model(model, arch=args.arch, tracking_uri=args.mlflow_uri), config.tile)
+
+
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Command-line entry of ``jobs/infer.py``: one video streamed, or a folder of videos on Ray Data."""
     args = build_parser(description).parse_args(argv)
 
     def body() -> None:
+        check_arch(args.arch)
         if args.official and not args.arch:
             raise ConfigError("--official needs --arch ttvsr|vsrt")
         shortcuts = {
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
         config = load_config(InferConfig, args.config, [*args.overrides, *flag_overrides(shortcuts)])
         model = args.model or args.official
         if args.input.is_dir() and not is_frame_folder(args.input):
+            check_before_workers(args, config, model)
             init_ray(args.address)
             summaries = super_resolve_many(
                 args.input,

@@ -88,6 +88,35 @@ class InferConfig:
     fps: str | None = None
     allow_truncated: bool = False
 
+    def __post_init__(self) -> None:
+        if self.tile == 0:  # 0 reads as "no tile", as None does
+            self.tile = None
+        if self.tile is not None and self.tile < 0:
+            raise ValueError(
+                f"--tile (tile) must be a positive LR tile size, or 0 / none for whole frames, got {self.tile}"
+            )
+
+
+def check_tile(network, tile: int | None) -> None:
+    """Refuse a ``tile`` the network's family cannot run (``input_constraints``) in one line, before any
+    frame is decoded or any worker is started."""
+    if tile is None:
+        return
+    constraints = input_constraints(network)
+    name = type(network).__name__
+    if constraints.spatial_size is not None and tile != constraints.spatial_size:
+        raise ConfigError(
+            f"--tile {tile}: {name} only runs on {constraints.spatial_size}x{constraints.spatial_size} LR "
+            f"patches; use --tile {constraints.spatial_size} or leave --tile out"
+        )
+    if tile % constraints.multiple or tile < constraints.min_size:
+        smallest = -(-constraints.min_size // constraints.multiple) * constraints.multiple
+        raise ConfigError(
+            f"--tile {tile}: {name} needs a multiple of {constraints.multiple} that is at least "
+            f"{constraints.min_size} (e.g. --tile {max(smallest, tile - tile % constraints.multiple)}), or 0 "
+            "for whole frames"
+        )
+
 
 @dataclass(frozen=True)
 class InferSummary:
@@ -271,6 +300,7 @@ def super_resolve_video(
         # The output is checked (exists, codec, container) before the slow model load.
         writer = _open_writer(out_path, source, info.fps, settings, overwrite, notes, outscale_filter)
         network = load_model(model, device=target, arch=arch, tracking_uri=tracking_uri)
+        check_tile(network, tile)
         windows = temporal_windows(
             info.num_frames, chunk, chunk_overlap, input_constraints(network).num_frames
         )

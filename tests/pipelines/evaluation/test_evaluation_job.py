@@ -74,6 +74,16 @@ def test_a_config_names_one_model_source_and_a_released_one_with_its_arch():
         EvaluationConfig(device="gpu")
 
 
+def test_an_unknown_arch_is_one_line_listing_the_registry_families(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    argv = ["--official", str(tmp_path / "TTVSR_REDS.pth"), "--arch", "ttvrs", "--data", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "error: EvaluationConfig: --arch 'ttvrs' is not a known architecture: use one of ttvsr, vsrt\n"
+    )
+
+
 def test_official_without_arch_is_one_error_line_before_any_ray_or_mlflow_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert main(["--official", str(tmp_path / "TTVSR_REDS.pth"), "--data", str(tmp_path)]) == 2
