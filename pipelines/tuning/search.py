@@ -293,7 +293,6 @@ def run_search(spec: SearchConfig, cls: type[Experiment]) -> SearchSummary:
         spec.device,
     )
 
-    init_ray(base.run.address)
     cluster = largest(ray.cluster_resources(), spec.max_cluster_resources)
     per_trial = trial_resources(base) if evaluate is None else evaluation_resources(spec.device, cluster)
     max_concurrent = spec.max_concurrent_trials or concurrent_trials(per_trial, cluster)
