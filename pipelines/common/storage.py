@@ -153,10 +153,35 @@ def resolve(where: str | os.PathLike | Location) -> Location:
         try:
             fs, path = pafs.FileSystem.from_uri(text)
         except Exception as error:  # pyarrow raises ArrowInvalid / OSError for bad URIs and credentials
+            # One line: HDFS without a JVM lists every libjvm path it tried, one per line.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DataError(
-                f"{text}: cannot open this storage URI ({error}); check the URI and credentials"
+                f"{text}: cannot open this storage URI ({reason}); check the URI and credentials"
             ) from None
         return Location(fs, path.rstrip("/"), text.rstrip("/"))
+    check_storage_uri(text)
+    import fsspec
+
+    try:
+        fs_spec, path = fsspec.core.url_to_fs(text)
+    except (ImportError, ValueError) as error:
+        raise DataError(
+            f"{text}: no filesystem for {scheme}:// ({error}); install its fsspec backend"
+        ) from None
+    return Location(pafs.PyFileSystem(pafs.FSSpecHandler(fs_spec)), path.rstrip("/"), text.rstrip("/"))
+
+
+def check_storage_uri(where: str | os.PathLike) -> None:
+    """Refuse a URI whose filesystem package is not installed, in one line naming the package, without
+    contacting the store: jobs call it before Ray starts (:func:`resolve` would first fail in a task).
+
+    Local paths and pyarrow's own schemes (``s3://``, ``gs://``, ... built into pyarrow) pass; other
+    schemes need fsspec and the backend fsspec's registry names for them (``az://``: adlfs).
+    """
+    text = os.fspath(where)
+    scheme = _scheme(text)
+    if not scheme or scheme == "file" or scheme in _PYARROW_SCHEMES:
+        return
     try:
         import fsspec
     except ImportError:
@@ -165,12 +190,20 @@ def resolve(where: str | os.PathLike | Location) -> Location:
             "or use a local / mounted path"
         ) from None
     try:
-        fs_spec, path = fsspec.core.url_to_fs(text)
-    except (ImportError, ValueError) as error:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as error:
+        from fsspec.registry import known_implementations
+
+        package = known_implementations.get(scheme, {}).get("class", "").split(".")[0]
+        install = f"pip install {package}" if package and package != "fsspec" else "install it"
+        raise DataError(
+            f"{text}: {scheme}:// needs a filesystem package that is not installed ({error}): {install}, "
+            "or use a local / mounted path"
+        ) from None
+    except ValueError as error:  # "Protocol not known"
         raise DataError(
             f"{text}: no filesystem for {scheme}:// ({error}); install its fsspec backend"
         ) from None
-    return Location(pafs.PyFileSystem(pafs.FSSpecHandler(fs_spec)), path.rstrip("/"), text.rstrip("/"))
 
 
 class HashingWriter:

@@ -33,7 +33,7 @@ from pipelines.common.cli import check_arch, flag_overrides, job_parser, run_job
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE
-from pipelines.common.storage import resolve
+from pipelines.common.storage import check_storage_uri, resolve
 from pipelines.data.manifest import Manifest, check_dataset
 from pipelines.evaluation.scoring import EvaluationReport, evaluate
 from pipelines.inference.loading import MODEL_URI, load_model
@@ -324,6 +324,7 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationResult:
     from pipelines.tracking.runs import resolve_tracking_uri
 
     # before any Ray or MLflow work (a full verify, if asked, starts Ray for its tasks)
+    check_storage_uri(cfg.data)
     if cfg.verify_data:
         from pipelines.common.ray_session import init_ray
 

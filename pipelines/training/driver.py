@@ -31,6 +31,7 @@ from pipelines.common.console import verbose
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.ray_session import init_ray, sigterm_as_ctrl_c
 from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
+from pipelines.common.storage import check_storage_uri
 from pipelines.data.ingest import CropSpec, train_dataset
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, check_dataset, load_manifest
 from pipelines.tracking import (
@@ -210,6 +211,8 @@ def run_training(
     from pipelines.training.lock import run_lock
 
     cfg = resolve_paths(cfg)
+    for where in (cfg.data.path, cfg.run.storage_path):  # a missing filesystem package: before Ray starts
+        check_storage_uri(where)
     with run_lock(cfg.run.storage_path, cfg.run.name):
         return _run_training(cfg, step_callback=step_callback, callbacks=callbacks, register=register)
 

@@ -33,7 +33,7 @@ from pipelines.common.errors import DataError
 from pipelines.common.files import project_version
 from pipelines.common.progress import ThroughputReporter
 from pipelines.common.ray_session import init_ray
-from pipelines.common.storage import Location, iter_chunks, resolve
+from pipelines.common.storage import Location, check_storage_uri, iter_chunks, resolve
 from pipelines.data.manifest import MANIFEST_NAME, SHARDS_DIR
 from pipelines.data.prepare.config import SAMPLE_OUTPUT, SAMPLE_SOURCE, PrepareConfig
 from pipelines.data.prepare.plan import assign_splits, plan_clips, plan_shards
@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
         cfg = config_from_args(args)
         if cfg.source != SAMPLE_SOURCE:
             check_source(cfg.source, cfg.layout)  # before starting Ray: a typo fails in a second
+        if cfg.output:
+            check_storage_uri(cfg.output)  # az:// without adlfs, ...: before Ray, not in a task
         init_ray(args.address, num_cpus=args.num_cpus)
         print(prepare_dataset(cfg).table())
 

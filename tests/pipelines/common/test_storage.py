@@ -51,3 +51,28 @@ def test_a_parquet_file_is_hashed_while_it_is_written(tmp_path):
 def test_a_scheme_nothing_serves_is_one_clear_error():
     with pytest.raises(DataError, match=r"nosuchfs://bucket/x: no filesystem for nosuchfs://"):
         resolve("nosuchfs://bucket/x")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("az://box/reds", "az://box/reds: az:// needs a filesystem package that is not installed"),
+        # pyarrow's HDFS lists every libjvm path it tried, one per line, when no JVM is installed
+        ("hdfs://nosuchhost:1/reds", "hdfs://nosuchhost:1/reds: cannot open this storage URI ("),
+    ],
+)
+def test_a_storage_uri_that_cannot_open_is_one_line(uri, message):
+    import importlib.util
+
+    from pipelines.common.storage import check_storage_uri
+
+    if uri.startswith("az://") and importlib.util.find_spec("adlfs") is not None:
+        pytest.skip("adlfs is installed here: az:// has its filesystem")
+    with pytest.raises(DataError) as refused:
+        resolve(uri)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    if uri.startswith("az://"):
+        assert "pip install adlfs" in str(refused.value)
+        with pytest.raises(DataError, match="pip install adlfs"):
+            check_storage_uri(uri)  # the same, without contacting any store
+    check_storage_uri("s3://bucket/reds")  # pyarrow's own: nothing to install
