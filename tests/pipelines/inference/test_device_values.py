@@ -13,7 +13,9 @@ from pipelines.inference.loading import resolve_device
 def test_a_device_that_is_not_one_is_a_user_error_naming_it(device):
     with pytest.raises(UserError) as refused:
         resolve_device(device)
-    assert "\n" not in str(refused.value) and ("--device" in str(refused.value) or "CUDA" in str(refused.value))
+    assert "\n" not in str(refused.value) and (
+        "--device" in str(refused.value) or "CUDA" in str(refused.value)
+    )
 
 
 def test_cpu_and_auto_resolve():
