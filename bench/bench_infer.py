@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vsr_models  # noqa: E402
 from pipelines.inference.colour import from_unit_float, to_unit_float  # noqa: E402
+from pipelines.inference.encode import EncodeSettings, VideoFileWriter  # noqa: E402
 from pipelines.inference.pipeline import cpu_has_native_bf16, with_precision  # noqa: E402
-from pipelines.inference.streams import EncodeSettings, SourceReader, VideoFileWriter, open_source  # noqa: E402
+from pipelines.inference.streams import SourceReader, open_source  # noqa: E402
 from pipelines.inference.video import super_resolve_video, temporal_windows  # noqa: E402
 from vsr_models.inference import super_resolve  # noqa: E402
 

@@ -11,9 +11,9 @@ from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
 from pipelines.data.video_io import is_frame_folder
 from pipelines.inference.batch import format_table, super_resolve_many
+from pipelines.inference.encode import CODECS, FILTERS
 from pipelines.inference.loading import load_model
 from pipelines.inference.pipeline import PRECISIONS
-from pipelines.inference.streams import CODECS, FILTERS
 from pipelines.inference.video import InferConfig, check_output, check_tile, describe, super_resolve_video
 
 

@@ -28,18 +28,11 @@ import torch
 from pipelines.common.errors import ConfigError, OutputExistsError, VideoError
 from pipelines.data.video_io import FrameReader, FrameWriter, open_frames, output_is_folder
 from pipelines.inference.colour import from_unit_float, rgb_to_frame, to_unit_float
+from pipelines.inference.encode import FILTERS, EncodeSettings, VideoFileWriter
 from pipelines.inference.loading import ModelSpec, load_model, resolve_device
 from pipelines.inference.memory import choose_tile
 from pipelines.inference.pipeline import FrameProgress, resolve_precision, run_overlapped, with_precision
-from pipelines.inference.streams import (
-    FILTERS,
-    EncodeSettings,
-    Source,
-    SourceReader,
-    VideoFileWriter,
-    open_source,
-    parse_position,
-)
+from pipelines.inference.streams import Source, SourceReader, open_source, parse_position
 from vsr_models.inference import input_constraints, most_central_windows, super_resolve
 
 SCALE = 4
@@ -61,7 +54,7 @@ class InferConfig:
     device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
     precision: ``auto`` (bf16 where the hardware runs it natively, else fp32), ``fp32``, ``bf16``, ``fp16``.
     codec, crf, preset, pix_fmt: the output video's encoding (None: the suffix's default,
-        :data:`pipelines.inference.streams.DEFAULT_CODEC`).
+        :data:`pipelines.inference.encode.DEFAULT_CODEC`).
     no_audio: drop the audio and subtitle streams (default: copied).
     start, end: the part to super-resolve: seconds (``12.5``, ``1:02``) or a frame (``300f``).
     outscale: output size over input size (None: 4, the network's); resized with ``outscale_filter``.

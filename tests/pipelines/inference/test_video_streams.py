@@ -24,7 +24,7 @@ from media import (
 )
 
 from pipelines.common.errors import ConfigError, OutputExistsError
-from pipelines.inference import streams, video
+from pipelines.inference import encode, streams, video
 
 
 def run(in_path, out_path, **options):
@@ -146,7 +146,7 @@ def test_megamind_bugy_frames_with_disordered_timestamps_keep_the_file_length(tm
     reader = streams.SourceReader(source)
     # The writer times the frames; the network does not touch timing, so the LR frames stand in for the
     # x4 ones (4x 720x528 frames through the whole job take minutes on 2 CPUs).
-    writer = streams.VideoFileWriter(tmp_path / "bugy.mkv", source, streams.EncodeSettings())
+    writer = encode.VideoFileWriter(tmp_path / "bugy.mkv", source, encode.EncodeSettings())
     for start in range(0, 270, 30):
         writer.write(reader.read(start, start + 30), list(range(start, start + 30)))
     writer.close()
@@ -217,7 +217,7 @@ def test_full_disk_while_writing_the_output_is_one_line_naming_it_and_leaves_no_
             writer = FrameWriter(out, 25.0)
             write = lambda i: writer.write(noise[i : i + 1])  # noqa: E731
         else:
-            writer = streams.VideoFileWriter(out, source, streams.EncodeSettings())
+            writer = encode.VideoFileWriter(out, source, encode.EncodeSettings())
             write = lambda i: writer.write(noise[i : i + 1], [i])  # noqa: E731
         with pytest.raises(VideoError) as full_disk:
             for i in range(8):
