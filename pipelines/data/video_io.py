@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -256,6 +257,18 @@ def disk_full_error(path: Path) -> VideoError:
     )
 
 
+@contextlib.contextmanager
+def disk_full_as_one_line(path: Path, abort: Callable[[], None]) -> Iterator[None]:
+    """Inside, a full disk aborts the writer (its partial output deleted) and is :func:`disk_full_error`."""
+    try:
+        yield
+    except OSError as error:  # PyAV's av.error.OSError names the hidden partial file, not the output
+        if is_disk_full(error):
+            abort()
+            raise disk_full_error(path) from None
+        raise
+
+
 class FrameWriter:
     """Streams uint8 ``(t, h, w, 3)`` RGB chunks to a video file or a PNG folder.
 
@@ -313,16 +326,8 @@ class FrameWriter:
 
     def write(self, frames: np.ndarray) -> None:
         """Append uint8 ``(t, h, w, 3)`` RGB frames."""
-        try:
+        with disk_full_as_one_line(self.path, self.abort):
             self._write(frames)
-        except OSError as error:
-            self._raise_if_disk_full(error)
-            raise
-
-    def _raise_if_disk_full(self, error: OSError) -> None:
-        if is_disk_full(error):
-            self.abort()
-            raise disk_full_error(self.path) from None
 
     def _write(self, frames: np.ndarray) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -345,11 +350,8 @@ class FrameWriter:
 
     def close(self) -> None:
         """Flush the encoder and move the finished output to ``path``."""
-        try:
+        with disk_full_as_one_line(self.path, self.abort):
             self._close()
-        except OSError as error:
-            self._raise_if_disk_full(error)
-            raise
 
     def _close(self) -> None:
         if self._stream is not None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common.errors import ConfigError, VideoError
-from pipelines.common.files import TEMP_MARKER, is_disk_full
-from pipelines.data.video_io import check_replaceable, disk_full_error
+from pipelines.common.files import TEMP_MARKER
+from pipelines.data.video_io import check_replaceable, disk_full_as_one_line
 from pipelines.inference.colour import output_tags, rgb_to_frame, tag_codec_context
 from pipelines.inference.streams import Source
 
@@ -251,16 +251,8 @@ class VideoFileWriter:
 
         ``size``: ``(height, width)`` to resize to (``--outscale``), with ``settings``' filter.
         """
-        try:
+        with disk_full_as_one_line(self.path, self.abort):
             self._write(frames, indices, size)
-        except OSError as error:  # PyAV's av.error.OSError names the hidden partial file, not the output
-            self._raise_if_disk_full(error)
-            raise
-
-    def _raise_if_disk_full(self, error: OSError) -> None:
-        if is_disk_full(error):
-            self.abort()
-            raise disk_full_error(self.path) from None
 
     def _write(self, frames: np.ndarray, indices: list[int], size: tuple[int, int] | None) -> None:
         height, width = size or frames.shape[1:3]
@@ -298,11 +290,8 @@ class VideoFileWriter:
         """Flush the encoders, mux the remaining side packets and move the file into place."""
         if self._container is None:
             raise VideoError(f"no frames were written to {self.path}")
-        try:
+        with disk_full_as_one_line(self.path, self.abort):
             self._close()
-        except OSError as error:
-            self._raise_if_disk_full(error)
-            raise
 
     def _close(self) -> None:
         self._container.mux(self._video.encode())
