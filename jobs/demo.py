@@ -13,13 +13,23 @@ Examples:
 """
 
 import sys
+from pathlib import Path
 
-from pipelines.commands import demo
+from pipelines.common.cli import run_job
+from pipelines.training.experiment import TTVSRExperiment, experiment_from_args, experiment_parser
+
+SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ttvsr_sample.yaml"
 
 
-def main(argv: list[str]) -> int:
-    return demo(argv, description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.demo import run_demo
+
+    parser = experiment_parser(__doc__)
+    parser.add_argument("--output", default="outputs/demo", help="where the demo videos go")
+    parser.set_defaults(config=str(SAMPLE_CONFIG))
+    args = parser.parse_args(argv)
+    return run_job(lambda: print(run_demo(experiment_from_args(TTVSRExperiment, args), args.output)))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -17,7 +17,12 @@ the task may run on another node than the driver. Relative paths are made absolu
 
 import sys
 
-from pipelines.evaluation.job import main
+from pipelines.evaluation.job import main as run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], description=__doc__))
+    sys.exit(main())

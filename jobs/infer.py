@@ -12,7 +12,12 @@ window (``pipelines.inference.video.super_resolve_video``).
 
 import sys
 
-from pipelines.inference.job import main
+from pipelines.inference.job import main as run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], description=__doc__))
+    sys.exit(main())

@@ -15,7 +15,12 @@ described in docs/data_format.md.
 
 import sys
 
-from pipelines.data.prepare.job import main
+from pipelines.data.prepare.job import main as run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], description=__doc__))
+    sys.exit(main())

@@ -8,7 +8,12 @@ Examples:
 
 import sys
 
-from pipelines.inference.profiling import main
+from pipelines.inference.profiling import main as run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], description=__doc__))
+    sys.exit(main())

@@ -16,12 +16,32 @@ came from (its version tags mlflow_run_id and iteration name the run and the ite
 
 import sys
 
-from pipelines.commands import register
+from pipelines.common.cli import command_parser, option, run_job
+
+OPTIONS = [
+    option("checkpoint", help="training checkpoint folder (or a save_checkpoint file)"),
+    option("--name", required=True, help="registered model name, e.g. ttvsr"),
+    option("--alias", help="point this alias (e.g. champion) at the new version"),
+    option("--experiment", default="ray-vsr", help="MLflow experiment of the run (default ray-vsr)"),
+    option(
+        "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)"
+    ),
+]
 
 
-def main(argv: list[str]) -> int:
-    return register(argv, description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.tracking import register_checkpoint
+
+    args = command_parser(__doc__, OPTIONS, config=False, set_example=None).parse_args(argv)
+
+    def body() -> None:
+        registered = register_checkpoint(
+            args.checkpoint, args.name, args.mlflow_uri, experiment=args.experiment, alias=args.alias
+        )
+        print(registered.describe())
+
+    return run_job(body)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

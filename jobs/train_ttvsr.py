@@ -13,8 +13,13 @@ On a cluster pass absolute paths on shared storage: a submitted job runs in a co
 
 import sys
 
-from pipelines.training.driver import main
+from pipelines.training.driver import main as run_main
 from pipelines.training.experiment import TTVSRExperiment
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(TTVSRExperiment, argv, description=__doc__)
+
+
 if __name__ == "__main__":
-    sys.exit(main(TTVSRExperiment, sys.argv[1:], description=__doc__))
+    sys.exit(main())

@@ -17,7 +17,12 @@ On a cluster pass absolute paths on shared storage: a submitted job runs in a co
 import sys
 
 from pipelines.training.experiment import VSRTExperiment
-from pipelines.tuning.search import main
+from pipelines.tuning.search import main as run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(VSRTExperiment, argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    sys.exit(main(VSRTExperiment, sys.argv[1:], description=__doc__))
+    sys.exit(main())

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.commands import COMMANDS
+from jobs import COMMANDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(path.stem for path in (REPO_ROOT / "jobs").glob("*.py"))
+SCRIPTS = sorted(path.stem for path in (REPO_ROOT / "jobs").glob("*.py") if not path.stem.startswith("_"))
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
 

@@ -20,7 +20,6 @@ LAYERS = [
     ("pipelines.training", 5),
     ("pipelines.tuning", 6),
     ("pipelines.demo", 6),
-    ("pipelines.commands", 7),  # the installed commands: one function per jobs/ script
     ("jobs", 8),
 ]
 

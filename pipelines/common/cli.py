@@ -1,10 +1,13 @@
-"""The pieces every command line shares: ``--config`` / ``--set``, flags as overrides, one error line.
+"""The one way a command line is made: options declared in ``jobs/``, parsed here, run with one error line.
 
-- :func:`job_parser`: an ``ArgumentParser`` with the job's docstring as help and ``--config`` /
-  ``--set KEY=VALUE`` (:func:`add_config_args`).
-- :func:`flag_overrides`: direct flags (``--name run1``) become ``--set`` overrides applied after the
-  config file and the user's own ``--set``; values are written as JSON, which YAML reads back unchanged
-  (a name such as ``"001"`` or ``"true"`` stays a string).
+A job in ``jobs/`` lists its options with :func:`option` (flags, the config key the value sets, argparse's
+settings) and builds its parser with :func:`command_parser`, the only place that calls ``add_argument``:
+
+- every parser has ``--verbose``; a job with a typed config also has ``--config FILE`` and the
+  repeatable ``--set KEY=VALUE`` (:data:`CONFIG_OPTIONS`);
+- :func:`config_overrides`: the user's ``--set`` first, then every option given that names a config key
+  (``--name run1`` -> ``run.name="run1"``), written as JSON, which YAML reads back unchanged (a name
+  such as ``"001"`` or ``"true"`` stays a string);
 - :func:`run_job`: runs a job's body; a :class:`~pipelines.common.errors.UserError` (also when Ray
   raised it in a task or a training worker) is one line on stderr and exit status 2.
 """
@@ -13,23 +16,50 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.common.config import as_overrides
-from pipelines.common.console import add_verbose_arg, quiet_logging
-from pipelines.common.errors import ConfigError, find_user_error
+from pipelines.common.console import LIBRARY_LOG_NAME, VerboseAction, quiet_logging
+from pipelines.common.errors import find_user_error
 
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
 
-def add_set_arg(parser: argparse.ArgumentParser, example: str = "optim.lr=1e-4") -> argparse.ArgumentParser:
-    """Add the repeatable ``--set KEY=VALUE`` (collected in ``args.overrides``, parsed by the config loader).
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: its flags, the config key its value sets (if any), argparse's settings."""
+
+    names: tuple[str, ...]
+    key: str | None = None  # "run.name": the value becomes the override run.name=<value>
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments that holds the value."""
+        if "dest" in self.settings:
+            return self.settings["dest"]
+        longest = max(self.names, key=len)
+        return longest.lstrip("-").replace("-", "_")
+
+
+def option(*names: str, key: str | None = None, **settings: Any) -> Option:
+    """An option of a job: ``option("--name", key="run.name", help=...)``.
+
+    ``key`` names the config field the value overrides (applied after ``--config`` and ``--set``); an
+    option without one is read by the job itself. ``settings`` are ``ArgumentParser.add_argument``'s.
+    """
+    return Option(tuple(names), key, settings)
+
+
+def set_option(example: str) -> Option:
+    """The repeatable ``--set KEY=VALUE`` (collected in ``args.overrides``, parsed by the config loader).
 
     ``example`` must be a key of the job's own config: tests/test_help_examples.py runs every example.
     """
-    parser.add_argument(
+    return option(
         "--set",
         dest="overrides",
         action="append",
@@ -37,37 +67,44 @@ def add_set_arg(parser: argparse.ArgumentParser, example: str = "optim.lr=1e-4")
         metavar="KEY=VALUE",
         help=f"override one config field, e.g. --set {example} (repeatable)",
     )
-    return parser
 
 
-def add_config_args(
-    parser: argparse.ArgumentParser, set_example: str = "optim.lr=1e-4"
+VERBOSE_OPTION = option(
+    "--verbose",
+    action=VerboseAction,
+    help="also print Ray's, Ray Data's and MLflow's own messages and progress bars (default: in "
+    f"<Ray session>/logs/{LIBRARY_LOG_NAME})",
+)
+CONFIG_OPTION = option("--config", metavar="FILE", help="YAML config file (see configs/)")
+
+
+def command_parser(
+    description: str | None,
+    options: Sequence[Option],
+    *,
+    set_example: str | None = "optim.lr=1e-4",
+    config: bool = True,
+    prog: str | None = None,
 ) -> argparse.ArgumentParser:
-    """Add the ``--config`` and repeatable ``--set`` options every command shares."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
-    add_verbose_arg(parser)
-    return add_set_arg(parser, set_example)
+    """The parser of one job: its docstring as help (examples kept as written), then ``options``.
 
-
-def job_parser(
-    description: str | None = None, prog: str | None = None, set_example: str = "optim.lr=1e-4"
-) -> argparse.ArgumentParser:
-    """A parser whose help is the job's docstring (examples kept as written), with ``--config``/``--set``
-    (``set_example``: a ``KEY=VALUE`` of the job's own config, shown in ``--set``'s help)."""
+    ``config``: add ``--config FILE``; ``set_example``: add ``--set`` with this ``KEY=VALUE`` of the
+    job's own config in its help (``None``: no ``--set``). Every parser has ``--verbose``.
+    """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return add_config_args(parser, set_example)
+    common = [CONFIG_OPTION] if config else []
+    common += [VERBOSE_OPTION] + ([set_option(set_example)] if set_example else [])
+    for item in [*common, *options]:
+        parser.add_argument(*item.names, **item.settings)
+    return parser
 
 
-def check_arch(arch: str | None) -> None:
-    """An ``--arch`` the model registry does not know: one line listing the ones it does."""
-    from vsr_models import ARCHITECTURES
-
-    if arch is not None and arch not in ARCHITECTURES:
-        raise ConfigError(
-            f"--arch {arch!r} is not a known architecture: use one of {', '.join(sorted(ARCHITECTURES))}"
-        )
+def config_overrides(args: argparse.Namespace, options: Sequence[Option]) -> list[str]:
+    """The user's ``--set`` overrides, then the given options that name a config key, as overrides."""
+    given = {item.key: getattr(args, item.dest) for item in options if item.key is not None}
+    return [*getattr(args, "overrides", []), *flag_overrides(given)]
 
 
 def flag_overrides(flags: Mapping[str, Any]) -> list[str]:
@@ -93,3 +130,29 @@ def run_job(body: Callable[[], int | None]) -> int:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         return USER_ERROR_EXIT
+
+
+# --- Transitional: the stages still building their own parsers use these until their jobs declare
+# their options (then they go). ---------------------------------------------------------------------
+
+
+def job_parser(
+    description: str | None = None, prog: str | None = None, set_example: str = "optim.lr=1e-4"
+) -> argparse.ArgumentParser:
+    return command_parser(description, [], set_example=set_example, prog=prog)
+
+
+def add_set_arg(parser: argparse.ArgumentParser, example: str = "optim.lr=1e-4") -> argparse.ArgumentParser:
+    item = set_option(example)
+    parser.add_argument(*item.names, **item.settings)
+    return parser
+
+
+def check_arch(arch: str | None) -> None:
+    from pipelines.common.errors import ConfigError
+    from vsr_models import ARCHITECTURES
+
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"--arch {arch!r} is not a known architecture: use one of {', '.join(sorted(ARCHITECTURES))}"
+        )

@@ -40,23 +40,15 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
-class _Verbose(argparse.Action):
+class VerboseAction(argparse.Action):
+    """``--verbose``: sets ``RAY_VSR_VERBOSE=1`` as soon as it is parsed (workers started later inherit it)."""
+
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         os.environ[VERBOSE_ENV] = "1"  # Ray workers started from now on inherit it
         setattr(namespace, self.dest, True)
-
-
-def add_verbose_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "--verbose",
-        action=_Verbose,
-        help="also print Ray's, Ray Data's and MLflow's own messages and progress bars (default: in "
-        f"<Ray session>/logs/{LIBRARY_LOG_NAME})",
-    )
-    return parser
 
 
 class _LibraryLog:

@@ -1,24 +1,31 @@
-"""The installed commands (``[project.scripts]``, pipelines/commands.py): after ``pip install -e .`` every
-one is on the venv's PATH and its ``--help`` is its jobs/ script's, examples included."""
+"""The installed commands (``[project.scripts]``, the ``main`` of each jobs/ script): after ``pip install -e .``
+every one is on the venv's PATH and its ``--help`` is its jobs/ script's, examples included."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
-from pipelines.commands import COMMANDS, job_help
+from jobs import COMMANDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def job_help(script: str) -> str:
+    """The docstring of ``jobs/<script>.py`` (its ``--help`` text), parsed, not run."""
+    return ast.get_docstring(ast.parse((REPO_ROOT / "jobs" / f"{script}.py").read_text()), clean=False)
+
+
 def test_every_jobs_script_has_an_installed_command_declared_in_pyproject():
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == set(COMMANDS)
-    assert sorted(COMMANDS.values()) == sorted(path.stem for path in (REPO_ROOT / "jobs").glob("*.py"))
-    assert all(target.startswith("pipelines.commands:") for target in scripts.values())
+    scripts_here = sorted(p.stem for p in (REPO_ROOT / "jobs").glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(COMMANDS.values()) == scripts_here
+    assert all(scripts[name] == f"jobs.{script}:main" for name, script in COMMANDS.items())
 
 
 def test_installed_commands_exist_and_show_their_scripts_help():
