@@ -13,6 +13,7 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -158,6 +159,67 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
         node = child
     node[leaf] = value
+
+
+class _Section(dict):
+    """The keys under one dotted prefix of :func:`with_values` (``{"optim.lr": x}`` -> ``optim: {lr: x}``)."""
+
+
+def _sections(values: Mapping[str, Any]) -> _Section:
+    tree = _Section()
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            if not isinstance(node.get(part), _Section):
+                node[part] = _Section()
+            node = node[part]
+        node[leaf] = value
+    return tree
+
+
+def _first_key(section: _Section) -> str:
+    key, value = next(iter(section.items()))
+    return f"{key}.{_first_key(value)}" if isinstance(value, _Section) and value else key
+
+
+def _replaced(cfg: Any, given: Mapping[str, Any], where: str) -> Any:
+    """``cfg`` with the fields in ``given`` changed, section by section, in field order as ``_build``."""
+    cls = type(cfg)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in given:
+        if key not in names:
+            raise _unknown_key(cls, key, where)
+    changes = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in given:
+            continue
+        value, current = given[f.name], getattr(cfg, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            changes[f.name] = _replaced(current, value, path)
+        elif isinstance(value, _Section) and not isinstance(current, dict):
+            raise ConfigError(f"{path}.{_first_key(value)}: '{f.name}' is a value, not a section")
+        elif isinstance(value, _Section):
+            changes[f.name] = _coerce(_merged(current, value), hints[f.name], path)
+        else:
+            changes[f.name] = _coerce(value, hints[f.name], path)
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except (TypeError, ValueError) as err:  # __post_init__ validation, as in _build
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def with_values(cfg: T, values: Mapping[str, Any]) -> T:
+    """``cfg`` with the dotted keys of ``values`` set: ``with_values(cfg, {"optim.lr": 1e-4})``.
+
+    The values are checked and converted as :func:`load_config` checks a file's (lists become tuples
+    where a tuple is held, a mapping given for a section changes the fields it names), every changed
+    section is rebuilt with ``dataclasses.replace`` so its ``__post_init__`` checks run again, up to
+    ``cfg`` itself, and an unknown key is the same :class:`ConfigError` as in a file.
+    """
+    return _replaced(cfg, _sections(values), "")
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:

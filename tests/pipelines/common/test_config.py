@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from pipelines.common.config import ConfigError, dump_config, flatten, load_config
+from pipelines.common.config import ConfigError, as_overrides, dump_config, flatten, load_config, with_values
 
 
 @dataclass
@@ -126,3 +126,62 @@ def test_binary_or_enormous_config_file_is_one_line(tmp_path, content, message):
     with pytest.raises(ConfigError) as refused:
         read_yaml(path)
     assert message in str(refused.value) and "\n" not in str(refused.value) and len(str(refused.value)) < 300
+
+
+@dataclass
+class Checked:
+    low: int = 1
+    high: int = 2
+    optim: Optim = field(default_factory=Optim)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+
+
+def test_with_values_sets_dotted_keys_as_a_config_file_would():
+    base = Experiment(name="reds", val_clips=["000"], optim=Optim(lr=1e-4))
+    cfg = with_values(base, {"optim.betas": [0.8, 0.9], "max_iters": 10, "data_dir": "elsewhere"})
+    assert cfg == Experiment(
+        name="reds",
+        val_clips=["000"],
+        data_dir=Path("elsewhere"),
+        optim=Optim(1e-4, (0.8, 0.9)),
+        max_iters=10,
+    )
+    assert isinstance(cfg.optim.betas, tuple) and base.optim.betas == (0.9, 0.99)  # base unchanged
+    # a mapping for a section changes the fields it names, the others stay the base's
+    assert with_values(base, {"optim": {"betas": [0.5, 0.6]}}).optim == Optim(1e-4, (0.5, 0.6))
+    assert with_values(Checked(extra={"a": 1}), {"extra.b": 2}).extra == {"a": 1, "b": 2}
+    # values that only fit together are checked together
+    assert with_values(Checked(), {"low": 5, "high": 6}) == Checked(5, 6)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"optim.lrr": 1}, "unknown config key 'optim.lrr'. Did you mean 'lr'? Allowed keys here: lr, betas"),
+        ({"degradation": "XX"}, "degradation: 'XX' is not one of ['BI', 'BD']"),
+        ({"optim.lr": "fast"}, "optim.lr: expected float, got 'fast' (str)"),
+        ({"optim.betas": [1]}, "optim.betas: expected 2 items, got 1"),
+        ({"optim": 3}, "optim: expected a mapping of Optim fields, got 3"),
+        ({"name.sub": 1}, "name.sub: 'name' is a value, not a section"),
+    ],
+)
+def test_with_values_refuses_what_load_config_refuses(values, message):
+    # what tuning did before with_values: the whole base and the values as --set text, parsed back
+    overrides = as_overrides(flatten(Experiment())) + as_overrides(values)
+    with pytest.raises(ConfigError) as loaded:
+        load_config(Experiment, None, overrides)
+    with pytest.raises(ConfigError) as merged:
+        with_values(Experiment(), values)
+    assert str(merged.value) == message
+    assert str(loaded.value).removeprefix("--set ") == message
+
+
+def test_with_values_reruns_the_checks_of_every_changed_section():
+    with pytest.raises(ConfigError, match=r"^Checked: low \(5\) must not exceed high \(2\)$"):
+        with_values(Checked(), {"low": 5})
+    with pytest.raises(ConfigError, match=r"^Checked: low \(5\) must not exceed high \(2\)$"):
+        load_config(Checked, None, ["low=5"])
