@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from pipelines.training.experiment import Experiment, OptimSection, ScheduleSection
+from pipelines.training.config import Experiment, OptimSection, ScheduleSection
 
 SPYNET_PREFIX = "spynet."  # parameter-name prefix of the flow network in both models
 

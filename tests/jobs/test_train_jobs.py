@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.common.config import ConfigError
+from pipelines.training.config import load_experiment
 from pipelines.training.driver import main
 from pipelines.training.experiment import (
     TTVSRExperiment,
@@ -131,7 +132,10 @@ def test_gpus_and_a_different_worker_count_contradict():
 
 
 def test_defaults_are_the_released_recipes():
-    ttvsr, vsrt = TTVSRExperiment(), VSRTExperiment()
+    ttvsr, vsrt = (
+        load_experiment(None, arch="ttvsr"),
+        load_experiment(None, arch="vsrt"),
+    )  # configs/<arch>.yaml
     assert (ttvsr.loss.reduction, ttvsr.loss.eps, ttvsr.optim.betas) == ("mean", 1e-12, (0.9, 0.99))
     assert (ttvsr.schedule.periods, ttvsr.schedule.eta_min, ttvsr.optim.fix_spynet_iters) == (
         [400_000],
@@ -142,6 +146,13 @@ def test_defaults_are_the_released_recipes():
     assert (vsrt.loss.reduction, vsrt.data.num_frames, vsrt.data.batch_size) == ("sum", 5, 4)
     assert vsrt.schedule.periods == [300_000] * 4 and vsrt.schedule.restart_weights == [1.0, 0.5, 0.5, 0.5]
     assert (vsrt.tracking.registered_model, ttvsr.tracking.registered_model) == ("vsrt", "ttvsr")
+    assert (vsrt.run.name, ttvsr.run.name, vsrt.train.total_iters, ttvsr.train.total_iters) == (
+        "vsrt",
+        "ttvsr",
+        1_200_000,
+        400_000,
+    )
+    assert (vsrt.model.num_frames, vsrt.model.spatial_size, ttvsr.model.num_propagation_blocks) == (5, 64, 60)
 
 
 def test_zero_workers_is_refused_before_anything_runs(tmp_path, capsys):
