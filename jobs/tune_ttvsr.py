@@ -21,11 +21,12 @@ On a cluster pass absolute paths on shared storage: a submitted job runs in a co
 
 import sys
 
-from jobs._tuning import main as tune_main
+from pipelines.training.experiment import TTVSRExperiment
+from pipelines.tuning.search import main as run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return tune_main("ttvsr", argv, description=__doc__)
+    return run_main(TTVSRExperiment, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE
 from pipelines.common.storage import check_storage_uri, resolve
-from pipelines.data.manifest import Manifest, check_dataset
+from pipelines.data.manifest import PreparedDataset, check_dataset
 from pipelines.evaluation.scoring import EvaluationReport, evaluate
 from pipelines.inference.loading import MODEL_URI, load_model
 from vsr_models import ARCHITECTURES
@@ -290,13 +290,13 @@ def resolve_source(cfg: EvaluationConfig, tracking_uri: str | None) -> ModelSour
     return ModelSource(given, None, label, tags)
 
 
-def _dataset_tags(cfg: EvaluationConfig, manifest: Manifest, sha256: str) -> dict[str, str]:
+def _dataset_tags(cfg: EvaluationConfig, manifest: PreparedDataset, sha256: str) -> dict[str, str]:
     return {
         "dataset.sha256": sha256,
         "dataset.path": resolve(cfg.data).uri,
         "dataset.split": cfg.split,
-        "dataset.degradation": str(manifest.data.get("degradation", "")),
-        "dataset.scale": str(manifest.data.get("scale", "")),
+        "dataset.degradation": str(manifest.degradation or ""),
+        "dataset.scale": str(manifest.scale),
         "protocol.channel": cfg.channel,
         "protocol.crop_border": str(cfg.crop_border),
         "protocol.centre_frame_only": str(cfg.centre_frame_only),
@@ -373,7 +373,7 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationResult:
 def _log_to_mlflow(
     cfg: EvaluationConfig,
     source: ModelSource,
-    manifest: Manifest,
+    manifest: PreparedDataset,
     report: EvaluationReport,
     tracking_uri: str,
     device: str,
