@@ -1,8 +1,8 @@
 """Throughput of the BI and BD degradations on 720x1280 frames, one CPU core.
 
-Compares ``pipelines.degradations`` (two dense matmuls per frame, float64) with the straightforward NumPy
-oracles of the test suite (``tests/pipelines/data/reference_degradations.py``: a per-output-pixel loop for
-BI, a loop over the 144 kernel taps for BD), in the same run. The oracles are written for clarity, not
+Compares ``pipelines.data.degradations`` (two dense matmuls per frame, float64) with the straightforward
+NumPy oracles the test suite checks it against (``bench/reference_degradations.py``: a per-output-pixel
+loop for BI, a loop over the 144 kernel taps for BD), in the same run. The oracles are written for clarity, not
 speed, so the ratio says how much the vectorised form buys over the literal transcription of the scripts.
 
     .venv/bin/python bench/bench_degradations.py [--batch 4] [--repeats 3] [--device cpu|cuda]
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 # one core for the NumPy oracle too (its BLAS would otherwise spread the per-pixel dot products)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -22,9 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pipelines" / "data"))
-from reference_degradations import degrade_bd_reference, degrade_bi_reference  # noqa: E402
+from reference_degradations import degrade_bd_reference, degrade_bi_reference  # noqa: E402  (bench/, beside this script)
 
 from pipelines.data.degradations import degrade  # noqa: E402
 

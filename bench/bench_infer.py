@@ -17,7 +17,6 @@ the one to quote; random weights give the same speed).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +25,13 @@ import av
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import vsr_models  # noqa: E402
-from pipelines.inference.colour import from_unit_float, to_unit_float  # noqa: E402
-from pipelines.inference.encode import EncodeSettings, VideoFileWriter  # noqa: E402
-from pipelines.inference.pipeline import cpu_has_native_bf16, with_precision  # noqa: E402
-from pipelines.inference.streams import SourceReader, open_source  # noqa: E402
-from pipelines.inference.video import super_resolve_video, temporal_windows  # noqa: E402
-from vsr_models.inference import super_resolve  # noqa: E402
+import vsr_models
+from pipelines.inference.colour import from_unit_float, to_unit_float
+from pipelines.inference.encode import EncodeSettings, VideoFileWriter
+from pipelines.inference.pipeline import cpu_has_native_bf16, with_precision
+from pipelines.inference.streams import SourceReader, open_source
+from pipelines.inference.video import super_resolve_video, temporal_windows
+from vsr_models.inference import super_resolve
 
 REAL_CLIP = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 

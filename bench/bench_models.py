@@ -284,7 +284,7 @@ def attention_inputs(p: int, d: int, k: int, dtype: torch.dtype) -> tuple:
     in ``dtype`` (under bf16 autocast the model's tokens are bf16)."""
     import torch.nn.functional as F
 
-    from vsr_models import ttvsr_fast
+    from vsr_models.ttvsr import fast as ttvsr_fast
 
     keys = F.normalize(torch.randn(2, k * p, d), dim=-1).to(dtype)
     query = F.normalize(torch.randn(2, p, d), dim=-1).to(dtype)
@@ -297,7 +297,7 @@ def attention_inputs(p: int, d: int, k: int, dtype: torch.dtype) -> tuple:
 
 def option_timings(args: argparse.Namespace) -> None:
     """TTVSR options: a training step with and without activation checkpointing; compiled steps."""
-    from vsr_models import ttvsr_fast
+    from vsr_models.ttvsr import fast as ttvsr_fast
 
     torch.manual_seed(0)
     model = build_model("ttvsr", **CPU_TTVSR)
@@ -336,11 +336,12 @@ def candidate_timings(bf16: bool) -> list[tuple[str, Callable[[], object], Calla
     """(candidate, reference way, fast way) at 64x64 LR, 64 channels, both directions (batch 2)."""
     import torch.nn.functional as F
 
-    from vsr_models import ttvsr_fast, vsrt_fast
     from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead
     from vsr_models.spynet import SpyNet
-    from vsr_models.trajectory import cross_scale_tokens, tokenize, untokenize
+    from vsr_models.ttvsr import fast as ttvsr_fast
     from vsr_models.ttvsr import trajectory_hard_attention
+    from vsr_models.ttvsr.trajectory import cross_scale_tokens, tokenize, untokenize
+    from vsr_models.vsrt import fast as vsrt_fast
 
     torch.manual_seed(0)
     cl = torch.channels_last

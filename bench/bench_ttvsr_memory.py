@@ -3,21 +3,17 @@
 Counts the bytes of the unique storages autograd keeps for backward (saved-tensor hooks) while a small
 TTVSR (mid 16, 2 + 2 blocks, 64x64 LR, SPyNet frozen) runs 10, 20 and 40 frames, through our model and
 through the line-by-line transcription of the released forward pass that the tests compare against
-(``tests/vsr_models/test_ttvsr.py: released_forward``).
+(``bench/released_ttvsr.py: released_forward``).
 
     python bench/bench_ttvsr_memory.py
 """
 
-import sys
 import time
-from pathlib import Path
 
 import torch
+from released_ttvsr import released_forward  # bench/, beside this script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "vsr_models"))
-from test_ttvsr import released_forward  # noqa: E402
-
-from vsr_models.ttvsr import TTVSR, TTVSRConfig  # noqa: E402
+from vsr_models.ttvsr import TTVSR, TTVSRConfig
 
 
 def saved_bytes(forward) -> tuple[int, float]:

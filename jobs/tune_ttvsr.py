@@ -21,12 +21,11 @@ On a cluster pass absolute paths on shared storage: a submitted job runs in a co
 
 import sys
 
-from pipelines.training.experiment import TTVSRExperiment
-from pipelines.tuning.search import main as run_main
+from jobs._tuning import main as tune_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(TTVSRExperiment, argv, description=__doc__)
+    return tune_main("ttvsr", argv, description=__doc__)
 
 
 if __name__ == "__main__":

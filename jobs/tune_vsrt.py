@@ -1,7 +1,7 @@
 """Search VSR-Transformer with Ray Tune: patch size, frame count (drawn with the data's frame count) and
 learning rate, or inference settings of a trained model (an evaluation sweep).
 
-The same search machinery as jobs/tune_ttvsr.py (pipelines/tuning/search.py): every trial a Ray Train run
+The same search machinery as jobs/tune_ttvsr.py (pipelines/tuning/run.py): every trial a Ray Train run
 under the search's MLflow parent run, ASHA on validation PSNR, the same command resumes an interrupted
 search, the best network registered as best-<search name>. See docs/tuning.md.
 
@@ -16,12 +16,11 @@ On a cluster pass absolute paths on shared storage: a submitted job runs in a co
 
 import sys
 
-from pipelines.training.experiment import VSRTExperiment
-from pipelines.tuning.search import main as run_main
+from jobs._tuning import main as tune_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(VSRTExperiment, argv, description=__doc__)
+    return tune_main("vsrt", argv, description=__doc__)
 
 
 if __name__ == "__main__":

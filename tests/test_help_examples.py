@@ -66,17 +66,17 @@ def dry_run(monkeypatch):
     """Stub out the work of every job (see the module docstring); run from the repository root."""
     import pipelines.data.prepare.run as prepare_run
     import pipelines.demo as demo
-    import pipelines.evaluation.job as evaluation_job
-    import pipelines.inference.job as inference_job
+    import pipelines.evaluation.run as evaluation_run
     import pipelines.inference.profiling as profiling
+    import pipelines.inference.run as inference_run
     import pipelines.tracking as tracking
     import pipelines.training.driver as driver
-    import pipelines.tuning.search as search
+    import pipelines.tuning.run as tuning_run
     from pipelines.tuning.config import base_experiment
     from vsr_models import get_family
 
-    def search_stub(spec, cls):
-        base_experiment(spec, cls)  # checks every experiment.* key and every value a trial can draw
+    def search_stub(spec):
+        base_experiment(spec)  # checks every experiment.* key and every value a trial can draw
         raise Reached()
 
     def profile_stub(arch, size, frames, overrides, *args):
@@ -86,12 +86,10 @@ def dry_run(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setattr(driver, "run_training", _stop)
     monkeypatch.setattr(demo, "run_demo", _stop)
-    monkeypatch.setattr(search, "run_search", search_stub)
-    monkeypatch.setattr(evaluation_job, "run_evaluation", _stop)
+    monkeypatch.setattr(tuning_run, "run_search", search_stub)
+    monkeypatch.setattr(evaluation_run, "run_evaluation", _stop)
     monkeypatch.setattr(prepare_run, "run_prepare", _stop)
-    monkeypatch.setattr(inference_job, "init_ray", _stop)
-    monkeypatch.setattr(inference_job, "super_resolve_video", _stop)
-    monkeypatch.setattr(inference_job, "super_resolve_many", _stop)
+    monkeypatch.setattr(inference_run, "run_inference", _stop)
     monkeypatch.setattr(profiling, "profile_report", profile_stub)
     monkeypatch.setattr(tracking, "register_checkpoint", _stop)
     return run_script

@@ -1,14 +1,14 @@
 """Pure-PyTorch video super-resolution: TTVSR and VSR-Transformer, their checkpoints, losses and metrics.
 
 ``build_model('ttvsr' | 'vsrt', **overrides)`` makes a network with the released REDS configuration;
-every network family is a :class:`ModelFamily` in the registry (:mod:`vsr_models.registry`,
-:func:`get_family`). ``import_official`` loads the authors' released weights; ``save_checkpoint`` /
+every network family is a package (:mod:`vsr_models.ttvsr`, :mod:`vsr_models.vsrt`: network, fast
+path, released names) registering a :class:`ModelFamily` (:mod:`vsr_models.registry`, :func:`get_family`). ``import_official`` loads the authors' released weights; ``save_checkpoint`` /
 ``load_checkpoint`` handle this project's own files. Inference on whole videos is in
 :mod:`vsr_models.inference`, frame conversions in :mod:`vsr_models.frames`, metrics in
 :mod:`vsr_models.metrics`. This package imports neither Ray nor MLflow.
 """
 
-# importing the model files registers their families
+# importing the family packages registers their families
 from vsr_models import ttvsr, vsrt
 from vsr_models.checkpoint import (
     IncompatibleCheckpointError,

@@ -1,10 +1,11 @@
 """The contract every network family fulfils, and the registry that names the families.
 
-A family is one network file (:mod:`vsr_models.ttvsr`, :mod:`vsr_models.vsrt`) described by a
-:class:`ModelFamily`: its ``nn.Module`` and config dataclass, the converters between the authors'
-released tensor names and ours, what can be read back from a released state dict, and the layout
-of the released file (``docs/models.md#released-checkpoint-files``). Each model file registers its
-family at its bottom with :func:`register_family`; importing :mod:`vsr_models` registers both.
+A family is one package (:mod:`vsr_models.ttvsr`, :mod:`vsr_models.vsrt`) described by a
+:class:`ModelFamily`: its ``nn.Module`` and config dataclass, its code paths (reference and fast), the
+converters between the authors' released tensor names and ours, what can be read back from a released
+state dict, and the layout of the released file (``docs/models.md#released-checkpoint-files``). Each
+package's ``__init__`` registers its family with :func:`register_family`; importing :mod:`vsr_models`
+registers both (``docs/models.md#code-layout``).
 
 Everything else goes through the hooks: :func:`build_model` makes a network by registry name,
 :func:`model_arch` / :func:`model_config` say what a network is, and :mod:`vsr_models.checkpoint`
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,6 +67,10 @@ class ModelFamily:
             activation checkpointing, inference memory bounds), never which tensors it has: a checkpoint
             written with any of their values loads with any other (``load_checkpoint(path, **fields)``).
         scale: the upscaling factor of the network's output (both released families: x4).
+        implementations: the network's code paths by the name its config's ``implementation`` field
+            holds: name -> forward function taking the network first (``"reference"``: the network's
+            own ``forward_reference``; ``"fast"``: the family's fast-path module). The network's
+            ``forward`` runs the one its config names, so the network module never imports its fast path.
     """
 
     name: str
@@ -78,6 +83,7 @@ class ModelFamily:
     init_only_fields: tuple[str, ...] = ()
     runtime_fields: tuple[str, ...] = ()
     scale: int = 4
+    implementations: Mapping[str, Callable[..., Tensor]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config_class):

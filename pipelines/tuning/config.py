@@ -11,11 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.common.config import as_overrides, flatten, load_config
+from pipelines.common.config import as_overrides, flatten, with_values
 from pipelines.common.errors import ConfigError
-from pipelines.evaluation.job import with_model_settings
-from pipelines.training.experiment import Experiment, load_experiment
-from pipelines.tuning.space import Distribution, assign, parse_search_space, tied_keys
+from pipelines.inference.loading import with_model_settings
+from pipelines.training.config import Experiment, load_experiment
+from pipelines.tuning.space import (
+    Distribution,
+    assign,
+    drawn_values,
+    model_settings,
+    parse_search_space,
+    tied_keys,
+)
 
 MAX_COMBINATIONS = 512  # combinations of the entries' extremes checked up front (beyond: pairs only)
 # Keys an evaluation sweep may draw besides model settings: the validation protocol of the evaluation.
@@ -46,6 +53,8 @@ class SearchConfig:
     """A Tune search (``jobs/tune_<arch>.py --config``); see the module docstring."""
 
     base: str  # the training config every trial starts from
+    # the model family every trial trains (jobs/tune_<arch>.py sets it); None: the base config's arch
+    arch: str | None = None
     experiment: dict[str, Any] = field(default_factory=dict)  # partial training config for every trial
     search: dict[str, Any] = field(default_factory=dict)  # dotted key (or tied keys) -> {distribution: args}
     name: str = "tune"  # Tune experiment <run.storage_path>/<name>/, MLflow parent run <name>
@@ -79,6 +88,10 @@ class SearchConfig:
 
     def space(self) -> dict[str, Distribution]:
         return parse_search_space(self.search)
+
+    def total_trials(self) -> int:
+        """How many trials the search runs: ``num_samples`` for every point of the grid entries."""
+        return self.num_samples * math.prod(len(d.args) for d in self.space().values() if d.kind == "grid")
 
     @property
     def best_alias(self) -> str:
@@ -125,16 +138,13 @@ def _check_evaluation_entry(entry: str, distribution: Distribution, base: Experi
     with torch.device("meta"):
         network = vsr_models.build_model(base.arch, **base.model_overrides())
     for value in distribution.extremes():
-        settings = {
-            k.removeprefix("model."): v for k, v in assign(entry, value).items() if k.startswith("model.")
-        }
         try:
-            with_model_settings(network, settings)
+            with_model_settings(network, model_settings(assign(entry, value)))
         except ConfigError as err:
             raise ConfigError(f"search.{entry} = {value!r}: {err}") from None
 
 
-def base_experiment(spec: SearchConfig, cls: type[Experiment]) -> Experiment:
+def base_experiment(spec: SearchConfig) -> Experiment:
     """The base config with the shared ``experiment`` changes; every value a trial can draw is checked.
 
     Each searched entry is applied at its extremes (both bounds, every option), alone and then in every
@@ -149,20 +159,18 @@ def base_experiment(spec: SearchConfig, cls: type[Experiment]) -> Experiment:
             f"base: training config {spec.base} not found (the YAML every trial starts from, "
             "e.g. configs/ttvsr_sample.yaml; relative paths are from the current folder)"
         )
+    # The partial config goes through the loader as the train command's --set does: the schedule is
+    # fitted to the run unless the search sets it (pipelines.training.config.fit_schedule).
     shared = as_overrides(flatten(spec.experiment))
     try:
-        base = load_experiment(cls, spec.base, shared)
+        base = load_experiment(spec.base, shared, arch=spec.arch)
     except ConfigError as err:
         raise ConfigError(f"experiment: {err}") from None
-    base_overrides = as_overrides(flatten(base))
     known = set(flatten(base))
 
     def check(drawn: list[tuple[str, Any]]) -> None:
-        values: dict[str, Any] = {}
-        for entry, value in drawn:
-            values |= assign(entry, value)
         try:
-            load_config(cls, None, [*base_overrides, *as_overrides(values)])
+            with_values(base, drawn_values(dict(drawn)))
         except ConfigError as err:
             where = " with ".join(f"search.{entry} = {value!r}" for entry, value in drawn)
             hint = _tie_hint([entry for entry, _ in drawn], str(err), known)

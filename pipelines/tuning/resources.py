@@ -19,11 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipelines.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipelines.training.config import Experiment
 
 DATA_CPUS_PER_TRIAL = 1  # CPUs left to each training trial's Ray Data crop tasks when sizing concurrency
 
@@ -34,6 +37,18 @@ def training_trial_resources(num_workers: int, cpus_per_worker: float, use_gpu: 
     if use_gpu:
         resources["GPU"] = float(num_workers)
     return resources
+
+
+def trial_resources(cfg: Experiment) -> dict[str, float]:
+    """What one training trial of the config ``cfg`` holds (:func:`training_trial_resources`)."""
+    scaling = cfg.scaling
+    return training_trial_resources(scaling.num_workers, scaling.cpus_per_worker, scaling.use_gpu)
+
+
+def evaluation_resources(device: str, cluster: Mapping[str, float]) -> dict[str, float]:
+    """What one evaluation trial's Ray task holds: a GPU (``cuda``, or ``auto`` with GPUs), else a CPU."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and cluster.get("GPU", 0) >= 1)
+    return {"GPU": 1.0} if on_gpu else {"CPU": 1.0}
 
 
 def concurrent_trials(per_trial: Mapping[str, float], cluster: Mapping[str, float]) -> int:
@@ -128,3 +143,14 @@ def autoscaler_maximum(path: str | Path) -> dict[str, float]:
         f"--cluster-config {path}: neither a Ray cluster launcher config (available_node_types) nor a KubeRay "
         "RayCluster / RayJob manifest"
     )
+
+
+def cluster_maximum(cluster_config: str | None, max_cluster_resources: str | None) -> dict[str, float] | None:
+    """The autoscaler's maximum a search is given: ``--max-cluster-resources NAME=N,...`` if given, else
+    read from ``--cluster-config FILE`` (:func:`autoscaler_maximum`), else None."""
+    maximum = None
+    if cluster_config is not None:
+        maximum = autoscaler_maximum(cluster_config)
+    if max_cluster_resources is not None:
+        maximum = parse_resources(max_cluster_resources)
+    return maximum

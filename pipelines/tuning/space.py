@@ -101,6 +101,21 @@ def assign(name: str, value: Any) -> dict[str, Any]:
     return dict.fromkeys(keys, value)
 
 
+def drawn_values(drawn: Mapping[str, Any]) -> dict[str, Any]:
+    """The config values a trial's draw sets, entry by entry (:func:`assign`): search entry -> value in,
+    config key -> value out."""
+    values: dict[str, Any] = {}
+    for entry, value in drawn.items():
+        values |= assign(entry, value)
+    return values
+
+
+def model_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model.*`` values among config values, by field name: ``{"model.key_frame_stride": 5}`` ->
+    ``{"key_frame_stride": 5}`` (an evaluation sweep's network settings)."""
+    return {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
+
+
 def _entry_name(key: str) -> str:
     """``"model.num_frames,data.num_frames "`` -> ``"model.num_frames, data.num_frames"``; one key each."""
     keys = tied_keys(key)

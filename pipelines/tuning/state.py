@@ -20,7 +20,7 @@ from typing import Any
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, StateError
 from pipelines.common.files import first_difference
-from pipelines.training.experiment import Experiment
+from pipelines.training.config import Experiment
 from pipelines.tuning.config import SearchConfig
 
 STATE_FILE = "ray_vsr_search.json"  # <storage_path>/<search name>/: the search id and its fingerprint
@@ -41,9 +41,11 @@ def search_fingerprint(spec: SearchConfig, base: Experiment) -> str:
         "promote_champion",
         "device",
     )
-    search = {k: v for k, v in config_to_dict(spec).items() if k not in (*ignored, "experiment")}
-    where = ("run.address", "tracking.uri", "data.verify")
-    trial_config = {k: v for k, v in flatten(base).items() if k not in where}
+    # The family (the job's arch, the base's arch) is not in it: the model keys tell the families apart,
+    # and searches started before the family was a config field resume.
+    search = {k: v for k, v in config_to_dict(spec).items() if k not in (*ignored, "experiment", "arch")}
+    left_out = ("arch", "run.address", "tracking.uri", "data.verify")
+    trial_config = {k: v for k, v in flatten(base).items() if k not in left_out}
     text = json.dumps({"search": search, "base": trial_config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

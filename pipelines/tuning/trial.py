@@ -10,14 +10,13 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines.common.config import as_overrides, load_config
-from pipelines.evaluation.job import EvaluationConfig, run_evaluation
-from pipelines.tracking import (
-    RunTracker,
-)
-from pipelines.training.driver import run_training
-from pipelines.training.experiment import EXPERIMENTS, Experiment
-from pipelines.tuning.space import assign
+from pipelines.common.config import with_values
+from pipelines.evaluation.config import EvaluationConfig
+from pipelines.evaluation.run import run_evaluation
+from pipelines.tracking import RunTracker
+from pipelines.training.config import Experiment
+from pipelines.training.run import run_training
+from pipelines.tuning.space import drawn_values, model_settings
 
 TUNE_EXPERIMENT_TAG = "tune_experiment"
 TUNE_TRIAL_TAG = "tune_trial_id"
@@ -31,10 +30,9 @@ LATEST_CHECKPOINT_KEY = "latest_checkpoint"  # Tune result key: the trial's newe
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """What every trial shares: the resolved base config as overrides, and where results go."""
+    """What every trial shares: the resolved base config, and where results go."""
 
-    arch: str
-    base_overrides: list[str]  # the whole base experiment as --set overrides (absolute paths)
+    base: Experiment  # every trial's config before its drawn values (absolute paths)
     tune_experiment: str
     parent_run_id: str
     metric: str
@@ -44,15 +42,11 @@ class TrialPlan:
 
     def experiment(self, sampled: Mapping[str, Any], trial_id: str) -> Experiment:
         """The trial's training config: base + drawn values, its Train run named after the trial."""
-        values: dict[str, Any] = {}
-        for entry, value in sampled.items():
-            values |= assign(entry, value)
-        overrides = [*self.base_overrides, *as_overrides(values), *as_overrides({"run.name": trial_id})]
-        return load_config(EXPERIMENTS[self.arch], None, overrides)
+        return with_values(self.base, drawn_values(sampled) | {"run.name": trial_id})
 
     def trial_tags(self, trial_id: str) -> dict[str, str]:
         return {
-            "arch": self.arch,
+            "arch": self.base.arch,
             TUNE_EXPERIMENT_TAG: self.tune_experiment,
             TUNE_TRIAL_TAG: trial_id,
             SEARCH_ID_TAG: self.search_id,
@@ -129,10 +123,8 @@ def run_evaluation_trial(config: dict[str, Any], plan: TrialPlan) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = plan.experiment(config, trial_id)
-    values: dict[str, Any] = {}
-    for entry, value in config.items():
-        values |= assign(entry, value)
-    settings = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
+    values = drawn_values(config)
+    settings = model_settings(values)
     uri = cfg.tracking.uri
     tracker = RunTracker.start(uri, cfg.tracking.experiment, trial_id, tags=plan.trial_tags(trial_id))
     try:

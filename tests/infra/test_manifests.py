@@ -288,8 +288,8 @@ def test_cluster_example_runs_the_real_job_with_absolute_shared_paths(where, com
     the config loads, and the data path, storage path and MLflow URI are what a cluster needs. A submitted
     job runs in a copy of the working dir, so a relative data.path or storage path would point into it."""
     import pipelines.training.driver
-    import pipelines.tuning.search
-    from pipelines.training.experiment import EXPERIMENTS
+    import pipelines.tuning.config
+    import pipelines.tuning.run
 
     for variable, value in SHELL_VARIABLES.items():
         command = command.replace(variable, value)
@@ -304,7 +304,7 @@ def test_cluster_example_runs_the_real_job_with_absolute_shared_paths(where, com
         return Captured()
 
     monkeypatch.setattr(pipelines.training.driver, "run_training", capture)
-    monkeypatch.setattr(pipelines.tuning.search, "run_search", capture)
+    monkeypatch.setattr(pipelines.tuning.run, "run_search", capture)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the example must name its server itself
     monkeypatch.chdir(REPO_ROOT)  # the job's working dir is (a copy of) this checkout
     python, script, *args = shlex.split(command, comments=True)
@@ -315,9 +315,10 @@ def test_cluster_example_runs_the_real_job_with_absolute_shared_paths(where, com
 
     assert exited.value.code == 0
     (cfg,) = captured  # config typos or bad values would have exited with code 2 instead
-    if isinstance(cfg, pipelines.tuning.search.SearchConfig):
+    if isinstance(cfg, pipelines.tuning.config.SearchConfig):
         arch = Path(script).stem.removeprefix("tune_")
-        cfg = pipelines.tuning.search.base_experiment(cfg, EXPERIMENTS[arch])  # also checks searched keys
+        cfg = pipelines.tuning.config.base_experiment(cfg)  # also checks searched keys
+        assert cfg.arch == arch
     assert is_absolute_location(cfg.data.path), f"{where}: data.path {cfg.data.path} is relative"
     assert is_absolute_location(cfg.run.storage_path), (
         f"{where}: storage path {cfg.run.storage_path} is relative"

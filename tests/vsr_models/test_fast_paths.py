@@ -23,10 +23,11 @@ from test_ttvsr import ShiftOracle, translating_clip
 from test_vsrt import TINY as VSRT_TINY
 from torch import Tensor, nn
 
-from vsr_models import get_family, load_checkpoint, save_checkpoint, ttvsr_fast
+from vsr_models import get_family, load_checkpoint, save_checkpoint
 from vsr_models.losses import charbonnier_loss
-from vsr_models.trajectory import cross_scale_tokens
 from vsr_models.ttvsr import TTVSR, TTVSRConfig
+from vsr_models.ttvsr import fast as ttvsr_fast
+from vsr_models.ttvsr.trajectory import cross_scale_tokens
 from vsr_models.vsrt import VSRTConfig, VSRTransformer
 
 TTVSR_SMALL = TTVSRConfig(mid_channels=8, num_extract_blocks=1, num_propagation_blocks=2)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vsr_models import ttvsr
 from vsr_models.frames import float_to_uint8, is_mirror_extended, mirror_extend, uint8_to_float
+from vsr_models.ttvsr import network as ttvsr_network
 
 
 def _random_uint8(*shape: int) -> np.ndarray:
@@ -73,4 +73,4 @@ def test_mirror_extended_sequences_are_detected_and_others_are_not():
     almost = mirror_extend(clip).clone()
     almost[1, -1, 0, 0, 0] += 1e-3  # one sample of the batch differs
     assert not is_mirror_extended(almost)
-    assert ttvsr.is_mirror_extended is is_mirror_extended  # TTVSR's flow reuse uses this very test
+    assert ttvsr_network.is_mirror_extended is is_mirror_extended  # TTVSR's flow reuse uses this very test

@@ -1,22 +1,11 @@
 import pytest
 import torch
+from test_checkpoint import TTVSR_SMALL, VSRT_SMALL
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vsr_models import build_model
 from vsr_models.profile import HostSyncCounter, count_parameters, flops_per_frame
-
-TTVSR_TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
-VSRT_TINY = {
-    "num_frames": 3,
-    "depth": 1,
-    "mid_channels": 8,
-    "spatial_size": 16,
-    "patch_size": 4,
-    "num_extract_blocks": 1,
-    "num_reconstruct_blocks": 1,
-    "num_ffn_blocks": 1,
-}
 
 
 class PerFrameConv(nn.Module):
@@ -43,9 +32,9 @@ def test_count_parameters_matches_the_released_ttvsr():
 
 
 def test_meta_device_count_equals_the_count_of_a_real_run():
-    cpu_model = build_model("ttvsr", **TTVSR_TINY)
+    cpu_model = build_model("ttvsr", **TTVSR_SMALL)
     with torch.device("meta"):
-        meta_model = build_model("ttvsr", **TTVSR_TINY, reuse_mirror_flows=False)
+        meta_model = build_model("ttvsr", **TTVSR_SMALL, reuse_mirror_flows=False)
     cpu = flops_per_frame(cpu_model, (64, 64), frames=3)
     assert cpu > 0
     assert flops_per_frame(meta_model, (64, 64), frames=3) == cpu
@@ -53,7 +42,7 @@ def test_meta_device_count_equals_the_count_of_a_real_run():
 
 def test_vsrt_is_profiled_through_tiles_and_sliding_windows():
     with torch.device("meta"):
-        model = build_model("vsrt", **VSRT_TINY)
+        model = build_model("vsrt", **VSRT_SMALL)
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, 3, 16, 16, device="meta"))
     window = counter.get_total_flops()

@@ -1,10 +1,12 @@
 """The model registry: every family fulfils the same contract, and names resolve to families or fail clearly."""
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint import TTVSR_SMALL
 from torch import nn
 
 from vsr_models import (
@@ -20,7 +22,6 @@ from vsr_models import (
 )
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # the released tensor lists
-TTVSR_SMALL = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 2}
 # every released layout, with the whole config it was released with as far as the tensors tell
 RELEASES = [
     (
@@ -180,6 +181,14 @@ def test_both_families_mark_the_spynet_weights_path_as_initialisation_only():
     for family in ARCHITECTURES.values():
         assert family.init_only_fields == ("spynet_pretrained",)
         assert "spynet_pretrained" in family.field_names
+
+
+def test_each_family_lists_every_code_path_its_config_can_name():
+    """The network runs the path its config names through the family's table (docs/models.md#code-layout)."""
+    for family in ARCHITECTURES.values():
+        named = typing.get_args(typing.get_type_hints(family.config_class)["implementation"])
+        assert sorted(family.implementations) == sorted(named) == ["fast", "reference"], family.name
+        assert family.implementations["reference"] is family.model_class.forward_reference
 
 
 # -- registering -----------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from reference_degradations import (
+
+from bench.reference_degradations import (
     degrade_bd_reference,
     degrade_bi_reference,
     fspecial_gaussian_reference,
     imresize_reference,
 )
-
 from pipelines.data.degradations import (
     bicubic_weight_matrix,
     crop_to_multiple,

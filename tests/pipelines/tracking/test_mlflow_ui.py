@@ -14,12 +14,8 @@ import torch
 
 from pipelines.evaluation.scoring import LABEL_BAND, image_strip
 from pipelines.tracking import RunTracker, mlflow_client, register_model
-from pipelines.tracking.runs import (
-    EXPERIMENT_KIND_TAG,
-    MODEL_TRAINING_KIND,
-    log_evaluation,
-    resolve_model_version,
-)
+from pipelines.tracking.evaluation import log_evaluation, resolve_model_version
+from pipelines.tracking.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from vsr_models import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -103,13 +99,13 @@ def test_an_evaluation_run_links_to_the_model_it_scored(mlflow_uri):
 
 def test_a_trial_the_scheduler_stopped_is_finished_with_its_status_tag(mlflow_uri):
     from pipelines.tuning.results import COMPLETED, ERRORED, STOPPED_EARLY, TrialSummary
-    from pipelines.tuning.search import TRIAL_STATUS_TAG, _record_statuses
+    from pipelines.tuning.tracking import TRIAL_STATUS_TAG, record_statuses
 
     trials = []
     for name, status in (("stopped", STOPPED_EARLY), ("done", COMPLETED), ("broke", ERRORED)):
         run_id = RunTracker.start(mlflow_uri, "exp", name).run_id
         trials.append(TrialSummary(name, {}, status, 2, 25.0, 25.0, run_id, None))
-    _record_statuses(trials, mlflow_uri)
+    record_statuses(trials, mlflow_uri)
     client = mlflow_client(mlflow_uri)
     runs = {t.trial_id: client.get_run(t.mlflow_run_id) for t in trials}
     assert {name: run.info.status for name, run in runs.items()} == {

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs._tuning import parser, search_config
+from jobs.tune_ttvsr import main
 from pipelines.common.errors import StateError
 from pipelines.tracking import RunTracker, mlflow_client
-from pipelines.training.experiment import TTVSRExperiment, resolve_paths
+from pipelines.training.config import resolve_paths
 from pipelines.tuning.config import base_experiment
-from pipelines.tuning.search import SEARCH_PARENT_TAG, main, search_from_args, search_parser
 from pipelines.tuning.state import SEAL_TAG, STATE_FILE, seal_search, search_fingerprint, verify_search
+from pipelines.tuning.tracking import SEARCH_PARENT_TAG
 from pipelines.tuning.trial import SEARCH_ID_TAG
 
 TEST_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "ttvsr_test.yaml"
@@ -46,12 +48,12 @@ def _sealed_search(tmp_path: Path, dataset: Path, *, seal: bool) -> tuple[list[s
     search = {"model.key_frame_stride": {"grid": [1, 2]}}
     config.write_text(yaml.safe_dump({"base": str(TEST_CONFIG), "experiment": experiment, "search": search}))
     argv = ["--config", str(config), "--set", f"name={NAME}", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]
-    spec = search_from_args(search_parser().parse_args(argv))
+    spec = search_config("ttvsr", parser().parse_args(argv))
     folder = tmp_path / "runs" / NAME
     (folder / "trial_0").mkdir(parents=True)
     (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": "state"}))
     (folder / "trial_0" / "result.json").write_text("{}\n")
-    base = resolve_paths(base_experiment(spec, TTVSRExperiment))
+    base = resolve_paths(base_experiment(spec))
     state = {"search_id": "a1", "fingerprint": search_fingerprint(spec, base)}
     state, digest = seal_search(str(folder), state)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -71,7 +73,7 @@ def test_doctored_tuner_pkl_is_refused_in_one_line_and_never_unpickled(
     (folder / "tuner.pkl").write_bytes(pickle.dumps(_CreatesMarker(marker)))
     capsys.readouterr()  # the setup's output (MLflow creating its tables)
 
-    assert main(TTVSRExperiment, argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {folder}")
     assert ("tuner.pkl: changed since this search last ran" in err) if sealed else ("not sealed" in err)

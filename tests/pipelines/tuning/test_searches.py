@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.tune_ttvsr import main
 from pipelines.tracking import mlflow_client
-from pipelines.training.experiment import TTVSRExperiment
-from pipelines.tuning.search import TRIAL_STATUS_TAG, main
 from pipelines.tuning.state import STATE_FILE
+from pipelines.tuning.tracking import TRIAL_STATUS_TAG
 from pipelines.tuning.trial import PARENT_RUN_TAG, SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -51,7 +51,7 @@ def run_main(argv: list[str]) -> str:
     """``jobs/tune_ttvsr.py``'s main in this process (its Ray: the shared local cluster); its stdout."""
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        assert main(TTVSRExperiment, argv) == 0
+        assert main(argv) == 0
     return stdout.getvalue()
 
 
@@ -158,6 +158,7 @@ def test_token_scale_search_logs_the_table_and_plots_to_its_parent_run(token_sea
 
 
 def test_best_trial_is_rescored_and_registered_as_best_of_the_search_and_champion(token_search, workdir):
+    from pipelines.evaluation.protocol import ValidationProtocol
     from pipelines.evaluation.scoring import evaluate
     from pipelines.inference.loading import load_model
 
@@ -171,7 +172,7 @@ def test_best_trial_is_rescored_and_registered_as_best_of_the_search_and_champio
     assert client.get_model_version_by_alias(REGISTERED, "champion").version == version.version  # --champion
     assert json.loads(version.tags["val_protocol"])["max_frames"] is None  # re-scored on the whole clips
     checkpoint = token_search["dir"] / "train" / best.info.run_name / "checkpoint_00000004"
-    full = evaluate(load_model(checkpoint), workdir["data"], channel="rgb")
+    full = evaluate(load_model(checkpoint), workdir["data"], ValidationProtocol(channel="rgb"))
     assert float(version.tags["val_psnr"]) == pytest.approx(full.model.psnr)
     best_config = yaml.safe_load(token_search["stdout"].split("best config:\n", 1)[1])
     assert best_config["model"]["token_scales"] == json.loads(best.data.params["model.token_scales"])
@@ -211,8 +212,9 @@ def test_frame_interval_sweep_evaluates_without_training_and_matches_direct_scor
     frame_interval_sweep, workdir
 ):
     import vsr_models
+    from pipelines.evaluation.protocol import ValidationProtocol
     from pipelines.evaluation.scoring import evaluate
-    from pipelines.inference.loading import load_model
+    from pipelines.inference.loading import ModelRef, load_model
 
     trials = frame_interval_sweep["trials"]
     assert all(r.data.tags[PARENT_RUN_TAG] == frame_interval_sweep["parent"].info.run_id for r in trials)
@@ -221,14 +223,14 @@ def test_frame_interval_sweep_evaluates_without_training_and_matches_direct_scor
     client = mlflow_client(workdir["uri"])
     version = client.get_model_version_by_alias(REGISTERED, "best-token_scales").version
     assert {r.data.params["evaluate"] for r in trials} == {f"models:/{REGISTERED}/{version}"}  # pinned
-    trained = load_model(f"models:/{REGISTERED}/{version}", tracking_uri=workdir["uri"])
+    trained = load_model(ModelRef(f"models:/{REGISTERED}/{version}", tracking_uri=workdir["uri"]))
     config = vsr_models.model_config(trained)
     swept = psnr_by_stride(trials)
     assert sorted(swept) == STRIDES
     for stride in STRIDES:
         network = vsr_models.build_model("ttvsr", **(config | {"key_frame_stride": stride}))
         network.load_state_dict(trained.state_dict())
-        direct = evaluate(network.eval(), workdir["data"], channel="rgb")
+        direct = evaluate(network.eval(), workdir["data"], ValidationProtocol(channel="rgb"))
         assert swept[stride] == pytest.approx(direct.model.psnr, abs=1e-4)
     artifacts = {a.path for a in client.list_artifacts(frame_interval_sweep["parent"].info.run_id, "plots")}
     assert artifacts == {"plots/val_psnr_vs_model.key_frame_stride.png"}  # one validation each: no curves
@@ -287,7 +289,7 @@ def test_another_search_under_a_name_in_use_is_refused_before_any_trial(
     frame_interval_sweep, workdir, capsys
 ):
     config = sweep_config(workdir, "frame_interval", [5, 6])  # same name, other strides
-    assert main(TTVSRExperiment, ["--config", str(config), "--mlflow-uri", workdir["uri"]]) == 2
+    assert main(["--config", str(config), "--mlflow-uri", workdir["uri"]]) == 2
     err = capsys.readouterr().err
     assert "a different Tune search already ran as frame_interval" in err and err.count("\n") == 1
     _, trials = search_runs(workdir["uri"], "frame_interval")

@@ -11,20 +11,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.common.config import ConfigError, as_overrides, flatten, load_config
-from pipelines.training.experiment import TTVSRExperiment, VSRTExperiment
+from jobs._tuning import parser, search_config
+from jobs.tune_ttvsr import main
+from pipelines.common.config import ConfigError, load_config
+from pipelines.training.config import load_experiment
 from pipelines.tuning.config import SearchConfig, base_experiment
-from pipelines.tuning.resources import autoscaler_maximum, concurrent_trials, largest, parse_resources
-from pipelines.tuning.results import COMPLETED, STOPPED_EARLY, TrialSummary, markdown_table, write_reports
-from pipelines.tuning.search import (
-    asha_scheduler,
-    main,
-    search_from_args,
-    search_parser,
-    total_trials,
+from pipelines.tuning.resources import (
+    autoscaler_maximum,
+    concurrent_trials,
+    largest,
+    parse_resources,
     trial_resources,
 )
-from pipelines.tuning.space import Distribution, assign, parse_search_space
+from pipelines.tuning.results import COMPLETED, STOPPED_EARLY, TrialSummary, markdown_table, write_reports
+from pipelines.tuning.run import asha_scheduler
+from pipelines.tuning.space import Distribution, assign, drawn_values, parse_search_space
 from pipelines.tuning.trial import TrialPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -84,7 +85,7 @@ def test_set_overrides_reach_the_search_space_and_the_shared_experiment(tmp_path
         "optim.spynet_lr_mult": {"choice": [0.125, 0.25]},
     }
     assert spec.num_samples == 3
-    base = base_experiment(spec, TTVSRExperiment)
+    base = base_experiment(spec)
     assert base.train.total_iters == 4 and base.model.mid_channels == 8  # the rest comes from the base file
 
 
@@ -131,48 +132,48 @@ def test_bad_search_file_is_a_config_error_naming_the_key(tmp_path, fields, mess
 
 
 @pytest.mark.parametrize(
-    ("cls", "fields", "message"),
+    ("arch", "fields", "message"),
     [
         # a key the training config does not have: config.py's message, prefixed by the search entry
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"search": {"optim.lrr": {"loguniform": [1e-5, 1e-3]}}},
             "search.optim.lrr = 1e-05: unknown config key 'optim.lrr'. Did you mean 'lr'?",
         ),
         # a value the training config rejects: crops must be a multiple of TTVSR's 4x4 tokens
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"search": {"data.lr_patch": {"choice": [64, 66]}}},
-            "search.data.lr_patch = 66: TTVSRExperiment: data.lr_patch (66) must be a multiple",
+            "search.data.lr_patch = 66: Experiment: data.lr_patch (66) must be a multiple of 4",
         ),
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"search": {"train.precision": {"choice": ["fp32", "fp8"]}}},
             "search.train.precision = 'fp8'",
         ),
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"experiment": {"trian": {"total_iters": 4}}},
             "experiment: unknown config key 'trian'. Did you mean 'train'?",
         ),
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"base": "configs/no_such.yaml"},
             "base: training config configs/no_such.yaml not found",
         ),
         # an untied key: the frame count of the model without the data's, named with the fix
         (
-            VSRTExperiment,
+            "vsrt",
             {
                 "base": str(REPO_ROOT / "configs" / "vsrt_sample.yaml"),
                 "search": {"model.num_frames": {"grid": [3, 5]}},
             },
-            "search.model.num_frames = 3: VSRTExperiment: data.num_frames (5) must equal model.num_frames (3); "
+            "search.model.num_frames = 3: Experiment: data.num_frames (5) must equal model.num_frames (3); "
             "draw them together in a tied group, e.g. 'model.num_frames, data.num_frames: {grid: [...]}'",
         ),
         # two entries that are fine alone but not together: every combination is checked
         (
-            TTVSRExperiment,
+            "ttvsr",
             {
                 "search": {
                     "model.token_size": {"choice": [4, 8]},
@@ -185,27 +186,27 @@ def test_bad_search_file_is_a_config_error_naming_the_key(tmp_path, fields, mess
         ),
         # the paper's (6, 9, 12) row: a 9-pixel window cannot be centred on a 4-pixel token
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"search": {"model.token_scales": {"grid": [[4, 6, 8], [6, 9, 12]]}}},
             "search.model.token_scales = [6, 9, 12]: model: TTVSRConfig: token scale 9",
         ),
         # evaluation sweeps train nothing: no recipe keys, no settings that change the weights
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"evaluate": "models:/ttvsr@champion", "search": {"optim.lr": {"grid": [1e-4]}}},
             "search.optim.lr: an evaluation sweep (evaluate: / --evaluate) trains nothing",
         ),
         (
-            TTVSRExperiment,
+            "ttvsr",
             {"evaluate": "models:/ttvsr@champion", "search": {"model.mid_channels": {"grid": [8, 16]}}},
             "search.model.mid_channels = 16: model.mid_channels=16 changes the network's tensors",
         ),
     ],
 )
-def test_search_that_does_not_fit_the_training_config_fails_before_any_trial(tmp_path, cls, fields, message):
-    spec = load_config(SearchConfig, write_search(tmp_path / "search.yaml", **fields))
+def test_search_that_does_not_fit_the_training_config_fails_before_any_trial(tmp_path, arch, fields, message):
+    spec = load_config(SearchConfig, write_search(tmp_path / "search.yaml", **fields), [f"arch={arch}"])
     with pytest.raises(ConfigError) as error:
-        base_experiment(spec, cls)
+        base_experiment(spec)
     assert message in str(error.value)
 
 
@@ -216,7 +217,7 @@ def test_typo_is_one_line_error_before_ray_mlflow_or_tune_start(tmp_path, capsys
         experiment={"run": {"storage_path": str(tmp_path / "runs")}},
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(TTVSRExperiment, ["--config", str(config), "--mlflow-uri", uri]) == 2
+    assert main(["--config", str(config), "--mlflow-uri", uri]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: search.model.token_scale = [4]: unknown config key 'model.token_scale'")
     assert "Did you mean 'token_scales'?" in err and err.count("\n") == 1
@@ -236,9 +237,9 @@ def test_evaluation_sweep_may_draw_settings_that_keep_the_weights(tmp_path):
             },
         ),
     )
-    assert base_experiment(spec, TTVSRExperiment).model.key_frame_stride == 3  # the base keeps its own
-    assert total_trials(spec) == 6
-    assert asha_scheduler(spec, base_experiment(spec, TTVSRExperiment)).__class__.__name__ == "FIFOScheduler"
+    assert base_experiment(spec).model.key_frame_stride == 3  # the base keeps its own
+    assert spec.total_trials() == 6
+    assert asha_scheduler(spec, base_experiment(spec)).__class__.__name__ == "FIFOScheduler"
 
 
 def test_tied_group_gives_one_value_to_every_key_or_one_per_key():
@@ -257,16 +258,20 @@ SHIPPED = sorted((REPO_ROOT / "configs" / "search").glob("*.yaml")) + sorted(
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_search_configs_load_against_their_base_configs(monkeypatch, path):
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
     monkeypatch.chdir(REPO_ROOT)  # their base paths are relative to the repository root
-    spec = load_config(SearchConfig, path)
-    base = base_experiment(spec, VSRTExperiment if path.stem.startswith("vsrt") else TTVSRExperiment)
-    assert spec.name == path.stem
+    arch = "vsrt" if path.stem.startswith("vsrt") else "ttvsr"
+    spec = load_config(SearchConfig, path, [f"arch={arch}"])
+    base = base_experiment(spec)
+    assert spec.name == path.stem and base.arch == arch
     sample = path.stem.endswith("_sample")
     assert base.data.path == ("data/sample" if sample else "data/reds_bi")
     if spec.evaluate is None:
         assert base.scaling.num_workers == (1 if sample else 2)
-        assert asha_scheduler(spec, base) is not None
-        assert total_trials(spec) >= 3
+        scheduler = AsyncHyperBandScheduler if spec.scheduler.name == "asha" else FIFOScheduler
+        assert type(asha_scheduler(spec, base)) is scheduler
+        assert spec.total_trials() >= 3
 
 
 def test_shipped_searches_are_the_papers_ablations(monkeypatch):
@@ -282,21 +287,31 @@ def test_shipped_searches_are_the_papers_ablations(monkeypatch):
 
 
 def test_trial_config_is_the_base_with_the_sampled_values_and_the_trial_id_as_run_name(tmp_path):
-    base = load_config(TTVSRExperiment, TEST_CONFIG, [f"run.storage_path={tmp_path}"])
-    plan = TrialPlan("ttvsr", as_overrides(flatten(base)), "search", "parent", "val_psnr")
+    base = load_experiment(TEST_CONFIG, [f"run.storage_path={tmp_path}"])
+    plan = TrialPlan(base, "search", "parent", "val_psnr")
     cfg = plan.experiment({"optim.lr": 3.5e-4, "model.token_scales": [4, 8]}, "a1b2c_00001")
     assert cfg.optim.lr == 3.5e-4 and cfg.model.token_scales == (4, 8)
     assert cfg.run.name == "a1b2c_00001"  # the Train run (and MLflow run) is named after the trial
-    assert cfg.run.storage_path == str(tmp_path) and cfg.data == base.data and cfg.model.mid_channels == 8
+    assert cfg.run.storage_path == str(tmp_path) and cfg.model.mid_channels == 8
+    assert cfg.data is base.data  # merged into the typed base: the sections no value changed are the base's
+    assert plan.trial_tags("a1b2c_00001")["arch"] == "ttvsr"
+    # a tied group's draw sets each of its keys
+    tied = {"model.token_size, model.token_scales": [8, [8, 12, 16]], "data.lr_patch": 64}
+    assert drawn_values(tied) == {
+        "model.token_size": 8,
+        "model.token_scales": [8, 12, 16],
+        "data.lr_patch": 64,
+    }
+    assert plan.experiment(tied, "t").model.token_size == 8
 
 
 def test_concurrency_is_bounded_by_what_one_trial_holds():
-    sample = load_config(TTVSRExperiment, SAMPLE_CONFIG)
+    sample = load_experiment(SAMPLE_CONFIG)
     per_trial = trial_resources(sample)
     assert per_trial == {"CPU": 2.0}  # one 1-CPU worker + one CPU for its Ray Data crop tasks
     assert concurrent_trials(per_trial, {"CPU": 2.0}) == 1  # a 2-core laptop: one trial at a time
     assert concurrent_trials(per_trial, {"CPU": 9.0}) == 4
-    gpus = load_config(TTVSRExperiment, SAMPLE_CONFIG, ["scaling.num_workers=2", "scaling.use_gpu=true"])
+    gpus = load_experiment(SAMPLE_CONFIG, ["scaling.num_workers=2", "scaling.use_gpu=true"])
     assert trial_resources(gpus) == {"CPU": 3.0, "GPU": 2.0}
     assert concurrent_trials(trial_resources(gpus), {"CPU": 64.0, "GPU": 8.0}) == 4  # GPUs bound it
     assert concurrent_trials(trial_resources(gpus), {"CPU": 64.0}) == 1  # never zero
@@ -326,9 +341,10 @@ def test_concurrency_counts_what_the_autoscaler_can_add():
 def test_max_cluster_resources_and_cluster_config_flags_reach_the_search():
     def parse(*flags: str) -> SearchConfig:
         config = str(REPO_ROOT / "configs" / "tune_ttvsr_sample.yaml")
-        return search_from_args(search_parser().parse_args(["--config", config, *flags]))
+        return search_config("ttvsr", parser().parse_args(["--config", config, *flags]))
 
     assert parse().max_cluster_resources is None and not parse().promote_champion
+    assert parse().arch == "ttvsr"  # the job's family
     assert parse("--max-cluster-resources", "GPU=4").max_cluster_resources == {"GPU": 4.0}
     kuberay = str(REPO_ROOT / "infra" / "kuberay" / "rayjob-tune.yaml")
     assert parse("--cluster-config", kuberay).max_cluster_resources == {"CPU": 48.0, "GPU": 8.0}
@@ -344,7 +360,7 @@ def test_asha_compares_trials_at_validations(tmp_path):
         write_search(tmp_path / "s.yaml", scheduler={"grace_validations": 2, "reduction_factor": 3}),
         ["experiment.train.val_every=5", "experiment.train.total_iters=100"],
     )
-    base = base_experiment(spec, TTVSRExperiment)
+    base = base_experiment(spec)
     asha = asha_scheduler(spec, base)
     assert isinstance(asha, AsyncHyperBandScheduler)
     assert asha._time_attr == "iteration"

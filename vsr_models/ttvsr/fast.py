@@ -1,4 +1,4 @@
-"""TTVSR's fast path: the computation of :meth:`vsr_models.ttvsr.TTVSR.forward_reference`, reorganised.
+"""TTVSR's fast path: the computation of :meth:`vsr_models.ttvsr.network.TTVSR.forward_reference`, reorganised.
 
 Same function, same weights, same trajectories (float32 outputs and gradients within 1e-5 of the
 reference; ``tests/vsr_models/test_fast_paths.py``). What differs, each kept because it measurably
@@ -24,6 +24,9 @@ pays on CPU (``BENCHMARKS.md``, "Model speed: fast vs reference path"):
 Options (``TTVSRConfig``): ``compile`` (``torch.compile`` of the per-frame propagation step, eager
 fallback with one warning), ``checkpoint_propagation`` (activation checkpointing of that step in
 training) and ``max_key_frames`` (bounded token memory, shared with the reference path).
+
+This module uses the network's modules and methods; the network never imports it: the family
+(:data:`vsr_models.ttvsr.FAMILY`) lists :func:`forward_fast` as the ``"fast"`` implementation.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +41,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vsr_models.blocks import at_least_float32, flow_warp, upsample_base, without_autocast
-from vsr_models.trajectory import (
+from vsr_models.ttvsr.network import TTVSR
+from vsr_models.ttvsr.trajectory import (
     cross_scale_tokens,
     identity_location_map,
     trajectory_rows,
     update_location_maps,
 )
-
-if TYPE_CHECKING:
-    from vsr_models.ttvsr import TTVSR
 
 CHANNELS_LAST = torch.channels_last
 
@@ -100,7 +100,7 @@ def compute_flows(model: TTVSR, lrs: Tensor, mirrored: bool | None = None) -> tu
 
 
 def tokens(feat: Tensor, s: int) -> Tensor:
-    """:func:`vsr_models.trajectory.tokenize`, each token laid out (y, x, c) instead of (c, y, x).
+    """:func:`vsr_models.ttvsr.trajectory.tokenize`, each token laid out (y, x, c) instead of (c, y, x).
 
     feat: (n, c, h, w), best channels_last -> (n, h/s * w/s, s*s*c). The order inside a token is the
     fast path's own (dot products and the inverse :func:`untokens` do not depend on it); it is the one
@@ -120,7 +120,7 @@ def untokens(tokens_: Tensor, size: tuple[int, int], s: int) -> Tensor:
 
 
 def cross_scale_token_grid(feat: Tensor, s: int, scale: int) -> Tensor:
-    """:func:`vsr_models.trajectory.cross_scale_tokens` as (n, P, s, s, c), each token laid out (y, x, c).
+    """:func:`vsr_models.ttvsr.trajectory.cross_scale_tokens` as (n, P, s, s, c), each token laid out (y, x, c).
 
     Cell (i, j) of the adaptive average pooling of a ``scale`` window covers rows [a_i, b_i) and
     columns [a_j, b_j) of the window. Where all cells have one size m (every scale the released model
@@ -211,7 +211,7 @@ def hard_attention_index(keys: Tensor, query: Tensor, rows: Tensor, inside: Tens
     The keys of each token's K positions are gathered side by side, (b, P, K, d), and multiplied with
     its query in one batched product, in chunks of key frames of at most ``_GATHER_BUDGET`` elements.
     Off-map positions read zero keys (similarity 0); ties go to the oldest key frame, as in the
-    reference. In float32 under autocast too (see :func:`vsr_models.ttvsr.trajectory_hard_attention`).
+    reference. In float32 under autocast too (see :func:`vsr_models.ttvsr.network.trajectory_hard_attention`).
     Returns (b, P) int64 in [0, K).
     """
     b, _, p = rows.shape
@@ -237,7 +237,7 @@ def hard_attention_index(keys: Tensor, query: Tensor, rows: Tensor, inside: Tens
 def trajectory_attention(
     fusion: nn.Conv2d, query: Tensor, anchor: Tensor, memory: TokenMemory, location_maps: Tensor, s: int
 ) -> Tensor:
-    """:class:`vsr_models.ttvsr.TrajectoryAttention` on a :class:`TokenMemory`.
+    """:class:`vsr_models.ttvsr.network.TrajectoryAttention` on a :class:`TokenMemory`.
 
     query: (b, P, d) L2-normalised tokens of the current extractor feature; anchor: (b, c, h, w)
     warped propagated feature; location_maps: (b, 2K, h/s, w/s). Returns (b, c, h, w) channels_last.

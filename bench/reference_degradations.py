@@ -1,9 +1,9 @@
 """Straightforward NumPy re-implementations of the authors' MATLAB degradation scripts.
 
-Test oracles for ``pipelines/degradations.py`` (imported by ``test_degradations.py`` and by
-``bench/bench_degradations.py``). They are written independently of the library and as literally as
-possible, with loops instead of matrices, so that an error in the library's vectorisation cannot
-hide in both:
+Oracles for ``pipelines/data/degradations.py``: ``tests/pipelines/data/test_degradations.py`` checks the
+library against them and ``bench/bench_degradations.py`` times the library against them. They are
+written independently of the library and as literally as possible, with loops instead of matrices, so
+that an error in the library's vectorisation cannot hide in both:
 
 - ``imresize_reference``: MATLAB ``imresize`` (``contributions()`` then one axis at a time, rows first),
   a loop over every output pixel.
@@ -11,6 +11,12 @@ hide in both:
   correlation over all kernel taps on the whole frame.
 
 Images here are ``(h, w, c)`` NumPy arrays, MATLAB's layout.
+
+They live in ``bench/`` because both use them and ``bench/`` is the one place both may import: they are
+yardsticks, not the library's business (nothing in ``pipelines/`` runs them, and a second, slow copy of
+the degradations there would invite using it), and ``bench/`` must not import from ``tests/``
+(``tests/test_layers.py``). The tests import them as ``bench.reference_degradations``; the bench
+scripts, run as ``python bench/<script>.py``, as ``reference_degradations``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """TTVSR's trajectory machinery: tokens and location maps (Secs. 3.1-3.2), shared by both code paths.
 
-The reference forward (:meth:`vsr_models.ttvsr.TTVSR.forward_reference`) and the fast one
-(:mod:`vsr_models.ttvsr_fast`) cut features into tokens, move location maps along the flow and look
+The reference forward (:meth:`vsr_models.ttvsr.network.TTVSR.forward_reference`) and the fast one
+(:mod:`vsr_models.ttvsr.fast`) cut features into tokens, move location maps along the flow and look
 tokens up at trajectory positions with these same functions, so the trajectories they follow are the
-same bit for bit. ``vsr_models.ttvsr`` re-exports every name.
+same bit for bit.
 """
 
 from __future__ import annotations

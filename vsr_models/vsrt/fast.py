@@ -1,4 +1,4 @@
-"""VSR-Transformer's fast path: :meth:`vsr_models.vsrt.VSRTransformer.forward_reference`, in channels_last.
+"""VSR-Transformer's fast path: :meth:`vsr_models.vsrt.network.VSRTransformer.forward_reference`, in channels_last.
 
 Same function, same weights (float32 outputs and gradients within 1e-5 of the reference;
 ``tests/vsr_models/test_fast_paths.py``). Every feature map after SPyNet is kept channels_last, the
@@ -13,20 +13,23 @@ layout oneDNN's convolutions are fastest in (and, in bf16, the one its AMX kerne
 
 SPyNet runs once over both directions' pairs, as in the reference. Results differ from the reference's
 only by float rounding (sums taken in another order).
+
+This module uses the network's modules; the network never imports it: the family
+(:data:`vsr_models.vsrt.FAMILY`) lists :func:`forward_fast` as the ``"fast"`` implementation.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsr_models.blocks import flow_warp, upsample_base
-
-if TYPE_CHECKING:
-    from vsr_models.vsrt import BidirectionalFlowFeedForward, SpatialTemporalConvSelfAttention, VSRTransformer
+from vsr_models.vsrt.network import (
+    BidirectionalFlowFeedForward,
+    SpatialTemporalConvSelfAttention,
+    VSRTransformer,
+)
 
 CHANNELS_LAST = torch.channels_last
 

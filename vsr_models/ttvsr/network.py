@@ -27,23 +27,24 @@ released computation.
 
 Two code paths compute this network (``TTVSRConfig.implementation``): :meth:`TTVSR.forward_reference`,
 the straightforward one, each direction frame by frame and every frame reconstructed at the end; and
-the default :func:`vsr_models.ttvsr_fast.forward_fast`, the same computation reorganised for speed
-and memory (both directions as one batch, channels_last, one gather per lookup). Tokens and location
-maps are :mod:`vsr_models.trajectory`'s, shared by both.
+the default :func:`vsr_models.ttvsr.fast.forward_fast`, the same computation reorganised for speed
+and memory (both directions as one batch, channels_last, one gather per lookup). This module does not
+import the fast path: the family (:data:`vsr_models.ttvsr.FAMILY`) lists both paths and
+:meth:`TTVSR.forward` runs the one the config names (``docs/models.md#code-layout``). Tokens and
+location maps are :mod:`vsr_models.ttvsr.trajectory`'s, shared by both.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vsr_models import ttvsr_fast
 from vsr_models.blocks import (
     ResidualBlocksWithInputConv,
     UpsampleHead,
@@ -53,9 +54,9 @@ from vsr_models.blocks import (
     without_autocast,
 )
 from vsr_models.frames import is_mirror_extended
-from vsr_models.registry import InputConstraints, ModelFamily, count_indices, register_family
-from vsr_models.spynet import SpyNet, load_spynet_weights, spynet_official_to_ours, spynet_ours_to_official
-from vsr_models.trajectory import (  # noqa: F401  (re-exported: the paper's concepts, see ARCHITECTURE.md)
+from vsr_models.registry import InputConstraints, model_family
+from vsr_models.spynet import SpyNet, load_spynet_weights
+from vsr_models.ttvsr.trajectory import (
     cross_scale_tokens,
     gather_tokens,
     identity_location_map,
@@ -88,7 +89,7 @@ class TTVSRConfig:
     The last four fields choose how the network computes, not its weights (``FAMILY.runtime_fields``):
     a checkpoint written with any of their values loads with any other.
 
-    implementation: ``"fast"`` (:mod:`vsr_models.ttvsr_fast`) or ``"reference"``
+    implementation: ``"fast"`` (:mod:`vsr_models.ttvsr.fast`) or ``"reference"``
     (:meth:`TTVSR.forward_reference`, the straightforward transcription of the released forward);
     both compute the same function (float32 outputs and gradients within 1e-5).
     compile: ``torch.compile`` the fast path's per-frame propagation step; falls back to eager, with
@@ -302,20 +303,18 @@ class TTVSR(nn.Module):
     def forward(self, lrs: Tensor, mirrored: bool | None = None) -> Tensor:
         """lrs: (n, t, 3, h, w) LR frames in [0, 1] -> (n, t, 3, 4h, 4w) SR frames.
 
-        Runs the path ``config.implementation`` names (it may be changed on a built model).
-        ``mirrored``: whether the clip is mirror-extended, when the caller knows (see
-        :meth:`reuses_mirror_flows`); ``None`` reads it from the frames.
+        Runs the path ``config.implementation`` names (it may be changed on a built model), as the
+        family's ``implementations`` table maps it. ``mirrored``: whether the clip is mirror-extended,
+        when the caller knows (see :meth:`reuses_mirror_flows`); ``None`` reads it from the frames.
         """
         self.check_input_size(lrs)
-        if self.config.implementation == "fast":
-            return ttvsr_fast.forward_fast(self, lrs, mirrored)
-        return self.forward_reference(lrs, mirrored)
+        return model_family(self).implementations[self.config.implementation](self, lrs, mirrored)
 
     def forward_reference(self, lrs: Tensor, mirrored: bool | None = None) -> Tensor:
         """The straightforward forward pass, step by step as released; lrs: (n, t, 3, h, w) -> (n, t, 3, 4h, 4w).
 
         Each direction is propagated on its own, frame by frame, and every frame reconstructed at the
-        end; :func:`vsr_models.ttvsr_fast.forward_fast` computes the same, reorganised for speed.
+        end; :func:`vsr_models.ttvsr.fast.forward_fast` computes the same, reorganised for speed.
         """
         self.check_input_size(lrs)
         n, t = lrs.shape[:2]
@@ -383,73 +382,3 @@ class TTVSR(nn.Module):
                     keys = keys[:, -kept * new_keys.shape[1] :]
                     values = [v[:, -kept * new_keys.shape[1] :] for v in values]
         return [propagated[i] for i in range(len(feats))]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Released checkpoint names
-# ---------------------------------------------------------------------------------------------------
-
-# Official prefix -> ours (official names with the ``generator.`` prefix already stripped).
-_OFFICIAL_TO_OURS = (
-    ("feat_extractor.", "feature_extractor."),
-    ("LTAM.", "trajectory_attention."),
-    ("resblocks.", "propagation."),
-    ("upsample1.upsample_conv.", "upsample.upsample1."),
-    ("upsample2.upsample_conv.", "upsample.upsample2."),
-    ("conv_hr.", "upsample.conv_hr."),
-    ("conv_last.", "upsample.conv_last."),
-)
-
-
-def _rename(key: str, table: Sequence[tuple[str, str]]) -> str:
-    for old, new in table:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
-
-
-def convert_official_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Released TTVSR generator state dict (``generator.`` stripped) -> this module's names."""
-    return {
-        "spynet." + spynet_official_to_ours(k[len("spynet.") :])
-        if k.startswith("spynet.")
-        else _rename(k, _OFFICIAL_TO_OURS): v
-        for k, v in sd.items()
-    }
-
-
-def to_official_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """This module's state dict -> the released generator's names (without ``generator.``)."""
-    ours_to_official = [(new, old) for old, new in _OFFICIAL_TO_OURS]
-    return {
-        "spynet." + spynet_ours_to_official(k[len("spynet.") :])
-        if k.startswith("spynet.")
-        else _rename(k, ours_to_official): v
-        for k, v in sd.items()
-    }
-
-
-def infer_official_config(official: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Config fields readable from released TTVSR tensor names and shapes (block counts, channels)."""
-    found: dict[str, Any] = {
-        "num_extract_blocks": count_indices(official, r"^feat_extractor\.main\.2\.(\d+)\."),
-        "num_propagation_blocks": count_indices(official, r"^resblocks\.main\.2\.(\d+)\."),
-    }
-    if "feat_extractor.main.0.weight" in official:
-        found["mid_channels"] = official["feat_extractor.main.0.weight"].shape[0]
-    return {key: value for key, value in found.items() if value is not None}
-
-
-FAMILY = register_family(
-    ModelFamily(
-        name="ttvsr",
-        model_class=TTVSR,
-        config_class=TTVSRConfig,
-        from_official=convert_official_state_dict,
-        to_official=to_official_state_dict,
-        infer_config=infer_official_config,
-        release="mmediting: {'state_dict': {'generator.<name>': tensor}, 'meta': ...}",
-        init_only_fields=("spynet_pretrained",),
-        runtime_fields=("implementation", "compile", "checkpoint_propagation", "max_key_frames"),
-    )
-)

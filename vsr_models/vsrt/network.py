@@ -2,7 +2,7 @@
 
 Reproduces the authors' released implementation tensor for tensor (``docs/models.md#vsr-transformer``),
 so the released REDS (5 frames, depth 5) and Vimeo-90K (7 frames, depth 7) checkpoints load through
-:func:`convert_official_state_dict`. The network (Fig. 1):
+:func:`vsr_models.vsrt.official.convert_official_state_dict`. The network (Fig. 1):
 
 1. a feature extractor (input conv + residual blocks) applied to every LR frame;
 2. the spatial-temporal positional encoding (Sec. 4.1, Eq. 10) added to the features;
@@ -27,27 +27,26 @@ Where the paper and the released code differ, the released code is followed:
   bicubic).
 
 Two code paths compute it (``VSRTConfig.implementation``): :meth:`VSRTransformer.forward_reference`,
-module by module in (c, h, w) layout, and the default :func:`vsr_models.vsrt_fast.forward_fast`, the
-same computation in channels_last.
+module by module in (c, h, w) layout, and the default :func:`vsr_models.vsrt.fast.forward_fast`, the
+same computation in channels_last. This module does not import the fast path: the family
+(:data:`vsr_models.vsrt.FAMILY`) lists both paths and :meth:`VSRTransformer.forward` runs the one the
+config names (``docs/models.md#code-layout``).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vsr_models import vsrt_fast
 from vsr_models.blocks import ResidualBlocksWithInputConv, UpsampleHead, flow_warp, make_layer, upsample_base
-from vsr_models.registry import InputConstraints, ModelFamily, count_indices, register_family
-from vsr_models.spynet import SpyNet, load_spynet_weights, spynet_official_to_ours, spynet_ours_to_official
+from vsr_models.registry import InputConstraints, model_family
+from vsr_models.spynet import SpyNet, load_spynet_weights
 
 LR_CHANNELS = 3  # RGB
 
@@ -68,7 +67,7 @@ class VSRTConfig:
     num_reconstruct_blocks: int = 30  # residual blocks of the reconstruction network
     num_ffn_blocks: int = 30  # residual blocks of each BOFF propagation network (R_1, R_2 of Eq. 14)
     spynet_pretrained: str | None = None  # SPyNet weights file (official or our names) loaded at construction
-    # the code path, not the weights (FAMILY.runtime_fields): "fast" (vsr_models.vsrt_fast) or "reference"
+    # the code path, not the weights (FAMILY.runtime_fields): "fast" (vsr_models.vsrt.fast) or "reference"
     # (VSRTransformer.forward_reference); both compute the same function (float32 within 1e-5)
     implementation: Literal["fast", "reference"] = "fast"
 
@@ -330,11 +329,10 @@ class VSRTransformer(nn.Module):
 
         ``mirrored`` (whether the clip is mirror-extended) is accepted so that training calls both
         networks alike (:meth:`vsr_models.ttvsr.TTVSR.forward`); VSR-Transformer estimates every flow.
+        The family's ``implementations`` table maps the path's name to its function.
         """
         self.check_input(lr)
-        if self.config.implementation == "fast":
-            return vsrt_fast.forward_fast(self, lr)
-        return self.forward_reference(lr)
+        return model_family(self).implementations[self.config.implementation](self, lr)
 
     def forward_reference(self, lr: torch.Tensor) -> torch.Tensor:
         """The straightforward forward pass, module by module in (c, h, w) layout: (n, t, 3, s, s) -> (n, t, 3, 4s, 4s)."""
@@ -352,110 +350,3 @@ class VSRTransformer(nn.Module):
         feat = self.reconstruction(rearrange(feat, "n t c h w -> (n t) c h w"))
         out = self.upsample_head(feat) + upsample_base(lr_frames)
         return rearrange(out, "(n t) c h w -> n t c h w", n=n)
-
-
-# Official tensor-name prefixes -> ours; "{}" stands for a block or layer index. The released
-# Transformer nests every sub-layer as Residual(PreNorm(fn)), hence ".0.fn.fn." and ".1.fn.norm.".
-_NAME_MAP: tuple[tuple[str, str], ...] = (
-    ("conv_first.", "feature_extractor.main.0."),
-    ("feature_extraction.{}.", "feature_extractor.main.2.{}."),
-    ("pos_embedding.penc.inv_freq", "positional_encoding.inv_freq"),
-    ("transformer.layers.{}.0.fn.norm.", "layers.{}.attention_norm."),
-    ("transformer.layers.{}.0.fn.fn.to_q.", "layers.{}.attention.query_conv."),
-    ("transformer.layers.{}.0.fn.fn.to_k.", "layers.{}.attention.key_conv."),
-    ("transformer.layers.{}.0.fn.fn.to_v.", "layers.{}.attention.value_conv."),
-    ("transformer.layers.{}.0.fn.fn.conv.", "layers.{}.attention.output_conv."),
-    ("transformer.layers.{}.1.fn.norm.", "layers.{}.feed_forward_norm."),
-    ("transformer.layers.{}.1.fn.fn.backward_resblocks.", "layers.{}.feed_forward.backward_propagation."),
-    ("transformer.layers.{}.1.fn.fn.forward_resblocks.", "layers.{}.feed_forward.forward_propagation."),
-    ("transformer.layers.{}.1.fn.fn.fusion.", "layers.{}.feed_forward.fusion."),
-    ("reconstruction.", "reconstruction."),
-    ("upconv1.", "upsample_head.upsample1."),
-    ("upconv2.", "upsample_head.upsample2."),
-    ("conv_hr.", "upsample_head.conv_hr."),
-    ("conv_last.", "upsample_head.conv_last."),
-)
-
-
-def _prefix_pattern(template: str) -> re.Pattern[str]:
-    return re.compile("^" + r"(\d+)".join(re.escape(part) for part in template.split("{}")))
-
-
-def _renamer(
-    name_map: Iterable[tuple[str, str]], spynet_prefixes: tuple[str, str], spynet_rename: Callable[[str], str]
-) -> Callable[[str], str]:
-    """Key renaming by ``name_map`` prefixes, SPyNet keys by ``spynet_rename`` under their prefix."""
-    rules = [(_prefix_pattern(source), target) for source, target in name_map]
-    spynet_source, spynet_target = spynet_prefixes
-
-    def rename(key: str) -> str:
-        if key.startswith(spynet_source):
-            return spynet_target + spynet_rename(key.removeprefix(spynet_source))
-        for pattern, target in rules:
-            if m := pattern.match(key):
-                return target.format(*m.groups()) + key[m.end() :]
-        raise ValueError(
-            f"unknown VSR-Transformer tensor name {key!r}; expected one starting with "
-            f"{spynet_source!r} or one of {[source for source, _ in name_map]}"
-        )
-
-    return rename
-
-
-_official_to_ours = _renamer(_NAME_MAP, ("spynet.spynet.", "spynet."), spynet_official_to_ours)
-_ours_to_official = _renamer(
-    [(ours, official) for official, ours in _NAME_MAP], ("spynet.", "spynet.spynet."), spynet_ours_to_official
-)
-
-
-def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Released BasicSR state dict (``params``, no prefix) -> this module's names; unknown names raise."""
-    return {_official_to_ours(key): value for key, value in sd.items()}
-
-
-def to_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`convert_official_state_dict`: this module's names -> the released names."""
-    return {_ours_to_official(key): value for key, value in sd.items()}
-
-
-def infer_official_config(official: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Config fields readable from released VSR-Transformer tensor names and shapes.
-
-    ``num_frames`` is not stored: the positional encoding's ``inv_freq`` only gives
-    ``ceil(num_frames / 6)``. Both released models use ``num_frames == depth`` (5/5 REDS, 7/7 Vimeo),
-    so ``depth`` is taken when it is consistent with ``inv_freq``, else the default when that is.
-    """
-    found: dict[str, Any] = {
-        "depth": count_indices(official, r"^transformer\.layers\.(\d+)\."),
-        "num_extract_blocks": count_indices(official, r"^feature_extraction\.(\d+)\."),
-        "num_reconstruct_blocks": count_indices(official, r"^reconstruction\.(\d+)\."),
-        "num_ffn_blocks": count_indices(
-            official, r"^transformer\.layers\.0\.1\.fn\.fn\.backward_resblocks\.main\.2\.(\d+)\."
-        ),
-    }
-    if "conv_first.weight" in official:
-        found["mid_channels"] = official["conv_first.weight"].shape[0]
-    if (norm := official.get("transformer.layers.0.0.fn.norm.weight")) is not None and norm.dim() == 3:
-        found["spatial_size"] = norm.shape[-1]
-    if (inv_freq := official.get("pos_embedding.penc.inv_freq")) is not None:
-        frequencies = inv_freq.numel()
-        for candidate in (found["depth"], VSRTConfig.num_frames):
-            if candidate is not None and -(-candidate // 6) == frequencies:
-                found["num_frames"] = candidate
-                break
-    return {key: value for key, value in found.items() if value is not None}
-
-
-FAMILY = register_family(
-    ModelFamily(
-        name="vsrt",
-        model_class=VSRTransformer,
-        config_class=VSRTConfig,
-        from_official=convert_official_state_dict,
-        to_official=to_official_state_dict,
-        infer_config=infer_official_config,
-        release="BasicSR: {'params': {<name>: tensor}} (and maybe 'params_ema')",
-        init_only_fields=("spynet_pretrained",),
-        runtime_fields=("implementation",),
-    )
-)
