@@ -17,7 +17,9 @@ from pipelines.common.ray_session import init_ray
 from pipelines.data.ingest import iter_val_clips
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.video_io import FrameWriter
-from pipelines.evaluation.job import EvaluationConfig, run_evaluation
+from pipelines.evaluation.config import EvaluationConfig
+from pipelines.evaluation.run import run_evaluation
+from pipelines.inference.loading import ModelRef
 from pipelines.inference.video import super_resolve_video
 from pipelines.training.driver import run_training
 from pipelines.training.experiment import TTVSRExperiment
@@ -29,7 +31,7 @@ def run_demo(cfg: TTVSRExperiment, output: str | Path) -> str:
     output = Path(output).resolve()
     init_ray(cfg.run.address)
     print(f"[1/5] preparing the sample dataset in {cfg.data.path}", flush=True)
-    print(prepare_dataset(PrepareConfig(source="sample", output=cfg.data.path)).describe(), flush=True)
+    print(prepare_dataset(PrepareConfig(source="sample", output=cfg.data.path)).table(), flush=True)
 
     print(f"[2/5] training {cfg.run.name} on Ray Train ({cfg.train.total_iters} iterations)", flush=True)
     summary = run_training(cfg)
@@ -56,7 +58,9 @@ def run_demo(cfg: TTVSRExperiment, output: str | Path) -> str:
     print(f"[5/5] super-resolving validation clip {clip_id} with {model_uri}", flush=True)
     with FrameWriter(lr_video, fps=25, overwrite=True) as writer:
         writer.write(float_to_uint8(lr[0]))
-    super_resolve_video(model_uri, lr_video, sr_video, overwrite=True, tracking_uri=summary.tracking_uri)
+    super_resolve_video(
+        ModelRef(model_uri, tracking_uri=summary.tracking_uri), lr_video, sr_video, overwrite=True
+    )
 
     store = summary.tracking_uri
     return (

@@ -6,8 +6,10 @@ clip, clips averaged (:class:`vsr_models.metrics.MetricAggregator`). Vimeo-90K-T
 septuplet's centre frame. The bicubic baseline is MATLAB's ``imresize(lr, 4, 'bicubic')``
 (:func:`pipelines.data.degradations.imresize_bicubic`), the row "Bicubic" of the papers' tables.
 
-Used by the training loop (periodic validation, sharded over Ray Train workers), by tuning's
-evaluation sweeps and by ``jobs/evaluate.py`` (:mod:`pipelines.evaluation.job`).
+How a split is scored (channel, border, centre frame, mirroring, how many clips and frames) is one
+:class:`~pipelines.evaluation.protocol.ValidationProtocol`. Used by the training loop (periodic
+validation, sharded over Ray Train workers), by tuning's evaluation sweeps and by ``jobs/evaluate.py``
+(:mod:`pipelines.evaluation.run`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from pipelines.common.errors import DataError
 from pipelines.data.degradations import imresize_bicubic
 from pipelines.data.ingest import iter_val_clips
+from pipelines.evaluation.protocol import ValidationProtocol
 from vsr_models.frames import float_to_uint8, mirror_extend
 from vsr_models.inference import super_resolve
 from vsr_models.metrics import MetricAggregator, MetricSummary, frame_metrics
@@ -154,38 +157,36 @@ def image_strip(bicubic: Tensor, sr: Tensor, gt: Tensor) -> np.ndarray:
 def score_clips(
     model: nn.Module,
     clips: Iterable[ValClip],
+    protocol: ValidationProtocol = ValidationProtocol(),
     *,
-    channel: str = "rgb",
-    crop_border: int = 0,
-    centre_frame_only: bool = False,
-    mirror_times: int = 0,
-    max_frames: int | None = None,
-    chunk: int | None = None,
     on_clip: ClipCallback | None = None,
 ) -> list[ClipScores]:
-    """Super-resolve each clip whole (``super_resolve`` tiles / chunks as the model needs) and score it.
+    """Super-resolve each clip whole (``super_resolve`` tiles / chunks as the model needs) and score it
+    as ``protocol`` says (its ``split`` and ``max_clips`` are the caller's: they chose ``clips``).
 
     The scale is read from the shapes (GT width over LR width). Runs on the model's device; scores on
-    the CPU in float64. ``max_frames`` keeps the first frames of each clip (cheaper periodic validation);
-    ``mirror_times`` feeds each clip mirrored (see :func:`super_resolve_mirrored`).
+    the CPU in float64. ``protocol.max_frames`` keeps the first frames of each clip (cheaper periodic
+    validation); ``protocol.mirror_times`` feeds each clip mirrored (see :func:`super_resolve_mirrored`).
     """
     device = next(model.parameters()).device
     results = []
     for clip_id, lr, gt in clips:
-        if max_frames is not None:
-            lr, gt = lr[:, :max_frames], gt[:, :max_frames]
+        if protocol.max_frames is not None:
+            lr, gt = lr[:, : protocol.max_frames], gt[:, : protocol.max_frames]
         scale = gt.shape[-1] // lr.shape[-1]
         sr = (
-            super_resolve_mirrored(model, lr.to(device), mirror_times, chunk=chunk, scale=scale)[0]
+            super_resolve_mirrored(
+                model, lr.to(device), protocol.mirror_times, chunk=protocol.chunk, scale=scale
+            )[0]
             .float()
             .cpu()
         )
         gt, bicubic = gt[0].float().cpu(), bicubic_upscale(lr[0].float().cpu(), scale)
-        if centre_frame_only:
+        if protocol.centre_frame_only:
             centre = slice(lr.shape[1] // 2, lr.shape[1] // 2 + 1)
             sr, gt, bicubic = sr[centre], gt[centre], bicubic[centre]
-        psnr, ssim = frame_metrics(sr, gt, crop_border, channel)
-        bicubic_psnr, bicubic_ssim = frame_metrics(bicubic, gt, crop_border, channel)
+        psnr, ssim = frame_metrics(sr, gt, protocol.crop_border, protocol.channel)
+        bicubic_psnr, bicubic_ssim = frame_metrics(bicubic, gt, protocol.crop_border, protocol.channel)
         results.append(
             ClipScores(clip_id, psnr.tolist(), ssim.tolist(), bicubic_psnr.tolist(), bicubic_ssim.tolist())
         )
@@ -217,27 +218,14 @@ def summarise(scores: Iterable[ClipScores], channel: str) -> EvaluationReport:
 
 
 def evaluate(
-    model: nn.Module,
-    data_dir: str | Path,
-    *,
-    split: str = "val",
-    channel: str = "rgb",
-    crop_border: int = 0,
-    centre_frame_only: bool = False,
-    mirror_times: int = 0,
-    max_clips: int | None = None,
-    chunk: int | None = None,
+    model: nn.Module, data_dir: str | Path, protocol: ValidationProtocol = ValidationProtocol()
 ) -> EvaluationReport:
-    """Evaluate ``model`` on every clip of ``split`` of a prepared dataset against bicubic upsampling."""
-    scores = score_clips(
-        model,
-        iter_val_clips(str(data_dir), split=split, max_clips=max_clips),
-        channel=channel,
-        crop_border=crop_border,
-        centre_frame_only=centre_frame_only,
-        mirror_times=mirror_times,
-        chunk=chunk,
-    )
+    """Evaluate ``model`` on every clip of ``protocol.split`` of a prepared dataset (its first
+    ``protocol.max_clips``) against bicubic upsampling, scored as ``protocol`` says."""
+    clips = iter_val_clips(str(data_dir), split=protocol.split, max_clips=protocol.max_clips)
+    scores = score_clips(model, clips, protocol)
     if not scores:
-        raise DataError(f"{data_dir}: split {split!r} has no clips to evaluate; choose another --split")
-    return summarise(scores, channel)
+        raise DataError(
+            f"{data_dir}: split {protocol.split!r} has no clips to evaluate; choose another --split"
+        )
+    return summarise(scores, protocol.channel)

@@ -20,8 +20,9 @@ import numpy as np
 
 from pipelines.common.errors import InferError, MissingInputError, VideoError
 from pipelines.data.video_io import OUTPUT_MARKER, is_frame_folder, is_video_file
+from pipelines.inference.config import InferConfig
 from pipelines.inference.loading import ModelSpec, load_model
-from pipelines.inference.video import InferConfig, InferSummary, check_not_input, super_resolve_video
+from pipelines.inference.video import InferSummary, check_not_input, super_resolve_video
 
 SKIPPED = "skipped: complete output from an earlier run (--overwrite redoes it)"
 
@@ -44,12 +45,10 @@ class VideoSuperResolver:
     ``error`` column instead of failing the whole batch.
     """
 
-    def __init__(
-        self, model: ModelSpec, settings: dict, tracking_uri: str | None, arch: str | None, overwrite: bool
-    ):
+    def __init__(self, model: ModelSpec, settings: dict, overwrite: bool):
         self.settings = settings
         self.overwrite = overwrite
-        self.network = load_model(model, device=settings["device"], arch=arch, tracking_uri=tracking_uri)
+        self.network = load_model(model, device=settings["device"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
@@ -113,7 +112,7 @@ def format_table(summaries: Sequence[InferSummary], failures: dict[str, str] | N
 def super_resolve_many(
     inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
-    model_uri: ModelSpec,
+    model: ModelSpec,
     num_workers: int = 1,
     *,
     config: InferConfig | None = None,
@@ -121,8 +120,6 @@ def super_resolve_many(
     num_gpus_per_worker: float = 0,
     num_cpus_per_worker: float = 1,
     overwrite: bool = False,
-    arch: str | None = None,
-    tracking_uri: str | None = None,
 ) -> list[InferSummary]:
     """Super-resolve many videos in parallel with Ray Data (batch inference with an actor pool).
 
@@ -133,8 +130,8 @@ def super_resolve_many(
     Args:
         inputs: video files / frame folders, or one folder holding them (:func:`list_inputs`).
         out_dir: receives ``<input name><suffix>`` per input (``suffix=''``: PNG frame folders).
-        model_uri: MLflow model URI or checkpoint path, loaded inside every actor; an ``nn.Module``
-            also works (it is pickled to the actors).
+        model: a :class:`~pipelines.inference.loading.ModelRef` (or an MLflow model URI or checkpoint
+            path), loaded inside every actor; an ``nn.Module`` also works (it is pickled to the actors).
         num_workers: actors in the pool.
         config: tiling / chunking / device settings (:class:`InferConfig`).
         num_gpus_per_worker, num_cpus_per_worker: resources each actor reserves.
@@ -177,10 +174,8 @@ def super_resolve_many(
         batch_size=1,  # one video per call: videos differ wildly in length
         compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(pending))),
         fn_constructor_kwargs={
-            "model": model_uri,
+            "model": model,
             "settings": settings,
-            "tracking_uri": tracking_uri,
-            "arch": arch,
             "overwrite": overwrite,
         },
         num_cpus=num_cpus_per_worker,

@@ -42,54 +42,6 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(frames written, total frames)``."""
 
 
-@dataclass
-class InferConfig:
-    """Inference settings (``jobs/infer.py --config`` / ``--set``; flags override them).
-
-    tile: LR tile size for spatial tiling (None: whole frames, or a tile chosen to fit the device).
-    tile_overlap: LR pixels shared by neighbouring tiles (None: ``tile // 4``).
-    chunk: frames per temporal window held in memory (None: the whole video at once).
-    chunk_overlap: frames shared by consecutive windows (None: ``chunk // 4``, at least the
-        frames a fixed-length model needs around each output frame).
-    device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
-    precision: ``auto`` (bf16 where the hardware runs it natively, else fp32), ``fp32``, ``bf16``, ``fp16``.
-    codec, crf, preset, pix_fmt: the output video's encoding (None: the suffix's default,
-        :data:`pipelines.inference.encode.DEFAULT_CODEC`).
-    no_audio: drop the audio and subtitle streams (default: copied).
-    start, end: the part to super-resolve: seconds (``12.5``, ``1:02``) or a frame (``300f``).
-    outscale: output size over input size (None: 4, the network's); resized with ``outscale_filter``.
-    fps: a constant output frame rate (None: the input's own frame times).
-    allow_truncated: super-resolve the frames of a video file that is cut short instead of refusing it;
-        the summary says how many frames are missing.
-    """
-
-    tile: int | None = None
-    tile_overlap: int | None = None
-    chunk: int | None = 30
-    chunk_overlap: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    codec: str | None = None
-    crf: int | None = None
-    preset: str | None = None
-    pix_fmt: str | None = None
-    no_audio: bool = False
-    start: str | None = None
-    end: str | None = None
-    outscale: float | None = None
-    outscale_filter: str = "lanczos"
-    fps: str | None = None
-    allow_truncated: bool = False
-
-    def __post_init__(self) -> None:
-        if self.tile == 0:  # 0 reads as "no tile", as None does
-            self.tile = None
-        if self.tile is not None and self.tile < 0:
-            raise ValueError(
-                f"--tile (tile) must be a positive LR tile size, or 0 / none for whole frames, got {self.tile}"
-            )
-
-
 def check_tile(network, tile: int | None) -> None:
     """Refuse a ``tile`` the network's family cannot run (``input_constraints``) in one line, before any
     frame is decoded or any worker is started."""
@@ -237,8 +189,6 @@ def super_resolve_video(
     fps: str | None = None,
     progress: bool | Progress = True,
     overwrite: bool = False,
-    arch: str | None = None,
-    tracking_uri: str | None = None,
     allow_truncated: bool = False,
 ) -> InferSummary:
     """Super-resolve one video file or folder of frames x4 and write the result.
@@ -247,7 +197,8 @@ def super_resolve_video(
     three stages overlapping: memory holds a few windows of LR and SR frames, never the whole video.
 
     Args:
-        model: network, checkpoint path or MLflow model URI (:func:`load_model`).
+        model: network, :class:`~pipelines.inference.loading.ModelRef`, checkpoint path or MLflow model
+            URI (:func:`load_model`).
         in_path: a video file (PyAV) or a folder of frames.
         out_path: a video file (``.mkv`` / ``.avi``: FFV1, lossless; ``.mp4`` / ``.mov``: H.264; ``.webm``:
             VP9; ``codec`` picks another) or a path without a suffix for a folder of PNG frames.
@@ -257,13 +208,12 @@ def super_resolve_video(
         chunk, chunk_overlap: temporal windows (:func:`temporal_windows`).
         device: where the network runs (``auto``: CUDA when available).
         precision: ``fp32`` (default here; ``jobs/infer.py`` defaults to ``auto``), ``bf16``, ``fp16``, ``auto``.
-        codec, crf, preset, pix_fmt, no_audio, fps: the output's encoding (:class:`InferConfig`).
+        codec, crf, preset, pix_fmt, no_audio, fps: the output's encoding (:class:`~pipelines.inference.config.InferConfig`).
         start, end: the part to super-resolve (:func:`pipelines.inference.streams.parse_position`).
         outscale, outscale_filter: resize the x4 frames to ``outscale`` times the input with this filter.
         progress: print per-frame progress to stderr (``True``) or call ``progress(done, total)``.
         overwrite: replace an existing output file, or the frames of an output folder this project
             wrote (other files in it are kept); never a folder it did not write, never the input.
-        arch, tracking_uri: see :func:`load_model`.
         allow_truncated: accept a video cut short (its container declares more than the file holds);
             by default it is refused, since the output would look complete.
 
@@ -292,7 +242,7 @@ def super_resolve_video(
         size = _output_size((info.height, info.width), outscale)
         # The output is checked (exists, codec, container) before the slow model load.
         writer = _open_writer(out_path, source, info.fps, settings, overwrite, notes, outscale_filter)
-        network = load_model(model, device=target, arch=arch, tracking_uri=tracking_uri)
+        network = load_model(model, device=target)
         check_tile(network, tile)
         windows = temporal_windows(
             info.num_frames, chunk, chunk_overlap, input_constraints(network).num_frames

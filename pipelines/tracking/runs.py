@@ -302,50 +302,6 @@ def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
 
 
-# -- evaluation runs (pipelines.evaluation.job) -----------------------------------------------------------
-
-PARENT_RUN_TAG = "mlflow.parentRunId"
-"""The tag the MLflow UI nests a run under (here: an evaluation under the training run it scores)."""
-SOURCE_RUN_TAG = "source_run_id"
-
-
-def resolve_model_version(tracking_uri: str, model_uri: str) -> dict[str, str] | None:
-    """``models:/name@alias`` or ``models:/name/<n>`` -> its registered version, or None for any other URI.
-
-    Returns ``{"name", "version", "uri"}`` (``uri``: ``models:/name/<n>``, pinned so the alias cannot
-    move meanwhile) and, when the version has one, ``"source_run_id"``: the training run it came from
-    (its ``mlflow_run_id`` tag, which training and ``register_checkpoint`` set, else the run that logged
-    it). Raises ``MlflowException`` for a name, version or alias the registry does not hold.
-    """
-    prefix = "models:/"
-    if not model_uri.startswith(prefix):
-        return None
-    parts = model_uri[len(prefix) :].rstrip("/").split("/")
-    client = mlflow_client(tracking_uri)
-    if len(parts) == 1 and "@" in parts[0]:
-        name, alias = parts[0].rsplit("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-    elif len(parts) == 2 and parts[1].isdigit():
-        version = client.get_model_version(parts[0], parts[1])
-    else:  # models:/<logged model id>, models:/name/<stage>: no single registered version to tag
-        return None
-    found = {
-        "name": version.name,
-        "version": str(version.version),
-        "uri": f"{prefix}{version.name}/{version.version}",
-    }
-    source_run = (version.tags or {}).get("mlflow_run_id") or version.run_id
-    if source_run:
-        found["source_run_id"] = str(source_run)
-    # The LoggedModel behind the version (MLflow 3): its id, or its models:/m-... URI as the source
-    model_id = getattr(version, "model_id", None) or (
-        version.source.removeprefix("models:/") if str(version.source).startswith("models:/m-") else None
-    )
-    if model_id:
-        found["model_id"] = str(model_id)
-    return found
-
-
 def log_model_metrics(
     client: Any,
     run_id: str,
@@ -373,50 +329,3 @@ def set_model_version_tags(tracking_uri: str, name: str, version: str, tags: Map
     client = mlflow_client(tracking_uri)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
-
-
-def log_evaluation(
-    tracking_uri: str,
-    experiment: str,
-    run_name: str,
-    *,
-    tags: Mapping[str, Any],
-    params: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    texts: Mapping[str, str],
-    model_id: str | None = None,
-    dataset: tuple[str, str] | None = None,
-) -> str:
-    """A new, finished MLflow run in ``experiment`` holding one evaluation; returns its id.
-
-    ``model_id``: the LoggedModel evaluated (a registered version's): the run lists it as an input and
-    its metrics are the model's, shown on the model's page; ``dataset``: (name, digest) the metrics
-    were measured on, which the model page shows beside them.
-
-    Every call creates a run (re-evaluating the same model and data is a new run, not a continued one:
-    params are immutable, and the model behind an alias may have changed). ``texts`` maps artifact file
-    names (``per_clip.csv``) to their contents; metrics are logged at step 0. A ``mlflow.parentRunId``
-    tag in ``tags`` makes the UI show the run under that (training) run.
-    """
-    uri = resolve_tracking_uri(tracking_uri)
-    client = mlflow_client(uri)
-    experiment_id = _experiment_id(client, uri, experiment)
-    run_id = create_run(client, experiment_id, run_name, tags)
-    tracker = RunTracker(uri, run_id)
-    try:
-        tracker.log_params(params)
-        if model_id is None and dataset is None:
-            tracker.log_metrics(metrics, step=0)
-        else:
-            log_model_metrics(client, run_id, metrics, 0, model_id, dataset)
-        if model_id is not None:
-            from mlflow.entities import LoggedModelInput
-
-            client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
-        for artifact_file, text in texts.items():
-            client.log_text(run_id, text, artifact_file)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
-    return run_id

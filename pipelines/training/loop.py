@@ -34,6 +34,7 @@ from pipelines.common.console import quiet_logging
 from pipelines.common.errors import DataError, TrainingDiverged
 from pipelines.common.progress import format_eta
 from pipelines.data.ingest import iter_val_clips, make_train_batch_iterator
+from pipelines.evaluation.protocol import ValidationProtocol
 from pipelines.evaluation.scoring import image_strip, score_clips, summarise
 from pipelines.tracking import RunTracker
 from pipelines.tracking.background import BackgroundTracker, fail_fast_http_requests, system_metrics
@@ -311,17 +312,17 @@ def validate(worker: Worker) -> dict[str, float]:
         world_size=worker.world_size,
         max_clips=cfg.val.max_clips,
     )
-    scores = score_clips(
-        worker.model,
-        clips,
+    protocol = ValidationProtocol(
+        split=cfg.data.val_split,
         channel=cfg.val.channel,
         crop_border=cfg.val.crop_border,
         centre_frame_only=cfg.val.centre_frame_only,
         mirror_times=cfg.val.mirror_times,
+        max_clips=cfg.val.max_clips,
         max_frames=cfg.val.max_frames,
         chunk=cfg.val.chunk,
-        on_clip=keep_strip if tracker.active else None,
     )
+    scores = score_clips(worker.model, clips, protocol, on_clip=keep_strip if tracker.active else None)
     if worker.world_size > 1:
         # Python objects: all_gather_object moves them through tensors on the current device.
         gathered: list[Any] = [None] * worker.world_size

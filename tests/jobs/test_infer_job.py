@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT, opencv_video
 
 import vsr_models
+from jobs.infer import main
 from pipelines.data.video_io import FrameWriter, open_frames
-from pipelines.inference.job import main
 
 
 def test_help_lists_model_sources_and_options():

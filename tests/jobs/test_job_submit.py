@@ -62,7 +62,7 @@ def sample_data(tmp_path_factory):
 
 def test_submitted_training_job_logs_and_registers_on_mlflow_server(sample_data, cluster, tmp_path):
 
-    from pipelines.inference.loading import load_model
+    from pipelines.inference.loading import ModelRef, load_model
 
     mlflow_uri = cluster["MLFLOW_TRACKING_URI"]
     env = os.environ | {key: cluster[key] for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
@@ -107,7 +107,7 @@ def test_submitted_training_job_logs_and_registers_on_mlflow_server(sample_data,
     assert float(champion.tags["val_psnr"]) == pytest.approx(run.data.metrics["val/psnr"])
 
     # The registered network loads back through the server and super-resolves x4.
-    model = load_model("models:/ttvsr_test@champion", tracking_uri=mlflow_uri)
+    model = load_model(ModelRef("models:/ttvsr_test@champion", tracking_uri=mlflow_uri))
     with torch.no_grad():
         assert model(torch.rand(1, 2, 3, 64, 64)).shape == (1, 2, 3, 256, 256)
 

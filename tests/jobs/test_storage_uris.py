@@ -8,8 +8,8 @@ import importlib.util
 
 import pytest
 
-from jobs.prepare_data import main as prepare_main
-from pipelines.evaluation.job import main as evaluate_main
+from jobs.evaluate import main as evaluate_main
+from pipelines.data.prepare.job import main as prepare_main
 from pipelines.training.driver import main as train_main
 from pipelines.training.experiment import TTVSRExperiment
 

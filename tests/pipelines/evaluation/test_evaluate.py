@@ -10,9 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from jobs.evaluate import main
 from pipelines.common.errors import DataError
 from pipelines.data.degradations import imresize_bicubic
-from pipelines.evaluation.job import EvaluationConfig, main, run_evaluation
+from pipelines.evaluation.config import EvaluationConfig
+from pipelines.evaluation.protocol import ValidationProtocol
+from pipelines.evaluation.run import run_evaluation
 from pipelines.evaluation.scoring import (
     CSV_COLUMNS,
     LABEL_BAND,
@@ -80,16 +83,16 @@ def test_a_bicubic_model_scores_exactly_the_bicubic_baseline():
 
 def test_centre_frame_only_and_max_frames_select_the_scored_frames():
     clips = make_clips(1, frames=7)
-    report = summarise(score_clips(BicubicModel(), clips, centre_frame_only=True), "y")
+    report = summarise(score_clips(BicubicModel(), clips, ValidationProtocol(centre_frame_only=True)), "y")
     assert report.model.clips["clip0"].num_frames == 1
-    report = summarise(score_clips(BicubicModel(), clips, max_frames=2), "y")
+    report = summarise(score_clips(BicubicModel(), clips, ValidationProtocol(max_frames=2)), "y")
     assert report.model.clips["clip0"].num_frames == 2
 
 
 def test_y_channel_scores_differ_from_rgb_and_the_table_says_which():
     clips = make_clips(2)
-    rgb = summarise(score_clips(BicubicModel(), clips, channel="rgb"), "rgb")
-    y = summarise(score_clips(BicubicModel(), clips, channel="y"), "y")
+    rgb = summarise(score_clips(BicubicModel(), clips, ValidationProtocol(channel="rgb")), "rgb")
+    y = summarise(score_clips(BicubicModel(), clips, ValidationProtocol(channel="y")), "y")
     assert y.bicubic.psnr != pytest.approx(rgb.bicubic.psnr, abs=1e-3)
     header, _, first, second, _, mean = y.table().splitlines()
     assert "(Y)" in header

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from jobs.evaluate import main
 from pipelines.common.errors import ConfigError
 from pipelines.common.files import sha256_file
-from pipelines.evaluation.job import EvaluationConfig, main, run_evaluation, task_options
+from pipelines.evaluation.config import EvaluationConfig
+from pipelines.evaluation.run import run_evaluation, task_options
 from pipelines.evaluation.scoring import CSV_COLUMNS, evaluate
 from pipelines.tracking import RunTracker, example_input, mlflow_client, register_model, resolve_tracking_uri
 from vsr_models import build_model, get_family, save_checkpoint
@@ -74,14 +76,19 @@ def test_a_config_names_one_model_source_and_a_released_one_with_its_arch():
         EvaluationConfig(device="gpu")
 
 
-def test_an_unknown_arch_is_one_line_listing_the_registry_families(tmp_path, monkeypatch, capsys):
+def test_an_unknown_arch_is_refused_listing_the_registry_families(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    argv = ["--official", str(tmp_path / "TTVSR_REDS.pth"), "--arch", "ttvrs", "--data", str(tmp_path)]
-    assert main(argv) == 2
+    argv = ["--official", str(tmp_path / "TTVSR_REDS.pth"), "--data", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:  # --arch's choices are the registry's families
+        main([*argv, "--arch", "ttvrs"])
+    assert exit_.value.code == 2
+    assert "argument --arch: invalid choice: 'ttvrs' (choose from 'ttvsr', 'vsrt')" in capsys.readouterr().err
+    assert main([*argv, "--set", "arch=ttvrs"]) == 2  # a config's arch: one line
     err = capsys.readouterr().err
     assert (
         err == "error: EvaluationConfig: --arch 'ttvrs' is not a known architecture: use one of ttvsr, vsrt\n"
     )
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_official_without_arch_is_one_error_line_before_any_ray_or_mlflow_work(tmp_path, monkeypatch, capsys):
@@ -214,7 +221,7 @@ def test_a_released_checkpoint_is_evaluated_through_the_job(
 
 
 def test_model_settings_change_how_a_network_computes_and_keep_its_weights():
-    from pipelines.evaluation.job import with_model_settings
+    from pipelines.inference.loading import with_model_settings
 
     torch.manual_seed(0)
     network = build_model("ttvsr", mid_channels=8, num_extract_blocks=1, num_propagation_blocks=1).eval()

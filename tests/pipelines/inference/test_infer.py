@@ -19,6 +19,7 @@ import vsr_models
 from pipelines.common.errors import InferError, ModelLoadError
 from pipelines.data.video_io import OUTPUT_MARKER, FrameWriter, VideoError, open_frames
 from pipelines.inference import batch, video
+from pipelines.inference.config import InferConfig
 from vsr_models.inference import super_resolve
 
 LR_SIZE = (64, 80)  # (h, w): TTVSR's smallest input is 64x64
@@ -243,7 +244,7 @@ def test_many_videos_with_ray_data_actor_pool(clip, tmp_path, ray_local):
             writer.write(frames[:count])
     (videos / "c.mp4").write_bytes(b"corrupt")
 
-    exact = video.InferConfig(precision="fp32")  # the job's auto is bf16 on CPUs with AVX512-BF16
+    exact = InferConfig(precision="fp32")  # the job's auto is bf16 on CPUs with AVX512-BF16
     with pytest.raises(
         InferError, match=r"1 of 3 videos failed:\n.*c.mp4: VideoError: cannot decode"
     ) as failed:
@@ -269,7 +270,7 @@ def test_many_videos_with_ray_data_actor_pool(clip, tmp_path, ray_local):
     assert [s.notes for s in rerun] == [(batch.SKIPPED,), (batch.SKIPPED,)]
     assert "skipped" in batch.format_table(rerun).splitlines()[1]
     summaries = batch.super_resolve_many(
-        videos, tmp_path / "sr2", PerFrameUpscaler(), num_workers=2, config=video.InferConfig(chunk=2)
+        videos, tmp_path / "sr2", PerFrameUpscaler(), num_workers=2, config=InferConfig(chunk=2)
     )
     assert [(s.num_frames, s.sr_size) for s in summaries] == [(3, (256, 320)), (5, (256, 320))]
     assert [open_frames(s.output).info.num_frames for s in summaries] == [3, 5]

@@ -1,5 +1,6 @@
 """``jobs/infer.py`` refuses a value it cannot run in one line, before Ray starts and before any frame is
-decoded: ``--tile`` against the network family's input constraints, ``--num-workers``, ``--arch``."""
+decoded: ``--tile`` against the network family's input constraints, ``--num-workers``, ``--arch``
+(argparse's choices: the registry's families)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 
 import vsr_models
+from jobs.infer import main
 from pipelines.common.config import load_config
 from pipelines.data.video_io import FrameWriter
-from pipelines.inference.job import main
-from pipelines.inference.video import InferConfig
+from pipelines.inference.config import InferConfig
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,6 @@ def inputs(tmp_path_factory):
         ("videos", ["--tile", "50"], "--tile 50: TTVSR needs a multiple of 4 that is at least 64"),
         ("videos", ["--num-workers", "0"], "--num-workers must be at least 1"),
         ("videos", ["--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 or more"),
-        ("frames", ["--arch", "ttvrs"], "--arch 'ttvrs' is not a known architecture: use one of ttvsr, vsrt"),
     ],
 )
 def test_bad_value_is_one_line_before_ray_starts_or_a_frame_is_decoded(
@@ -51,6 +51,28 @@ def test_bad_value_is_one_line_before_ray_starts_or_a_frame_is_decoded(
     assert main([str(inputs[source]), str(out), "--model", str(inputs["checkpoint"]), "--quiet", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not ray.is_initialized()
+    assert not out.exists()
+
+
+def test_an_unknown_arch_is_refused_listing_the_registry_families_before_ray_starts(inputs, tmp_path, capsys):
+    import ray
+
+    ray.shutdown()
+    out = tmp_path / "out"
+    argv = [
+        str(inputs["frames"]),
+        str(out),
+        "--model",
+        str(inputs["checkpoint"]),
+        "--quiet",
+        "--arch",
+        "ttvrs",
+    ]
+    with pytest.raises(SystemExit) as exit_:  # --arch's choices are the registry's families
+        main(argv)
+    assert exit_.value.code == 2
+    assert "argument --arch: invalid choice: 'ttvrs' (choose from 'ttvsr', 'vsrt')" in capsys.readouterr().err
     assert not ray.is_initialized()
     assert not out.exists()
 

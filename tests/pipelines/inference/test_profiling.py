@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.inference.profiling import main
+from jobs.profile_model import main
 from vsr_models import build_model
 from vsr_models.profile import count_parameters, flops_per_frame
 

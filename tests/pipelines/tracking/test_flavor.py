@@ -24,6 +24,7 @@ from torch import nn
 
 import vsr_models
 from pipelines.common.errors import ModelLoadError
+from pipelines.inference.loading import ModelRef
 from pipelines.inference.loading import load_model as load_any_model
 from pipelines.tracking import (
     FLAVOR_NAME,
@@ -217,7 +218,7 @@ def test_pickled_version_is_refused_with_how_to_reregister_and_runs_nothing(mlfl
             in message
         )
         with pytest.raises(ModelLoadError, match="(?i)re-register"):
-            load_any_model(uri, tracking_uri=mlflow_uri)
+            load_any_model(ModelRef(uri, tracking_uri=mlflow_uri))
     assert not marker.exists()
 
     # The payload is live: MLflow's own loader of that version runs it.
@@ -232,7 +233,7 @@ def test_pickled_version_without_training_tags_still_says_how_to_reregister(mlfl
     marker = tmp_path / "pwned"
     version = register_pickled(mlflow_uri, marker)
     with pytest.raises(ModelLoadError) as refused:
-        load_any_model(f"models:/tiny/{version}", tracking_uri=mlflow_uri)
+        load_any_model(ModelRef(f"models:/tiny/{version}", tracking_uri=mlflow_uri))
     message = str(refused.value)
     assert f"python {REREGISTER} <storage_path>/<run name>/checkpoint_<iteration> --name tiny" in message
     assert "mlflow_run_id" in message and "iteration" in message
@@ -257,7 +258,7 @@ def test_ray_vsr_version_whose_model_pt_was_replaced_by_a_pickle_runs_nothing(ml
     with pytest.raises(ModelLoadError, match="model.pt holds objects other than tensors and plain values"):
         load_registered_model("models:/tiny@champion", mlflow_uri)
     with pytest.raises(ModelLoadError):
-        load_any_model("models:/tiny/1", tracking_uri=mlflow_uri)
+        load_any_model(ModelRef("models:/tiny/1", tracking_uri=mlflow_uri))
     mlflow.set_tracking_uri(mlflow_uri)
     with pytest.raises(vsr_models.IncompatibleCheckpointError):  # pyfunc reads model.pt the same way
         mlflow.pyfunc.load_model("models:/tiny/1")
@@ -293,7 +294,7 @@ def test_doctored_mlmodel_naming_a_module_beside_it_is_refused_by_every_project_
         message = str(refused.value)
         assert "\n" not in message and "was changed in the artifact store after registration" in message
     with pytest.raises(ModelLoadError, match="was changed"):
-        load_any_model("models:/tiny/1", tracking_uri=mlflow_uri)
+        load_any_model(ModelRef("models:/tiny/1", tracking_uri=mlflow_uri))
     assert not marker.exists() and "evil_loader" not in sys.modules
 
     # The doctored MLmodel is live: MLflow's own pyfunc loader imports the module it names.

@@ -195,7 +195,7 @@ def test_training_end_to_end_logs_validation_and_registers_a_loadable_champion(
 def test_evaluate_job_scores_the_registered_champion_like_its_checkpoint(
     stopped_then_resumed, tiny_dataset, capsys
 ):
-    from pipelines.evaluation.job import main as evaluate_main
+    from jobs.evaluate import main as evaluate_main
     from pipelines.evaluation.scoring import evaluate
     from pipelines.inference.loading import load_model as load_any_model
 
