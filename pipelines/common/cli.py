@@ -130,29 +130,3 @@ def run_job(body: Callable[[], int | None]) -> int:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         return USER_ERROR_EXIT
-
-
-# --- Transitional: the stages still building their own parsers use these until their jobs declare
-# their options (then they go). ---------------------------------------------------------------------
-
-
-def job_parser(
-    description: str | None = None, prog: str | None = None, set_example: str = "optim.lr=1e-4"
-) -> argparse.ArgumentParser:
-    return command_parser(description, [], set_example=set_example, prog=prog)
-
-
-def add_set_arg(parser: argparse.ArgumentParser, example: str = "optim.lr=1e-4") -> argparse.ArgumentParser:
-    item = set_option(example)
-    parser.add_argument(*item.names, **item.settings)
-    return parser
-
-
-def check_arch(arch: str | None) -> None:
-    from pipelines.common.errors import ConfigError
-    from vsr_models import ARCHITECTURES
-
-    if arch is not None and arch not in ARCHITECTURES:
-        raise ConfigError(
-            f"--arch {arch!r} is not a known architecture: use one of {', '.join(sorted(ARCHITECTURES))}"
-        )
