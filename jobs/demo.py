@@ -15,20 +15,20 @@ Examples:
 import sys
 from pathlib import Path
 
-from pipelines.common.cli import run_job
-from pipelines.training.experiment import TTVSRExperiment, experiment_from_args, experiment_parser
+from jobs._training import experiment, parser
+from pipelines.common.cli import option, run_job
 
 SAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ttvsr_sample.yaml"
+OPTIONS = [option("--output", default="outputs/demo", help="where the demo videos go")]
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.demo import run_demo
 
-    parser = experiment_parser(__doc__)
-    parser.add_argument("--output", default="outputs/demo", help="where the demo videos go")
-    parser.set_defaults(config=str(SAMPLE_CONFIG))
-    args = parser.parse_args(argv)
-    return run_job(lambda: print(run_demo(experiment_from_args(TTVSRExperiment, args), args.output)))
+    command = parser(__doc__, OPTIONS)
+    command.set_defaults(config=str(SAMPLE_CONFIG))
+    args = command.parse_args(argv)
+    return run_job(lambda: print(run_demo(experiment("ttvsr", args), args.output)))
 
 
 if __name__ == "__main__":

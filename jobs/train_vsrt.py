@@ -7,18 +7,18 @@ Examples:
       --gpus 8 --set data.path=/mnt/shared/data/vimeo --storage-path /mnt/shared/runs \\
       --mlflow-uri http://<mlflow-host>:5000
 
-Running the same --name again resumes that run from its last checkpoint, in the same MLflow run.
+Without --config it trains configs/vsrt.yaml, the released recipe. Running the same --name again resumes
+that run from its last checkpoint, in the same MLflow run.
 On a cluster pass absolute paths on shared storage: a submitted job runs in a copy of the working dir.
 """
 
 import sys
 
-from pipelines.training.driver import main as run_main
-from pipelines.training.experiment import VSRTExperiment
+from jobs._training import main as train_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(VSRTExperiment, argv, description=__doc__)
+    return train_main("vsrt", argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def dry_run(monkeypatch):
     import pipelines.inference.profiling as profiling
     import pipelines.inference.run as inference_run
     import pipelines.tracking as tracking
-    import pipelines.training.driver as driver
+    import pipelines.training.run as training_run
     import pipelines.tuning.run as tuning_run
     from pipelines.tuning.config import base_experiment
     from vsr_models import get_family
@@ -84,7 +84,7 @@ def dry_run(monkeypatch):
         raise Reached()
 
     monkeypatch.chdir(REPO_ROOT)
-    monkeypatch.setattr(driver, "run_training", _stop)
+    monkeypatch.setattr(training_run, "run_training", _stop)
     monkeypatch.setattr(demo, "run_demo", _stop)
     monkeypatch.setattr(tuning_run, "run_search", search_stub)
     monkeypatch.setattr(evaluation_run, "run_evaluation", _stop)

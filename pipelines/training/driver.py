@@ -9,7 +9,6 @@ from pipelines.training.run import (  # noqa: F401
     check_training_inputs,
     end_unfinished_run,
     fitting_clips,
-    main,
     register_command,
     register_result,
     run_training,

@@ -1,6 +1,8 @@
-"""Training TTVSR and VSR-Transformer on Ray Train: the driver side (``jobs/train_ttvsr.py``, ``train_vsrt.py``).
+"""Training any registered network family on Ray Train: the driver side (``jobs/train_<arch>.py``).
 
-:func:`run_training` checks the prepared dataset, finds or creates the MLflow run named ``run.name``,
+:func:`run_training` (an :class:`~pipelines.training.config.Experiment` in, a :class:`TrainingSummary`
+out) checks the prepared dataset, finds or creates the MLflow run named ``run.name`` and records what it
+trains with (:mod:`pipelines.tracking.training`),
 starts a :class:`ray.train.torch.TorchTrainer` (DDP: NCCL on GPUs, gloo on CPUs) running
 :func:`pipelines.training.loop.train_loop_per_worker` and, when training ends, registers the final
 network, moving the ``champion`` alias to it if its validation PSNR is the best so far
@@ -25,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.common.cli import run_job
-from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.console import verbose
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.ray_session import init_ray, sigterm_as_ctrl_c
@@ -37,8 +37,6 @@ from pipelines.data.manifest import MANIFEST_NAME, ClipRecord, PreparedDataset, 
 from pipelines.tracking import (
     RegisteredVersion,
     RunTracker,
-    example_input,
-    register_model,
     resolve_tracking_uri,
 )
 from pipelines.tracking.background import (
@@ -47,8 +45,12 @@ from pipelines.tracking.background import (
     is_transient,
     retry_until,
 )
+from pipelines.tracking.training import (
+    DatasetRecord,
+    log_training_start,
+    register_trained,
+)
 from pipelines.training.config import Experiment, resolve_paths
-from pipelines.training.experiment import experiment_from_args, experiment_parser
 from pipelines.training.loop import SCORE_METRIC, UNVALIDATED, StepCallback, train_loop_per_worker
 from pipelines.training.recipe import describe_global_batch, describe_schedule, with_batch_lr
 from pipelines.training.state import (
@@ -60,7 +62,6 @@ from pipelines.training.state import (
 )
 from vsr_models import get_family, load_checkpoint
 
-REGISTERED_ITERATION_TAG = "registered_iteration"
 REGISTER_PATIENCE_S = 600.0
 """How long registration at the end of training waits for a tracking server that is away."""
 
@@ -182,6 +183,18 @@ def check_training_inputs(cfg: Experiment, manifest: PreparedDataset) -> None:
             raise ConfigError(f"run.storage_path {storage} is not writable; choose a writable folder")
 
 
+def dataset_record(cfg: Experiment, manifest: PreparedDataset) -> DatasetRecord:
+    """What MLflow records of the dataset the run trains on (:func:`pipelines.tracking.training.log_training_start`)."""
+    return DatasetRecord(
+        manifest=manifest.manifest.to_json(),
+        manifest_name=MANIFEST_NAME,
+        name=manifest.location.name,
+        digest=manifest.sha256[:32],
+        source=cfg.data.path,
+        profile=manifest.profile(),
+    )
+
+
 def check_paths_reach_nodes(cfg: Experiment) -> None:
     """Refuse in seconds a run storage or dataset path that some node of the cluster does not see.
 
@@ -249,21 +262,15 @@ def _run_training(
     tracker = RunTracker.start(tracking_uri, cfg.tracking.experiment, cfg.run.name, tags={"arch": cfg.arch})
     schedule = describe_schedule(trained)
     print(f"schedule: {schedule}", flush=True)
-    tracker.log_params(
-        flatten(cfg)
-        | {"arch": cfg.arch, "data.fingerprint": manifest.sha256, "schedule": schedule}
-        | {"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr}
-    )
-    # Params keep their first value; the metric records the layout of every (re)start at its iteration.
-    resumed_at = progress[0]
-    tracker.log_metrics({"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr}, step=resumed_at)
-    tracker.log_dict(config_to_dict(cfg), "config.yaml")
-    tracker.log_dict(manifest.manifest.to_json(), f"dataset/{MANIFEST_NAME}")
-    tracker.log_dataset(
-        name=manifest.location.name,
-        digest=manifest.sha256[:32],
-        source=cfg.data.path,
-        profile=manifest.profile(),
+    # Params keep their first value; the metrics record the layout of every (re)start at its iteration.
+    log_training_start(
+        tracker,
+        cfg,
+        derived={"arch": cfg.arch, "data.fingerprint": manifest.sha256, "schedule": schedule}
+        | {"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr},
+        layout={"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr},
+        step=progress[0],
+        dataset=dataset_record(cfg, manifest),
     )
 
     init_ray(cfg.run.address)
@@ -406,27 +413,23 @@ def register_result(
     iteration, val_metrics = int(state["iteration"]), dict(val_metrics or state["val_metrics"])
 
     def register_once() -> RegisteredVersion | None:
-        # Asked again on every attempt: an attempt that failed after tagging the run registered it.
-        if not register or tracker.tags().get(REGISTERED_ITERATION_TAG) == str(iteration):
+        if not register:
             return None
-        registered = register_model(
+        return register_trained(
             tracker,
             model,
+            iteration,
             registered_model=cfg.tracking.registered_model,
-            input_example=example_input(model),
             val_metrics=val_metrics,
             alias=cfg.tracking.champion_alias,
             force_alias=cfg.tracking.force_champion,
             version_tags={
-                "iteration": iteration,
                 "val_channel": cfg.val.channel,
                 "dataset": cfg.data.path,
                 "mlflow_run_id": tracker.run_id,
                 **validation_lineage(cfg),
             },
         )
-        tracker.set_tags({REGISTERED_ITERATION_TAG: iteration, "registered_version": registered.version})
-        return registered
 
     deadline = time.monotonic() + patience_s
     try:
@@ -474,9 +477,3 @@ def register_command(cfg: Experiment, tracking_uri: str, checkpoint_path: str) -
         "--experiment", cfg.tracking.experiment, "--mlflow-uri", tracking_uri,
     ]  # fmt: skip
     return fetch + " ".join(shlex.quote(word) for word in words)
-
-
-def main(cls: type[Experiment], argv: list[str] | None = None, description: str | None = None) -> int:
-    """Command-line entry of ``jobs/train_<arch>.py``: parse, load the config, train, print the summary."""
-    args = experiment_parser(description).parse_args(argv)
-    return run_job(lambda: print(run_training(experiment_from_args(cls, args)).describe()))

@@ -9,22 +9,21 @@ import importlib.util
 import pytest
 
 from jobs.evaluate import main as evaluate_main
-from pipelines.data.prepare.job import main as prepare_main
-from pipelines.training.driver import main as train_main
-from pipelines.training.experiment import TTVSRExperiment
+from jobs.prepare_data import main as prepare_main
+from jobs.train_ttvsr import main as train_main
 
 TEST_CONFIG = "configs/ttvsr_test.yaml"
 
 # The job, its arguments ({tmp}: this test's folder) and the URI it must name.
 JOBS = {
     "train data, verified": (
-        lambda argv: train_main(TTVSRExperiment, argv),
+        train_main,
         ["--config", TEST_CONFIG, "--storage-path", "{tmp}/runs", "--set", "data.path=az://box/reds"]
         + ["--verify-data", "--mlflow-uri", "sqlite:///{tmp}/m.db"],
         "az://box/reds",
     ),
     "train storage": (
-        lambda argv: train_main(TTVSRExperiment, argv),
+        train_main,
         ["--config", TEST_CONFIG, "--storage-path", "az://box/runs", "--mlflow-uri", "sqlite:///{tmp}/m.db"],
         "az://box/runs",
     ),

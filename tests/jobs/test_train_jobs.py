@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from jobs._training import experiment, main, parser
 from pipelines.common.config import ConfigError
 from pipelines.training.config import load_experiment
-from pipelines.training.driver import main
-from pipelines.training.experiment import (
-    TTVSRExperiment,
-    VSRTExperiment,
-    experiment_from_args,
-    experiment_parser,
-)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,9 +47,9 @@ def test_help_describes_the_options(job, expected):
         assert word in done.stdout
 
 
-def run_main(cls, capsys, *argv: str) -> str:
+def run_main(arch, capsys, *argv: str) -> str:
     """``jobs/train_*.py`` in process; returns stderr of the expected exit with status 2 (one line)."""
-    assert main(cls, list(argv)) == 2
+    assert main(arch, list(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     return err
@@ -64,43 +58,43 @@ def run_main(cls, capsys, *argv: str) -> str:
 def test_unknown_config_key_names_the_key_and_the_allowed_keys(tmp_path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text("optim:\n  learning_rate: 1.0e-4\n")
-    err = run_main(TTVSRExperiment, capsys, "--config", str(config))
+    err = run_main("ttvsr", capsys, "--config", str(config))
     assert "optim.learning_rate" in err and str(config) in err
     assert "lr, betas, weight_decay, spynet_lr_mult, fix_spynet_iters, grad_clip_norm" in err
 
 
 def test_mistyped_model_key_lists_the_networks_hyperparameters(capsys):
-    err = run_main(TTVSRExperiment, capsys, "--set", "model.mid_channel=8")
+    err = run_main("ttvsr", capsys, "--set", "model.mid_channel=8")
     assert "model.mid_channel" in err and "mid_channels" in err and "token_scales" in err
 
 
 def test_wrong_type_names_the_field_and_the_expected_type(capsys):
-    err = run_main(TTVSRExperiment, capsys, "--set", "train.total_iters=lots")
+    err = run_main("ttvsr", capsys, "--set", "train.total_iters=lots")
     assert "train.total_iters" in err and "int" in err and "lots" in err
 
 
 def test_vsrt_crops_must_match_its_fixed_patch_and_sequence(capsys):
-    err = run_main(VSRTExperiment, capsys, "--set", "data.lr_patch=32")
+    err = run_main("vsrt", capsys, "--set", "data.lr_patch=32")
     assert "data.lr_patch (32) must equal model.spatial_size (64)" in err
 
 
 def test_missing_dataset_names_the_prepare_command(tmp_path, capsys):
     missing = tmp_path / "nothing_here"
     err = run_main(
-        TTVSRExperiment, capsys, "--set", f"data.path={missing}", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"
+        "ttvsr", capsys, "--set", f"data.path={missing}", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"
     )
     assert f"no prepared dataset at {missing}" in err
     assert f"python jobs/prepare_data.py --dataset sample --output {missing}" in err
     assert not (tmp_path / "m.db").exists()  # failed before touching MLflow
 
 
-def parse(cls, *argv: str):
-    return experiment_from_args(cls, experiment_parser().parse_args(list(argv)))
+def parse(arch, *argv: str):
+    return experiment(arch, parser(None).parse_args(list(argv)))
 
 
 def test_shared_flags_override_the_config_file():
     cfg = parse(
-        TTVSRExperiment,
+        "ttvsr",
         "--config", str(REPO_ROOT / "configs" / "ttvsr_reds4.yaml"),
         "--gpus", "2", "--name", "001", "--storage-path", "/mnt/runs", "--address", "auto",
         "--mlflow-uri", "http://head:5000", "--set", "optim.lr=1e-4",
@@ -116,19 +110,19 @@ def test_shared_flags_override_the_config_file():
 
 
 def test_champion_flag_forces_the_alias_and_is_off_by_default():
-    assert parse(TTVSRExperiment, "--champion").tracking.force_champion is True
-    assert parse(TTVSRExperiment).tracking.force_champion is False
+    assert parse("ttvsr", "--champion").tracking.force_champion is True
+    assert parse("ttvsr").tracking.force_champion is False
 
 
 def test_overriding_one_field_of_a_section_keeps_the_recipes_other_defaults():
-    vsrt = parse(VSRTExperiment, "--set", "data.path=/mnt/shared/data/vimeo")  # no --config
+    vsrt = parse("vsrt", "--set", "data.path=/mnt/shared/data/vimeo")  # no --config
     assert (vsrt.data.path, vsrt.data.num_frames, vsrt.data.batch_size) == ("/mnt/shared/data/vimeo", 5, 4)
-    assert parse(VSRTExperiment, "--set", "train.log_every=7").train.total_iters == 1_200_000
+    assert parse("vsrt", "--set", "train.log_every=7").train.total_iters == 1_200_000
 
 
 def test_gpus_and_a_different_worker_count_contradict():
     with pytest.raises(ConfigError, match="--gpus 2 runs one worker per GPU"):
-        parse(TTVSRExperiment, "--gpus", "2", "--num-workers", "3")
+        parse("ttvsr", "--gpus", "2", "--num-workers", "3")
 
 
 def test_defaults_are_the_released_recipes():
@@ -157,7 +151,7 @@ def test_defaults_are_the_released_recipes():
 
 def test_zero_workers_is_refused_before_anything_runs(tmp_path, capsys):
     err = run_main(
-        TTVSRExperiment, capsys, "--num-workers", "0", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
+        "ttvsr", capsys, "--num-workers", "0", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db",
         "--storage-path", str(tmp_path / "runs"),
     )  # fmt: skip
     assert "scaling.num_workers must be at least 1, got 0" in err

@@ -13,9 +13,9 @@ import torch
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.data.manifest import load_manifest
-from pipelines.training.driver import check_training_inputs, run_training
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.config import Experiment
 from pipelines.training.recipe import build_optimizer, lr_schedule
+from pipelines.training.run import check_training_inputs, run_training
 from pipelines.training.state import (
     TrainingState,
     check_checkpoints,
@@ -41,8 +41,8 @@ class RunsAShellCommand:
 
 def _checkpoint(folder):
     model = build_model("ttvsr", **TINY)
-    optimizer = build_optimizer(model, load_config(TTVSRExperiment).optim)
-    scheduler = lr_schedule(optimizer, load_config(TTVSRExperiment).schedule)
+    optimizer = build_optimizer(model, Experiment(arch="ttvsr").optim)
+    scheduler = lr_schedule(optimizer, Experiment(arch="ttvsr").schedule)
     save_training_checkpoint(folder, 0, model, optimizer, scheduler, TrainingState(iteration=2))
     return model, optimizer, scheduler
 
@@ -72,7 +72,7 @@ def test_resuming_a_run_with_a_doctored_checkpoint_stops_before_ray(
     marker = tmp_path / "pwned"
     torch.save(RunsAShellCommand(marker), folder / "rng_rank0.pt")
     cfg = load_config(
-        TTVSRExperiment, TEST_CONFIG, [f"data.path={tiny_prepared_dataset}", f"run.storage_path={storage}"]
+        Experiment, TEST_CONFIG, [f"data.path={tiny_prepared_dataset}", f"run.storage_path={storage}"]
     )
     with pytest.raises(DataError, match="rng_rank0.pt: not a loadable checkpoint file"):
         run_training(cfg)
@@ -106,7 +106,7 @@ def test_a_cut_short_checkpoint_list_of_ray_train_is_one_line(tmp_path):
 
 
 def _cfg(data, *overrides):
-    return load_config(TTVSRExperiment, TEST_CONFIG, [f"data.path={data}", *overrides])
+    return load_config(Experiment, TEST_CONFIG, [f"data.path={data}", *overrides])
 
 
 def _copy_with_manifest(dataset, tmp_path, change):
@@ -160,4 +160,4 @@ def test_a_storage_path_that_is_a_file_is_refused(tiny_prepared_dataset, tmp_pat
 )
 def test_impossible_scaling_and_data_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(TTVSRExperiment, TEST_CONFIG, [override])
+        load_config(Experiment, TEST_CONFIG, [override])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.training.experiment import OptimSection, ScheduleSection
+from pipelines.training.config import OptimSection, ScheduleSection
 from pipelines.training.recipe import build_optimizer, lr_schedule
 from pipelines.training.state import (
     RNG_FILE,

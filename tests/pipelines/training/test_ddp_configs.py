@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jobs._training import main
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError
-from pipelines.training.driver import main
-from pipelines.training.experiment import EXPERIMENTS
+from pipelines.training.config import Experiment, default_recipe
 from tests.conftest import REPO_ROOT
 from vsr_models import build_model
 
@@ -30,9 +30,7 @@ def test_a_one_frame_ttvsr_on_several_workers_is_refused_before_ray_with_the_fix
     import ray
 
     started = ray.is_initialized()
-    code = main(
-        EXPERIMENTS["ttvsr"], ["--config", str(TEST_CONFIG), "--set", "data.num_frames=1", "--gpus", "2"]
-    )
+    code = main("ttvsr", ["--config", str(TEST_CONFIG), "--set", "data.num_frames=1", "--gpus", "2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "data.num_frames is 1 with scaling.num_workers 2: " in err
@@ -42,7 +40,7 @@ def test_a_one_frame_ttvsr_on_several_workers_is_refused_before_ray_with_the_fix
 
 def _unused_parameters(arch: str, overrides: list[str]) -> list[str]:
     """Parameters without a gradient after one training forward and backward of the config's network."""
-    cfg = load_config(EXPERIMENTS[arch], TEST_CONFIG if arch == "ttvsr" else None, overrides)
+    cfg = load_config(Experiment, TEST_CONFIG if arch == "ttvsr" else default_recipe(arch), overrides)
     torch.manual_seed(0)
     model = build_model(arch, **cfg.model_overrides()).train()
     frames = torch.rand(1, cfg.data.num_frames, 3, cfg.data.lr_patch, cfg.data.lr_patch)
@@ -68,7 +66,9 @@ def test_several_workers_are_accepted_exactly_when_every_parameter_gets_a_gradie
     unused = _unused_parameters(arch, overrides)
     try:
         load_config(
-            EXPERIMENTS[arch], TEST_CONFIG if arch == "ttvsr" else None, [*overrides, "scaling.num_workers=2"]
+            Experiment,
+            TEST_CONFIG if arch == "ttvsr" else default_recipe(arch),
+            [*overrides, "scaling.num_workers=2"],
         )
         accepted = True
     except ConfigError as error:

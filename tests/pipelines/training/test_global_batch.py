@@ -13,14 +13,10 @@ import math
 import pytest
 import torch
 
-from pipelines.training.driver import main
-from pipelines.training.experiment import (
+from jobs._training import experiment, main, parser
+from pipelines.training.config import (
     OptimSection,
     ScheduleSection,
-    TTVSRExperiment,
-    VSRTExperiment,
-    experiment_from_args,
-    experiment_parser,
 )
 from pipelines.training.recipe import (
     CosineRestartFactor,
@@ -38,8 +34,8 @@ TEST_CONFIG = str(REPO_ROOT / "configs" / "ttvsr_test.yaml")  # no recipe batch
 TINY = {"mid_channels": 8, "num_extract_blocks": 1, "num_propagation_blocks": 1}
 
 
-def _reds(*args: str, config: str = REDS, cls=TTVSRExperiment):
-    return experiment_from_args(cls, experiment_parser().parse_args(["--config", config, *args]))
+def _reds(*args: str, config: str = REDS, arch="ttvsr"):
+    return experiment(arch, parser(None).parse_args(["--config", config, *args]))
 
 
 def test_16_gpus_with_the_reds_recipe_double_its_global_batch_and_say_so_in_one_line():
@@ -57,7 +53,7 @@ def test_16_gpus_with_the_reds_recipe_double_its_global_batch_and_say_so_in_one_
         "8 sequences per step (data.batch_size 1 x scaling.num_workers 8)",
         None,
     )
-    vsrt = _reds("--gpus", "8", config=str(REPO_ROOT / "configs" / "vsrt_reds4.yaml"), cls=VSRTExperiment)
+    vsrt = _reds("--gpus", "8", config=str(REPO_ROOT / "configs" / "vsrt_reds4.yaml"), arch="vsrt")
     assert (vsrt.global_batch, describe_global_batch(vsrt)[1]) == (32, None)  # 4 per GPU on 8 GPUs
 
 
@@ -104,7 +100,7 @@ def test_a_bad_lr_rule_is_refused_before_ray_in_one_line(capsys, overrides, mess
     argv = ["--config", TEST_CONFIG]
     for override in overrides:
         argv += ["--set", override]
-    assert main(TTVSRExperiment, argv) == 2
+    assert main("ttvsr", argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert ray.is_initialized() == started

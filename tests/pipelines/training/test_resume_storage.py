@@ -18,9 +18,9 @@ import torch
 from pipelines.common.config import load_config
 from pipelines.common.errors import DataError
 from pipelines.data.manifest import load_manifest
-from pipelines.training.driver import training_crops
-from pipelines.training.experiment import OptimSection, ScheduleSection, TTVSRExperiment, resolve_paths
+from pipelines.training.config import Experiment, OptimSection, ScheduleSection, resolve_paths
 from pipelines.training.recipe import build_optimizer, lr_schedule
+from pipelines.training.run import training_crops
 from pipelines.training.state import (
     STATE_FILE,
     TrainingState,
@@ -74,7 +74,7 @@ def _copy_to_memory(run_dir, bucket: str) -> str:
 
 def _crops(data, storage: str, workers: int = 2):
     cfg = load_config(
-        TTVSRExperiment,
+        Experiment,
         TEST_CONFIG,
         [
             f"data.path={data}",
@@ -202,7 +202,7 @@ def test_only_the_checkpoint_ray_resumes_from_is_read_on_the_driver_and_only_onc
 
 def _crops_with_progress(data, storage: str, progress: tuple[int, int]):
     cfg = load_config(
-        TTVSRExperiment,
+        Experiment,
         TEST_CONFIG,
         [f"data.path={data}", f"run.storage_path={storage}", "scaling.num_workers=2", "train.total_iters=20"],
     )

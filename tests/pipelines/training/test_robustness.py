@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from jobs._training import main
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, TrainingDiverged
-from pipelines.training.driver import main, run_training
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.config import Experiment
+from pipelines.training.run import run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
@@ -46,7 +47,7 @@ def test_bad_value_is_one_line_before_ray_starts(tmp_path, capsys, override, mes
 
     ray.shutdown()  # so that "before Ray starts" is observable; the next test needing Ray starts it again
     argv = ["--config", str(TEST_CONFIG), "--storage-path", str(tmp_path / "runs"), "--set", override]
-    assert main(TTVSRExperiment, [*argv, "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert main("ttvsr", [*argv, "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not ray.is_initialized()
@@ -76,7 +77,7 @@ def test_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpoin
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the callback travels to the workers
     cfg = load_config(
-        TTVSRExperiment,
+        Experiment,
         TEST_CONFIG,
         [
             f"data.path={tiny_prepared_dataset}",
@@ -105,7 +106,7 @@ def test_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpoin
 def test_run_name_cannot_leave_the_storage_path():
     for name in ("..", ".", "a/../../b", "a\\b"):
         with pytest.raises(ConfigError):
-            load_config(TTVSRExperiment, TEST_CONFIG, [f"run.name={name}"])
+            load_config(Experiment, TEST_CONFIG, [f"run.name={name}"])
 
 
 def test_second_training_of_a_running_name_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path, capsys):
@@ -129,7 +130,7 @@ def test_second_training_of_a_running_name_is_refused_and_a_crashed_one_leaves_n
     try:
         assert holder.stdout.readline().strip() == "locked"
         argv = ["--config", str(TEST_CONFIG), "--storage-path", str(storage), "--name", "busy"]
-        assert main(TTVSRExperiment, [*argv, "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+        assert main("ttvsr", [*argv, "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"run busy is already being trained (pid {holder.pid} on " in err
         assert "another name" in err and not (tmp_path / "m.db").exists()  # no MLflow run was touched
@@ -224,7 +225,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_naming_the_path(tiny_prepared_dat
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(storage)], check=True)
     try:
         cfg = load_config(
-            TTVSRExperiment,
+            Experiment,
             TEST_CONFIG,
             [
                 f"data.path={tiny_prepared_dataset}",

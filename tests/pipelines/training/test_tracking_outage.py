@@ -23,8 +23,8 @@ from pipelines.common.config import load_config
 from pipelines.tracking import RunTracker, mlflow_client
 from pipelines.tracking.background import TrackingUnavailableError
 from pipelines.tracking.server import KillServerAt, MlflowServer
-from pipelines.training.driver import register_result, run_training
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.config import Experiment
+from pipelines.training.run import register_result, run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"
@@ -49,7 +49,7 @@ def outage_run(tiny_prepared_dataset, tmp_path_factory):
     server.start()
     timeline = workdir / "timeline.txt"
     cfg = load_config(
-        TTVSRExperiment,
+        Experiment,
         TEST_CONFIG,
         [
             f"data.path={tiny_prepared_dataset}",
@@ -141,7 +141,7 @@ def test_a_training_that_fails_while_the_server_is_away_ends_with_its_own_error(
     """The driver's failure path marks the run FAILED with one short attempt: no server listens on the
     port, and the job's error is still the training's one line, with a warning about the run's status."""
     from pipelines.common.errors import DataError
-    from pipelines.training.driver import end_unfinished_run
+    from pipelines.training.run import end_unfinished_run
 
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))

@@ -21,9 +21,9 @@ import torch
 from pipelines.common.config import load_config
 from pipelines.tracking import RunTracker, find_run, mlflow_client
 from pipelines.tracking import load_registered_model as load_model
-from pipelines.training.driver import run_training
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.config import Experiment
 from pipelines.training.recipe import CosineRestartFactor
+from pipelines.training.run import run_training
 from pipelines.training.state import read_training_state
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -98,9 +98,9 @@ def tiny_dataset(tiny_prepared_dataset) -> Path:
     return tiny_prepared_dataset
 
 
-def tiny_config(data: Path, workdir: Path, name: str, *overrides: str) -> TTVSRExperiment:
+def tiny_config(data: Path, workdir: Path, name: str, *overrides: str) -> Experiment:
     return load_config(
-        TTVSRExperiment,
+        Experiment,
         TEST_CONFIG,
         [
             f"data.path={data}",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.training.experiment import OptimSection, ScheduleSection
+from pipelines.training.config import OptimSection, ScheduleSection
 from pipelines.training.recipe import CosineRestartFactor, build_optimizer, lr_schedule, set_spynet_trainable
 from pipelines.training.state import (
     TrainingState,
@@ -150,11 +150,11 @@ def _lrs(cfg, iterations: list[int]) -> list[float]:
 
 
 def test_more_iterations_on_the_command_line_stretch_the_configs_schedule():
-    from pipelines.training.experiment import TTVSRExperiment, experiment_from_args, experiment_parser
+    from jobs._training import experiment, parser
     from pipelines.training.recipe import describe_schedule
 
-    args = experiment_parser().parse_args(["--config", SAMPLE_CONFIG, "--set", "train.total_iters=500"])
-    cfg = experiment_from_args(TTVSRExperiment, args)
+    args = parser(None).parse_args(["--config", SAMPLE_CONFIG, "--set", "train.total_iters=500"])
+    cfg = experiment("ttvsr", args)
     assert cfg.schedule.periods == [500]
     lr_300, lr_400, lr_499 = _lrs(cfg, [300, 400, 499])
     # half way through the stretched cosine at 250, still well above eta_min at 300 and 400
@@ -164,31 +164,30 @@ def test_more_iterations_on_the_command_line_stretch_the_configs_schedule():
         "cosine annealing with restarts, lr 0.001 -> 1e-06: periods [500], restart weights [1.0], "
         "covering 500 of train.total_iters=500 iterations"
     )
-    shorter = experiment_from_args(
-        TTVSRExperiment,
-        experiment_parser().parse_args(["--config", SAMPLE_CONFIG, "--set", "train.total_iters=100"]),
+    shorter = experiment(
+        "ttvsr",
+        parser(None).parse_args(["--config", SAMPLE_CONFIG, "--set", "train.total_iters=100"]),
     )
     assert shorter.schedule.periods == [100]  # anneals within the shorter run too
 
 
 def test_restart_periods_keep_their_proportions_when_scaled():
-    from pipelines.training.experiment import VSRTExperiment, load_experiment, scaled_periods
+    from pipelines.training.config import load_experiment, scaled_periods
 
-    cfg = load_experiment(VSRTExperiment, None, ["train.total_iters=600000"])
+    cfg = load_experiment(None, ["train.total_iters=600000"], arch="vsrt")
     assert cfg.schedule.periods == [150_000] * 4 and cfg.schedule.restart_weights == [1.0, 0.5, 0.5, 0.5]
     assert scaled_periods([3, 3, 4], 7) == [2, 2, 3]
     assert scaled_periods([1, 1, 1], 2) == [1, 1, 1]  # every period keeps an iteration: covers the run
     # periods that cover the run, neither changed on the command line: the config's own choice
-    assert load_experiment(VSRTExperiment, None, []).schedule.periods == [300_000] * 4
-    assert sum(load_experiment(VSRTExperiment, None, ["train.total_iters=10"]).schedule.periods) == 10
+    assert load_experiment(None, arch="vsrt").schedule.periods == [300_000] * 4
+    assert sum(load_experiment(None, ["train.total_iters=10"], arch="vsrt").schedule.periods) == 10
 
 
 def test_periods_given_with_the_command_that_stop_short_of_the_run_are_refused(capsys):
-    from pipelines.training.driver import main
-    from pipelines.training.experiment import TTVSRExperiment
+    from jobs._training import main
 
     code = main(
-        TTVSRExperiment,
+        "ttvsr",
         ["--config", SAMPLE_CONFIG, "--set", "train.total_iters=500", "--set", "schedule.periods=[300]"],
     )
     err = capsys.readouterr().err
