@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,6 +56,17 @@ def first_difference(expected: dict[str, str], found: dict[str, str]) -> tuple[s
         if expected.get(name) != found.get(name):
             return name, "added" if name not in expected else "removed" if name not in found else "changed"
     return None
+
+
+def check_unchanged(
+    expected: Mapping[str, str], found: Mapping[str, str], refuse: Callable[[str, str], Exception]
+) -> None:
+    """Raise ``refuse(name, change)`` for the first file whose digest in ``found`` is not the one in
+    ``expected`` (:func:`first_difference`: ``change`` is ``added``, ``removed`` or ``changed``);
+    nothing when the two listings agree."""
+    difference = first_difference(dict(expected), dict(found))
+    if difference is not None:
+        raise refuse(*difference)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 8 * 2**20) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.common.files import CHECKPOINT_MODEL_FILE, first_difference, project_version, sha256_file
+from pipelines.common.files import CHECKPOINT_MODEL_FILE, check_unchanged, project_version, sha256_file
 from pipelines.tracking.runs import mlflow_client, resolve_tracking_uri
 
 FLAVOR_NAME = "ray_vsr"
@@ -195,14 +195,15 @@ def _check_files(model_uri: str, registered: dict[str, str], found: Mapping[str,
     """Refuse the model unless every file in ``found`` (``{name: sha256}``) is as registered."""
     from pipelines.common.errors import ModelLoadError
 
-    difference = first_difference(registered, dict(found))
-    if difference is not None:
-        name, change = difference
-        raise ModelLoadError(
+    check_unchanged(
+        registered,
+        found,
+        lambda name, change: ModelLoadError(
             f"{model_uri}: its file {name} was {change} in the artifact store after registration "
             f"(the {ARTIFACT_DIGEST_TAG} version tag), so it is refused; re-register the model from "
             f"its training checkpoint (python {REGISTER_JOB})"
-        )
+        ),
+    )
 
 
 def load_pyfunc_model(model_uri: str, tracking_uri: str | None = None) -> Any:
