@@ -35,8 +35,8 @@ def main() -> None:
     from pipelines.data.sample import render_sample_dataset
     from pipelines.tracking import RunTracker, mlflow_client
     from pipelines.tracking.server import KillServerAt, MlflowServer
-    from pipelines.training.driver import run_training
-    from pipelines.training.experiment import TTVSRExperiment
+    from pipelines.training.config import Experiment
+    from pipelines.training.run import run_training
 
     work = Path(tempfile.mkdtemp(prefix="bench-outage-"))
     init_ray(None)
@@ -47,7 +47,7 @@ def main() -> None:
     server.start()
     timeline = work / "timeline.txt"
     cfg = load_config(
-        TTVSRExperiment,
+        Experiment,
         REPO_ROOT / "configs" / "ttvsr_test.yaml",
         [
             f"data.path={data}",

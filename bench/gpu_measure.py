@@ -45,7 +45,7 @@ def step_check(overrides: list[str], use_gpu: bool) -> dict[str, Any]:
     """Build the recipe's model and optimizer, run a warm-up step and the checked one; the figures."""
     import torch
 
-    from pipelines.training.experiment import TTVSRExperiment, load_experiment
+    from pipelines.training.config import load_experiment
     from pipelines.training.loop import train_step
     from pipelines.training.recipe import build_optimizer, lr_schedule
     from pipelines.training.state import TrainingState
@@ -54,7 +54,7 @@ def step_check(overrides: list[str], use_gpu: bool) -> dict[str, Any]:
     from vsr_models.losses import charbonnier_loss
     from vsr_models.profile import HostSyncCounter
 
-    cfg = load_experiment(TTVSRExperiment, str(REPO_ROOT / TRAIN_CONFIG), overrides)
+    cfg = load_experiment(str(REPO_ROOT / TRAIN_CONFIG), overrides)
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     if use_gpu:
         torch.cuda.set_device(device)

@@ -49,7 +49,7 @@ class TrainingState:
     mlflow_run_id: str | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)
     # Training sequences all workers have consumed: a resumed run's crop plan starts past them
-    # (pipelines.training.driver.training_crops), whatever global batch each part of the run had.
+    # (pipelines.training.run.training_crops), whatever global batch each part of the run had.
     samples: int = 0
 
 

@@ -287,7 +287,7 @@ def test_cluster_example_runs_the_real_job_with_absolute_shared_paths(where, com
     """Runs the example's job script up to where it would start training or tuning: the flags parse,
     the config loads, and the data path, storage path and MLflow URI are what a cluster needs. A submitted
     job runs in a copy of the working dir, so a relative data.path or storage path would point into it."""
-    import pipelines.training.driver
+    import pipelines.training.run
     import pipelines.tuning.config
     import pipelines.tuning.run
 
@@ -303,7 +303,7 @@ def test_cluster_example_runs_the_real_job_with_absolute_shared_paths(where, com
         captured.append(cfg)
         return Captured()
 
-    monkeypatch.setattr(pipelines.training.driver, "run_training", capture)
+    monkeypatch.setattr(pipelines.training.run, "run_training", capture)
     monkeypatch.setattr(pipelines.tuning.run, "run_search", capture)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the example must name its server itself
     monkeypatch.chdir(REPO_ROOT)  # the job's working dir is (a copy of) this checkout

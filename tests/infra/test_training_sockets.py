@@ -18,8 +18,8 @@ import psutil  # isort: skip
 
 from pipelines.common.config import load_config
 from pipelines.common.ray_session import is_loopback
-from pipelines.training.driver import run_training
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.config import Experiment
+from pipelines.training.run import run_training
 
 TEST_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ttvsr_test.yaml"
 
@@ -50,7 +50,7 @@ def test_two_worker_training_on_a_local_cluster_listens_on_loopback_only(
     tiny_prepared_dataset, tmp_path, ray_local
 ):
     cfg = load_config(
-        TTVSRExperiment,
+        Experiment,
         TEST_CONFIG,
         [
             f"data.path={tiny_prepared_dataset}",

@@ -94,7 +94,7 @@ def _alias_bomb(levels: int = 30) -> str:
 def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path):
     from pipelines.common.config import read_yaml
     from pipelines.common.errors import ConfigError
-    from pipelines.training.experiment import TTVSRExperiment
+    from pipelines.training.config import Experiment
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb())
@@ -105,7 +105,7 @@ def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path):
         == f"{bomb}: YAML aliases (*name) are not accepted in configs; write the values out"
     )
     with pytest.raises(ConfigError, match="aliases"):
-        load_config(TTVSRExperiment, None, ["data.path=" + "[&a [x], *a, *a]"])
+        load_config(Experiment, None, ["data.path=" + "[&a [x], *a, *a]"])
 
 
 @pytest.mark.parametrize(

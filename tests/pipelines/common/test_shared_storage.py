@@ -88,11 +88,11 @@ for case in json.loads(sys.argv[1]):
 # autoscaling cluster): the workers' own check in their setup must refuse the storage.
 TRAIN_WITHOUT_START_CHECK = """
 import sys
-import pipelines.training.driver as driver
-from pipelines.training.experiment import TTVSRExperiment
+import pipelines.training.run as training_run
+from jobs.train_ttvsr import main
 
-driver.check_paths_reach_nodes = lambda cfg: None
-sys.exit(driver.main(TTVSRExperiment, sys.argv[1:]))
+training_run.check_paths_reach_nodes = lambda cfg: None
+sys.exit(main(sys.argv[1:]))
 """
 
 # Joining may fail while the head registers (the driver looks up every raylet on this machine, other

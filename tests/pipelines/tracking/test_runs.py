@@ -199,10 +199,10 @@ def test_a_run_name_with_quotes_is_found_again(mlflow_uri, name):
 def test_a_run_name_with_both_quotes_is_a_config_error():
     from pipelines.common.config import load_config
     from pipelines.common.errors import ConfigError
-    from pipelines.training.experiment import TTVSRExperiment
+    from pipelines.training.config import Experiment
 
     with pytest.raises(ConfigError, match="both quote characters"):
-        load_config(TTVSRExperiment, None, ['run.name="a\'b\\"c"'])
+        load_config(Experiment, None, ['run.name="a\'b\\"c"'])
 
 
 @pytest.mark.parametrize("clip_id", ["clip;1", "it's", 'say "hi"', "a(b)", "..", "a/../b", "caf\u00e9", ""])
