@@ -35,7 +35,7 @@ import torch
 from pipelines.common.ray_session import init_ray
 from pipelines.data import ingest
 from pipelines.data.ingest import CropSpec, make_train_batch_iterator, plan_clips, train_dataset
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.read_stats import counting_filesystem
 from pipelines.data.sample import render_sample_dataset
@@ -47,15 +47,15 @@ PER_READ = (1, 4, 8)  # crops drawn per clip read (data.samples_per_clip; the de
 
 def bytes_per_sample(data_dir: Path, per_clip: int, epochs: int = 10) -> tuple[float, float]:
     """(bytes read per sample, clip bytes read per sample / a clip's stored bytes) of the crop stage."""
-    manifest = load_manifest(data_dir)
-    clips = plan_clips(manifest, "train")
+    dataset = open_dataset(data_dir)
+    clips = plan_clips(dataset, "train")
     spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=0, samples_per_clip=per_clip, epochs=epochs)
     filesystem, counter = counting_filesystem()
     ingest._FOOTERS.clear()  # a fresh process: every shard's footer is read once, and counted
     samples = 0
     for row in range(len(clips) * epochs):
         samples += len(ingest._crop_stage({"id": np.array([row])}, clips, filesystem, spec, SCALE)["clip_id"])
-    clip_bytes = sum(s["bytes"] for s in manifest.shards("train")) / len(clips)
+    clip_bytes = sum(s.bytes for s in dataset.shards("train")) / len(clips)
     return counter.bytes_read / samples, counter.bytes_read / samples / clip_bytes
 
 
@@ -90,7 +90,7 @@ def report_bytes(tmp: Path, gpu_rate: float) -> None:
         out = tmp / f"prepared_seg{segment_frames}"
         prepare_dataset(PrepareConfig(source=str(source), output=str(out), segment_frames=segment_frames))
         raw = 256 * 256 * 3 * (1 + 1 / SCALE**2)  # HR + LR bytes of one frame of the sample
-        ratio = sum(s["bytes"] for s in load_manifest(out).shards("train")) / (4 * REDS_CLIP_FRAMES * raw)
+        ratio = sum(s.bytes for s in open_dataset(out).shards("train")) / (4 * REDS_CLIP_FRAMES * raw)
         for per_clip in PER_READ:
             measured, fraction = bytes_per_sample(out, per_clip)
             fractions[segment_frames, per_clip] = fraction
@@ -113,8 +113,9 @@ def report_bytes(tmp: Path, gpu_rate: float) -> None:
 def loader_samples_per_s(data_dir: Path, crop_in_ray_data: bool, samples: int, per_clip: int) -> float:
     spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=0, samples_per_clip=per_clip)
     spec = dataclasses.replace(spec, epochs=spec.epochs_for(samples + 1, 4))  # the sample has 4 train clips
+    prepared = open_dataset(data_dir)
     dataset = (
-        train_dataset(data_dir, crop=spec) if crop_in_ray_data else train_dataset(data_dir, whole_clips=spec)
+        train_dataset(prepared, crop=spec) if crop_in_ray_data else train_dataset(prepared, whole_clips=spec)
     )
     batches = make_train_batch_iterator(
         dataset.iterator(),
@@ -162,7 +163,7 @@ def model_samples_per_s(steps: int) -> float | None:
 
 def pipeline_starts(total_iters: int, batch: int, workers: int, clips: int) -> tuple[int, int]:
     """(starts with the defaults, starts with one execution per epoch of one crop per clip) for a run."""
-    from pipelines.training.experiment import DataSection
+    from pipelines.training.config import DataSection
 
     spec = CropSpec(NUM_FRAMES, LR_PATCH, samples_per_clip=DataSection().samples_per_clip)
     samples = total_iters * batch * workers

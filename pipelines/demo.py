@@ -31,7 +31,7 @@ def run_demo(cfg: TTVSRExperiment, output: str | Path) -> str:
     output = Path(output).resolve()
     init_ray(cfg.run.address)
     print(f"[1/5] preparing the sample dataset in {cfg.data.path}", flush=True)
-    print(prepare_dataset(PrepareConfig(source="sample", output=cfg.data.path)).table(), flush=True)
+    print(prepare_dataset(PrepareConfig(source="sample", output=cfg.data.path)).describe(), flush=True)
 
     print(f"[2/5] training {cfg.run.name} on Ray Train ({cfg.train.total_iters} iterations)", flush=True)
     summary = run_training(cfg)

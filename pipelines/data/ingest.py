@@ -40,7 +40,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import Manifest, corrupt_shard, load_manifest
+from pipelines.data.manifest import PreparedDataset, ShardRecord, corrupt_shard, load_manifest, verify_shards
 from pipelines.data.schema import READ_OPTIONS, decode_frames
 from vsr_models.frames import mirror_extend, uint8_to_float
 
@@ -157,40 +157,50 @@ class PlanClip:
         return range(start // self.segment_frames, (stop - 1) // self.segment_frames + 1)
 
 
-def clip_layout(manifest: Manifest, shard: dict) -> list[PlanClip]:
-    """The clips of one shard entry of the manifest, in row-group order (format versions 1 and 2)."""
-    records = manifest.clip_records()
+def clip_layout(dataset: PreparedDataset, shard: ShardRecord) -> list[PlanClip]:
+    """The clips of one shard of the dataset, in row-group order (format versions 1 and 2)."""
+    location = dataset.location.join(shard.path)
     out, row_group = [], 0
-    for clip_id in shard["clips"]:
-        record = records[clip_id]
-        first, count = record.get("row_groups", (row_group, 1))  # version 1: one row group per clip
-        segment_frames = manifest.data.get("segment_frames") if "row_groups" in record else None
-        location = manifest.location.join(shard["path"])
+    for clip_id in shard.clips:
+        record = dataset.clip(clip_id)
+        if record.row_groups is None:  # version 1: one row group per clip, all its frames
+            (first, count), segment_frames = (row_group, 1), None
+        else:
+            (first, count), segment_frames = record.row_groups, dataset.manifest.segment_frames
         out.append(
             PlanClip(
                 clip_id,
                 location.path,
                 location.uri,
-                shard["sha256"],
+                shard.sha256,
                 first,
                 count,
-                segment_frames or max(1, record["num_frames"]),
-                record["num_frames"],
-                tuple(record["lr_size"]),
-                tuple(record["hr_size"]),
+                segment_frames or max(1, record.num_frames),
+                record.num_frames,
+                record.lr_size,
+                record.hr_size,
             )
         )
         row_group = first + count
     return out
 
 
-def plan_clips(manifest: Manifest, split: str) -> list[PlanClip]:
+def plan_clips(dataset: PreparedDataset, split: str) -> list[PlanClip]:
     """The split's clips in id order, with their row groups."""
-    manifest.shard_locations(split)  # a split the dataset lacks is a DataError naming the others
-    clips = [clip for shard in manifest.shards(split) for clip in clip_layout(manifest, shard)]
+    dataset.check_split(split)  # a split the dataset lacks is a DataError naming the others
+    clips = [clip for shard in dataset.shards(split) for clip in clip_layout(dataset, shard)]
     if not clips:
-        raise DataError(f"{manifest.root}: split '{split}' has no shards (every input was quarantined?)")
+        raise DataError(f"{dataset.root}: split '{split}' has no shards (every input was quarantined?)")
     return sorted(clips, key=lambda c: c.clip_id)
+
+
+def opened(dataset: PreparedDataset | str, verify: bool = False) -> PreparedDataset:
+    """The dataset as opened by the caller, or (transitional, a path) opened here; ``verify`` checksums."""
+    if not isinstance(dataset, PreparedDataset):
+        return load_manifest(dataset, verify=verify)
+    if verify:
+        verify_shards(dataset)
+    return dataset
 
 
 def epoch_order(num_clips: int, epoch: int, shuffle_seed: int | None) -> np.ndarray:
@@ -371,7 +381,7 @@ def _decode_clip_stage(batch: dict, clips: list[PlanClip], filesystem, spec: Cro
 
 
 def train_dataset(
-    data_dir,
+    dataset: PreparedDataset | str,
     split: str = "train",
     *,
     crop: CropSpec | None = None,
@@ -384,20 +394,23 @@ def train_dataset(
     and uint8 ``lr (t, h, w, 3)`` / ``gt (t, H, W, 3)``; with ``crop`` they are already cropped and
     augmented. Pass it to ``TorchTrainer(datasets={"train": ...})`` and call
     :func:`make_train_batch_iterator` on ``ray.train.get_dataset_shard("train")``.
+
+    ``dataset``: the opened dataset (:func:`pipelines.data.manifest.open_dataset`); a path is opened here
+    (transitional). ``verify`` hashes every shard first (the opener's job when it is opened already).
     """
     import ray.data
 
     if (crop is None) == (whole_clips is None):
         raise ValueError("train_dataset: pass exactly one of crop= (samples) or whole_clips= (decoded clips)")
     spec = crop or whole_clips
-    manifest = load_manifest(data_dir, verify=verify)
-    clips = plan_clips(manifest, split)
+    dataset = opened(dataset, verify)
+    clips = plan_clips(dataset, split)
     rows = ray.data.range(len(clips) * spec.epochs, override_num_blocks=min(len(clips) * spec.epochs, 200))
-    common = {"clips": clips, "filesystem": manifest.filesystem, "spec": spec}
+    common = {"clips": clips, "filesystem": dataset.filesystem, "spec": spec}
     if crop is None:  # whole clips
         dataset = rows.map_batches(_decode_clip_stage, batch_size=1, fn_kwargs=common)
     else:
-        dataset = rows.map_batches(_crop_stage, batch_size=1, fn_kwargs=common | {"scale": manifest.scale})
+        dataset = rows.map_batches(_crop_stage, batch_size=1, fn_kwargs=common | {"scale": dataset.scale})
     # A user error in a stage (a damaged shard) reaches the worker as itself, so the job prints its one
     # line (pipelines.common.errors.find_user_error); Ray Data's wrapper would drop it on the way.
     dataset.context.raise_original_map_exception = True
@@ -528,7 +541,7 @@ def _crop_in_worker(shard, spec: CropSpec, scale: int, batch_size: int, prefetch
 
 
 def iter_val_clips(
-    data_dir,
+    dataset: PreparedDataset | str,
     split: str = "val",
     *,
     verify: bool = False,
@@ -541,17 +554,17 @@ def iter_val_clips(
     Of the first ``max_clips`` clips, only those with index ``i % world_size == rank`` are yielded (one
     validation worker's share); the others are skipped before their frames are decompressed, so
     sharding the validation over workers also shares its decoding. Reads the shards directly with
-    pyarrow (no Ray): validation sets are small.
+    pyarrow (no Ray): validation sets are small. ``dataset`` as for :func:`train_dataset`.
     """
-    manifest = load_manifest(data_dir, verify=verify)
-    manifest.shard_locations(split)  # a split the dataset lacks is a DataError naming the others
+    dataset = opened(dataset, verify)
+    dataset.check_split(split)  # a split the dataset lacks is a DataError naming the others
     index = 0
-    for shard in manifest.shards(split):
-        for clip in clip_layout(manifest, shard):  # row-group order: the shard is read front to back
+    for shard in dataset.shards(split):
+        for clip in clip_layout(dataset, shard):  # row-group order: the shard is read front to back
             if max_clips is not None and index >= max_clips:
                 return
             index += 1
             if (index - 1) % world_size != rank:
                 continue
-            lr, gt = read_clip(manifest.filesystem, clip).frames(0, clip.num_frames)
+            lr, gt = read_clip(dataset.filesystem, clip).frames(0, clip.num_frames)
             yield clip.clip_id, uint8_to_float(lr[None]), uint8_to_float(gt[None])

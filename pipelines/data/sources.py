@@ -284,7 +284,7 @@ def discover(source: str | Path, layout: str = "auto", inspect=_inspect_here) ->
 
     Here only folders are listed; the frames of each clip folder are listed and their headers read by
     ``inspect(root, batches)``, called with batches of :data:`INSPECT_BATCH` clip folders: in this process
-    by default, in parallel Ray tasks from preparation (:mod:`pipelines.data.prepare.job`).
+    by default, in parallel Ray tasks from preparation (:mod:`pipelines.data.prepare.discovery`).
 
     Raises:
         DataError: missing or empty source, unknown layout, duplicate clip ids.

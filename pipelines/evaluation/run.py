@@ -33,7 +33,7 @@ from typing import Any
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE
 from pipelines.common.storage import check_storage_uri, resolve
-from pipelines.data.manifest import Manifest, check_dataset
+from pipelines.data.manifest import PreparedDataset, check_dataset
 from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.protocol import ValidationProtocol
 from pipelines.evaluation.scoring import EvaluationReport, evaluate
@@ -232,13 +232,13 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationSummary:
     return EvaluationSummary(report, device, run_id, tracking_uri, files)
 
 
-def _dataset_tags(cfg: EvaluationConfig, manifest: Manifest) -> dict[str, str]:
+def _dataset_tags(cfg: EvaluationConfig, manifest: PreparedDataset) -> dict[str, str]:
     return {
         "dataset.sha256": manifest.sha256,
         "dataset.path": resolve(cfg.data).uri,
         "dataset.split": cfg.split,
-        "dataset.degradation": str(manifest.data.get("degradation", "")),
-        "dataset.scale": str(manifest.data.get("scale", "")),
+        "dataset.degradation": str(manifest.degradation or ""),
+        "dataset.scale": str(manifest.scale),
         "protocol.channel": cfg.channel,
         "protocol.crop_border": str(cfg.crop_border),
         "protocol.centre_frame_only": str(cfg.centre_frame_only),
@@ -250,7 +250,7 @@ def _dataset_tags(cfg: EvaluationConfig, manifest: Manifest) -> dict[str, str]:
 def _log_to_mlflow(
     cfg: EvaluationConfig,
     source: ModelSource,
-    manifest: Manifest,
+    manifest: PreparedDataset,
     report: EvaluationReport,
     tracking_uri: str,
     device: str,

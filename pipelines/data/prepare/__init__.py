@@ -1,12 +1,13 @@
 """Preparation: a video dataset -> Parquet shards of uint8 frame sequences + ``manifest.json``.
 
-:func:`prepare_dataset` (``jobs/prepare_data.py``) is the entry point; the steps live in ``plan``
-(clips, splits, shards), ``stages`` (what is done to one clip), ``shards`` (the per-shard Ray task, files and done-records) and
-``job`` (orchestration, summary, command line).
+:func:`run_prepare` (``jobs/prepare_data.py``) is the stage and :func:`prepare_dataset` its work once
+Ray runs (``run``); the steps live in ``discovery`` (what the source holds, probed in Ray tasks),
+``plan`` (clips, splits, shards), ``stages`` (what is done to one clip), ``shards`` (the per-shard Ray
+task, files and done-records) and ``records`` (the done-records -> the manifest).
 """
 
 from pipelines.data.prepare.config import SAMPLE_OUTPUT, SAMPLE_SOURCE, PrepareConfig, SplitConfig
-from pipelines.data.prepare.job import PrepareSummary, prepare_dataset
+from pipelines.data.prepare.run import PrepareSummary, prepare_dataset, run_prepare
 
 __all__ = [
     "SAMPLE_OUTPUT",
@@ -15,4 +16,5 @@ __all__ = [
     "PrepareSummary",
     "SplitConfig",
     "prepare_dataset",
+    "run_prepare",
 ]

@@ -33,7 +33,8 @@ class SplitConfig:
 
 @dataclass
 class PrepareConfig:
-    """Everything ``prepare_dataset`` needs; loadable from YAML with ``pipelines.config.load_config``."""
+    """Everything a preparation run needs (:func:`pipelines.data.prepare.run.run_prepare`); loadable from
+    YAML with ``pipelines.common.config.load_config``."""
 
     source: str = SAMPLE_SOURCE  # a path, or 'sample' for the bundled sample dataset
     layout: Literal["auto", "reds", "vimeo", "folders", "frames", "videos"] = "auto"
@@ -53,6 +54,8 @@ class PrepareConfig:
     segment_frames: int = DEFAULT_SEGMENT_FRAMES
     overwrite: bool = False  # replace a dataset prepared differently (other source / settings) in output
     any_scale: bool = False  # allow scales other than the networks' x4 (data for a network of your own)
+    address: str | None = None  # Ray cluster to join (default: RAY_ADDRESS, else a new local Ray)
+    num_cpus: int | None = None  # CPUs of the local Ray started when no cluster is given
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

@@ -4,8 +4,9 @@
 clips one at a time, writes each as row groups of at most ``segment_frames`` frames (its segments,
 ``docs/data_format.md``) of a Parquet file under a hidden temporary name while
 hashing the bytes on their way out, moves the file to its real name and then writes its done-record
-(``part-NNNNN.done.json``) beside it. It returns the record (clip metadata, checksum, timings, which
-node wrote it) to the driver; frames never leave the task.
+(``part-NNNNN.done.json``, a :class:`DoneRecord`) beside it. It returns the record (the clips'
+:class:`~pipelines.data.manifest.ClipRecord`, checksum) with the timings and the node that wrote it to
+the driver (:class:`WrittenShard`); frames never leave the task.
 
 A record is the only proof a shard is complete: a re-run keeps a shard when its record matches the
 shard's plan and the file's size and sha256 (:func:`check_shards`, also in Ray tasks), and deletes
@@ -15,18 +16,87 @@ leftover temporary files (:func:`clean_output`).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
 from pipelines.common.errors import DataError, UnreadableInput
 from pipelines.common.files import TEMP_MARKER, is_disk_full
 from pipelines.common.storage import HashingWriter, Location, resolve, sha256_location, sync_local
-from pipelines.data.manifest import SHARDS_DIR
+from pipelines.data.manifest import SHARDS_DIR, ClipRecord, ShardRecord
 from pipelines.data.prepare.stages import compress_clip, decode_clip, degrade_clip
 from pipelines.data.schema import CLIP_SCHEMA, PARQUET_WRITER_OPTIONS
 
 STAGES = ("decode", "degrade", "compress", "write")  # per-stage seconds in every returned record
+
+
+@dataclass(frozen=True)
+class DoneRecord:
+    """A shard's done-record (``part-NNNNN.done.json``, ``docs/data_format.md#shards-and-resuming``): the
+    only proof the shard is complete, and the records of its clips."""
+
+    key: str  # sha256 of everything the shard's bytes depend on (plan.ShardPlan.key)
+    path: str | None  # None: every clip was quarantined, no file was written
+    rows: int
+    bytes: int
+    sha256: str | None
+    clips: tuple[ClipRecord, ...]
+    quarantined: tuple[Mapping[str, str], ...]
+    warnings: tuple[Mapping[str, str], ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DoneRecord:
+        return cls(
+            key=data["key"],
+            path=data["path"],
+            rows=int(data["rows"]),
+            bytes=int(data["bytes"]),
+            sha256=data["sha256"],
+            clips=tuple(ClipRecord.from_json(c) for c in data["clips"]),
+            quarantined=tuple(dict(q) for q in data["quarantined"]),
+            warnings=tuple(dict(w) for w in data["warnings"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "path": self.path,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "clips": [c.to_json() for c in self.clips],
+            "quarantined": [dict(q) for q in self.quarantined],
+            "warnings": [dict(w) for w in self.warnings],
+        }
+
+    def shard(self, split: str) -> ShardRecord | None:
+        """The manifest's record of the shard file (None when there is no file)."""
+        if self.path is None:
+            return None
+        clip_ids = tuple(c.clip_id for c in self.clips)
+        return ShardRecord(self.path, split, self.rows, self.bytes, self.sha256, clip_ids)
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """What one shard task returns to the driver: its record, or the input that stopped a strict run."""
+
+    node: str  # Ray node id of the task
+    record: DoneRecord | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # task seconds per stage
+    frames: int = 0  # decoded and degraded
+    strict_error: Mapping[str, str] | None = None  # {"input", "reason"} under strict
+
+    def json_size(self) -> int:
+        """Its size as JSON: what the driver received, for the summary."""
+        if self.record is None:
+            return len(json.dumps({"strict_error": self.strict_error, "node": self.node}))
+        extra = {"node": self.node, "timings": self.timings, "frames": self.frames}
+        return len(json.dumps(self.record.to_json() | extra))
 
 
 class ShardWriter:
@@ -40,7 +110,7 @@ class ShardWriter:
         self._stream = None
         self._hashing: HashingWriter | None = None
         self._writer = None
-        self.clips: list[dict] = []
+        self.clips: list[ClipRecord] = []
         self.row_groups = 0  # written so far
         self.quarantined: list[dict] = []
         self.warnings: list[dict] = []
@@ -74,7 +144,7 @@ class ShardWriter:
             self.row_groups += 1
         return first, self.row_groups - first
 
-    def finish(self) -> dict:
+    def finish(self) -> DoneRecord:
         """Close and move the file into place, then write its done-record; returns the record."""
         try:
             return self._finish()
@@ -82,24 +152,25 @@ class ShardWriter:
             self._raise_if_disk_full(error)
             raise
 
-    def _finish(self) -> dict:
-        record = {
-            "key": self.plan["key"],
-            "path": None,
-            "rows": len(self.clips),
-            "bytes": 0,
-            "sha256": None,
-            "clips": self.clips,
-            "quarantined": self.quarantined,
-            "warnings": self.warnings,
-        }
+    def _finish(self) -> DoneRecord:
+        path, size, sha256 = None, 0, None
         if self._writer is not None:
             self._writer.close()
             self._stream.close()
             sync_local(self.temp)
-            record |= {"path": self.plan["path"], "bytes": self._hashing.size, "sha256": self._hashing.sha256}
+            path, size, sha256 = self.plan["path"], self._hashing.size, self._hashing.sha256
             self.output.fs.move(self.temp.path, self.final.path)
-        self.output.join(self.plan["record_path"]).write_json_atomic(record)
+        record = DoneRecord(
+            self.plan["key"],
+            path,
+            len(self.clips),
+            size,
+            sha256,
+            tuple(self.clips),
+            tuple(self.quarantined),
+            tuple(self.warnings),
+        )
+        self.output.join(self.plan["record_path"]).write_json_atomic(record.to_json())
         return record
 
     def abort(self) -> None:
@@ -122,28 +193,28 @@ class ShardWriter:
         ) from None
 
 
-def _clip_record(spec: dict, hr_shape, lr_shape, source_shape, row_groups: tuple[int, int]) -> dict:
-    return {
-        "clip_id": spec["clip_id"],
-        "split": spec["split"],
-        "shard": spec["shard"],
-        "source": spec["source"],
-        "frame_start": spec["frame_start"],
-        "num_frames": hr_shape[0],
-        "hr_size": list(hr_shape[1:3]),
-        "lr_size": list(lr_shape[1:3]),
-        "source_size": list(source_shape[1:3]),
-        "cropped": list(source_shape[1:3]) != list(hr_shape[1:3]),
+def _clip_record(spec: dict, hr_shape, lr_shape, source_shape, row_groups: tuple[int, int]) -> ClipRecord:
+    return ClipRecord(
+        clip_id=spec["clip_id"],
+        split=spec["split"],
+        shard=spec["shard"],
+        source=spec["source"],
+        frame_start=spec["frame_start"],
+        num_frames=hr_shape[0],
+        hr_size=tuple(hr_shape[1:3]),
+        lr_size=tuple(lr_shape[1:3]),
+        source_size=tuple(source_shape[1:3]),
+        cropped=tuple(source_shape[1:3]) != tuple(hr_shape[1:3]),
         # The clip's segments in its shard: first row group and how many (format version 2).
-        "row_groups": list(row_groups),
-    }
+        row_groups=tuple(row_groups),
+    )
 
 
-def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
-    """Prepare and write one shard (a Ray task); returns its done-record plus ``node``, ``timings``, ``frames``.
+def write_shard(output_uri: str, plan: dict, settings: dict) -> WrittenShard:
+    """Prepare and write one shard (a Ray task); returns its done-record with the node, timings and frames.
 
     ``settings``: ``degradation``, ``scale``, ``zstd_level``, ``segment_frames``, ``strict``. Under ``strict`` the first
-    unreadable input ends the task with nothing written and the record's ``strict_error`` set.
+    unreadable input ends the task with nothing written and ``strict_error`` set.
     """
     import ray
 
@@ -162,7 +233,7 @@ def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
                 entry = {"input": err.path or spec["source"], "reason": err.reason}
                 if settings["strict"]:
                     writer.abort()
-                    return {"strict_error": entry, "node": node}
+                    return WrittenShard(node, strict_error=entry)
                 writer.quarantined.append(entry)
                 continue
             degraded_at = time.perf_counter()
@@ -206,26 +277,30 @@ def write_shard(output_uri: str, plan: dict, settings: dict) -> dict:
     except BaseException:
         writer.abort()
         raise
-    return record | {"node": node, "timings": timings, "frames": frames}
+    return WrittenShard(node, record, timings, frames)
 
 
-def _valid_record(output: Location, plan: dict) -> dict | None:
+def _valid_record(output: Location, plan: dict) -> DoneRecord | None:
     record_file = output.join(plan["record_path"])
     try:
-        record = record_file.read_json()
+        data = record_file.read_json()
     except (OSError, ValueError, FileNotFoundError):
         return None
-    if not isinstance(record, dict) or record.get("key") != plan["key"]:
+    if not isinstance(data, dict) or data.get("key") != plan["key"]:
         return None
-    if record.get("path") is None:
+    try:
+        record = DoneRecord.from_json(data)
+    except (KeyError, TypeError, ValueError):
+        return None  # not a record this code wrote: the shard is written again
+    if record.path is None:
         return record if not output.join(plan["path"]).is_file() else None
-    shard = output.join(record["path"])
-    if shard.size() != record["bytes"] or sha256_location(shard) != record["sha256"]:
+    shard = output.join(record.path)
+    if shard.size() != record.bytes or sha256_location(shard) != record.sha256:
         return None
     return record
 
 
-def check_shards(output_uri: str, plans: list[dict]) -> list[dict | None]:
+def check_shards(output_uri: str, plans: list[dict]) -> list[DoneRecord | None]:
     """For each shard plan, its done-record if the record matches the plan and the file's sha256, else None.
 
     Runs in a Ray task over a group of shards: this is where a resumed run verifies what it keeps.

@@ -59,6 +59,9 @@ def ordered():
 
 
 def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **kwargs):
+    from pipelines.data.manifest import open_dataset
+
+    data_dir = open_dataset(data_dir)
     with ordered():
         spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=seed, epochs=2)
         ds = (
@@ -125,9 +128,9 @@ def test_crops_in_ray_data_and_in_the_worker_are_the_same_draws(prepared):
 def test_first_epoch_shifts_the_crop_stream(prepared):
     """A resumed run (first_epoch past the samples it consumed) draws new crops, not epoch 0's again."""
     from pipelines.data.ingest import _crop_stage, plan_clips
-    from pipelines.data.manifest import load_manifest
+    from pipelines.data.manifest import open_dataset
 
-    manifest = load_manifest(prepared)
+    manifest = open_dataset(prepared)
     clips, first_row = plan_clips(manifest, "train"), {"id": np.array([0])}
 
     def crops(**spec):
@@ -223,6 +226,30 @@ def test_validation_share_decodes_only_its_own_clips(prepared, monkeypatch):
     assert decoded == []
 
 
+def test_an_opened_dataset_and_its_path_give_the_same_clips_and_crops(prepared):
+    """Ingestion takes the dataset opened once (or, transitionally, its path), and the workers' copy
+    (``only``) of just the split they read gives the same samples."""
+    import pickle
+
+    from pipelines.data.manifest import open_dataset
+
+    dataset = open_dataset(prepared, splits=["train", "val"])
+    val_only = pickle.loads(pickle.dumps(dataset.only(["val"])))  # what travels to a worker
+    assert val_only.split_names == ["val"] and val_only.fingerprint == dataset.fingerprint
+    assert [c.clip_id for c in val_only.clips()] == ["val_a"] and val_only.manifest.quarantined == ()
+    for (id_a, lr_a, gt_a), (id_b, lr_b, gt_b) in zip(
+        iter_val_clips(val_only), iter_val_clips(str(prepared)), strict=True
+    ):
+        assert id_a == id_b and torch.equal(lr_a, lr_b) and torch.equal(gt_a, gt_b)
+    with pytest.raises(DataError, match=r"no split 'train' .*splits: val"):
+        list(iter_val_clips(val_only, "train"))
+    with ordered():
+        spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=3)
+        rows = [train_dataset(d, crop=spec).take_all() for d in (dataset.only(["train"]), str(prepared))]
+    assert [r["clip_id"] for r in rows[0]] == [r["clip_id"] for r in rows[1]]
+    assert all(np.array_equal(a["lr"], b["lr"]) for a, b in zip(rows[0], rows[1], strict=True))
+
+
 def test_crop_shape_mismatch_is_a_clear_error(prepared):
     ds = train_dataset(prepared, crop=CropSpec(2, LR_PATCH))
     iterator = make_train_batch_iterator(
@@ -296,11 +323,12 @@ def test_a_version_1_dataset_still_reads_with_the_same_crops_and_clips(prepared,
     import pyarrow.parquet as pq
 
     from pipelines.data.ingest import _crop_stage, plan_clips
-    from pipelines.data.manifest import load_manifest
+    from pipelines.data.manifest import open_dataset
 
-    old = load_manifest(_as_version_1(prepared, tmp_path / "v1"))
-    new = load_manifest(prepared)
-    assert old.data["format_version"] == 1 and new.data["format_version"] == 2
+    old = open_dataset(_as_version_1(prepared, tmp_path / "v1"))
+    new = open_dataset(prepared)
+    assert old.manifest.format_version == 1 and new.manifest.format_version == 2
+    assert old.manifest.segment_frames is None and {c.row_groups for c in old.clips()} == {None}
     assert pq.ParquetFile(old.shard_paths("train")[0]).metadata.num_row_groups == 2  # a row group per clip
     assert pq.ParquetFile(new.shard_paths("train")[0]).metadata.num_row_groups == 8  # 4 segments per clip
     spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=5, samples_per_clip=3, epochs=2)
@@ -331,11 +359,11 @@ def test_a_crop_reads_only_the_segments_its_window_spans(prepared, tmp_path):
 
     from pipelines.data import ingest
     from pipelines.data.ingest import _crop_stage, plan_clips
-    from pipelines.data.manifest import load_manifest
+    from pipelines.data.manifest import open_dataset
     from pipelines.data.read_stats import counting_filesystem
 
     spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=5)
-    manifest = load_manifest(prepared)
+    manifest = open_dataset(prepared)
     clips = plan_clips(manifest, "train")
     filesystem, counter = counting_filesystem()
     ingest._FOOTERS.clear()
@@ -356,7 +384,7 @@ def test_a_crop_reads_only_the_segments_its_window_spans(prepared, tmp_path):
         assert spanned_bytes * 0.8 < counter.bytes_read <= spanned_bytes
         assert counter.bytes_read < 0.8 * sum(sizes)
 
-    old = load_manifest(_as_version_1(prepared, tmp_path / "v1"))
+    old = open_dataset(_as_version_1(prepared, tmp_path / "v1"))
     old_clips = plan_clips(old, "train")
     _crop_stage({"id": np.array([0])}, old_clips, filesystem, spec, SCALE)
     counter.reset()
@@ -378,15 +406,15 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_cause(tiny_prepared_datas
     import shutil
 
     from pipelines.common.errors import find_user_error
-    from pipelines.data.manifest import CorruptShard, load_manifest
+    from pipelines.data.manifest import CorruptShard, open_dataset
 
     copy = tmp_path / "damaged"
     shutil.copytree(tiny_prepared_dataset, copy)
-    manifest = load_manifest(copy)
+    manifest = open_dataset(copy)
     train_shard, val_shard = manifest.shard_paths("train")[0], manifest.shard_paths("val")[0]
     for shard in (train_shard, val_shard):
         _flip_middle(Path(shard))
-    load_manifest(copy)  # sizes unchanged: the fast check at start cannot see it
+    open_dataset(copy)  # sizes unchanged: the fast check at start cannot see it
 
     with pytest.raises(CorruptShard) as err:
         list(iter_val_clips(copy, "val"))
@@ -420,11 +448,11 @@ def test_a_shard_missing_on_the_node_that_reads_it_names_the_node_and_the_shared
     import socket
 
     from pipelines.data.ingest import plan_clips, read_clip
-    from pipelines.data.manifest import CorruptShard, load_manifest
+    from pipelines.data.manifest import CorruptShard, open_dataset
 
     copy = tmp_path / "unmounted"
     shutil.copytree(tiny_prepared_dataset, copy)
-    manifest = load_manifest(copy)
+    manifest = open_dataset(copy)
     clip = plan_clips(manifest, "val")[0]
     Path(clip.uri).unlink()
 

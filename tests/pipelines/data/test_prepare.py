@@ -13,7 +13,7 @@ from conftest import make_frame_dataset, truncated_copy
 
 from pipelines.common.errors import DataError
 from pipelines.data.degradations import degrade
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import ClipRecord, SplitRecord, open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.schema import CLIP_SCHEMA, DEFAULT_SEGMENT_FRAMES, FORMAT_VERSION, decode_frames
 from pipelines.data.sources import decode_frame_clip
@@ -39,25 +39,38 @@ def test_frame_dataset_shards_manifest_and_lossless_frames(ray_local, frame_data
     out = tmp_path / "prepared"
     summary = prepare_dataset(_config(frame_dataset, out, degradation="BD"))
     assert (summary.clips, summary.frames, summary.shards_written, summary.shards_skipped) == (4, 23, 4, 0)
-    assert summary.frames_processed == 23 and summary.quarantined == []
+    assert summary.frames_processed == 23 and summary.quarantined == ()
 
-    manifest = load_manifest(out)
-    assert manifest.data["degradation"] == "BD" and manifest.scale == 4
-    assert manifest.data["splits"] == {"train": {"clips": 3, "frames": 18}, "val": {"clips": 1, "frames": 5}}
-    assert [s["path"] for s in manifest.shards()] == [
+    manifest = open_dataset(out)
+    assert manifest.degradation == "BD" and manifest.scale == 4
+    assert manifest.manifest.splits == (SplitRecord("train", 3, 18), SplitRecord("val", 1, 5))
+    assert [s.path for s in manifest.shards()] == [
         "shards/train/part-00000.parquet",
         "shards/train/part-00001.parquet",
         "shards/train/part-00002.parquet",
         "shards/val/part-00000.parquet",
     ]
-    assert manifest.data["source"]["layout"] == "folders"
-    assert manifest.data["source"]["fingerprint"]["method"] == "content"
+    assert manifest.manifest.source.layout == "folders"
+    assert manifest.manifest.source.fingerprint["method"] == "content"
     clip = manifest.clips("val")[0]
     # 34x40 is not a multiple of 4: HR is cropped to 32x40 and the manifest says so.
-    assert clip | {"shard": None} == {
+    assert clip == ClipRecord(
+        clip_id="val_a",
+        split="val",
+        shard="shards/val/part-00000.parquet",
+        source="val/val_a",
+        frame_start=0,
+        num_frames=5,
+        hr_size=(32, 40),
+        lr_size=(8, 10),
+        source_size=(34, 40),
+        cropped=True,
+        row_groups=(0, 1),
+    )
+    assert json.loads((out / "manifest.json").read_text())["clips"][-1] == {
         "clip_id": "val_a",
         "split": "val",
-        "shard": None,
+        "shard": "shards/val/part-00000.parquet",
         "source": "val/val_a",
         "frame_start": 0,
         "num_frames": 5,
@@ -67,7 +80,7 @@ def test_frame_dataset_shards_manifest_and_lossless_frames(ray_local, frame_data
         "cropped": True,
         "row_groups": [0, 1],
     }
-    assert manifest.data["crop"]["cropped_clips"] == ["a", "b", "c", "val_a"]
+    assert manifest.manifest.cropped_clips == ("a", "b", "c", "val_a")
 
     shard = manifest.shard_paths("val")[0]
     assert pq.read_schema(shard).remove_metadata() == CLIP_SCHEMA.remove_metadata()
@@ -83,10 +96,10 @@ def test_frame_dataset_shards_manifest_and_lossless_frames(ray_local, frame_data
 def test_rerun_skips_everything(ray_local, frame_dataset, tmp_path):
     cfg = _config(frame_dataset, tmp_path / "prepared", shard_size=2)
     prepare_dataset(cfg)
-    first = load_manifest(cfg.output).data
+    first = open_dataset(cfg.output)
     again = prepare_dataset(cfg)
     assert (again.shards_written, again.shards_skipped, again.frames_processed) == (0, 3, 0)
-    assert [s["sha256"] for s in load_manifest(cfg.output).shards()] == [s["sha256"] for s in first["shards"]]
+    assert [s.sha256 for s in open_dataset(cfg.output).shards()] == [s.sha256 for s in first.shards()]
 
 
 def test_resume_rewrites_only_the_missing_shard_and_leaves_no_temp_files(ray_local, frame_dataset, tmp_path):
@@ -109,7 +122,7 @@ def test_resume_rewrites_only_the_missing_shard_and_leaves_no_temp_files(ray_loc
         else:
             assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     assert [p.name for p in out.rglob("*") if ".tmp-" in p.name] == []
-    load_manifest(out)  # every checksum matches
+    open_dataset(out)  # every checksum matches
 
 
 def test_changed_source_rewrites_its_shard(ray_local, frame_dataset, tmp_path):
@@ -131,19 +144,19 @@ def test_verify_refuses_a_corrupted_shard_and_the_fast_check_a_cut_or_missing_on
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    load_manifest(out)  # the fast start check sees the right size: only the checksums can tell
+    open_dataset(out)  # the fast start check sees the right size: only the checksums can tell
     with pytest.raises(DataError, match="sha256 does not match") as err:
-        load_manifest(out, verify=True)  # hashed in Ray tasks
+        open_dataset(out, verify=True)  # hashed in Ray tasks
     assert str(shard) in str(err.value) and "Re-run prepare with the same --output" in str(err.value)
     assert prepare_dataset(cfg).shards_written == 1  # the done-record no longer matches the file
-    load_manifest(out, verify=True)
+    open_dataset(out, verify=True)
 
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(DataError, match="bytes but the manifest lists"):
-        load_manifest(out)
+        open_dataset(out)
     shard.unlink()
     with pytest.raises(DataError, match="shard listed in the manifest is missing"):
-        load_manifest(out)
+        open_dataset(out)
 
 
 def test_corrupt_png_is_quarantined_and_strict_stops(ray_local, frame_dataset, tmp_path):
@@ -152,12 +165,13 @@ def test_corrupt_png_is_quarantined_and_strict_stops(ray_local, frame_dataset, t
     out = tmp_path / "prepared"
     summary = prepare_dataset(_config(frame_dataset, out))
     assert summary.clips == 3
-    assert summary.quarantined == [{"input": str(broken), "reason": summary.quarantined[0]["reason"]}]
+    assert summary.quarantined == ({"input": str(broken), "reason": summary.quarantined[0]["reason"]},)
     assert "cannot decode image" in summary.quarantined[0]["reason"]
-    manifest = load_manifest(out)
-    assert [c["clip_id"] for c in manifest.clips()] == ["a", "c", "val_a"]
-    assert manifest.data["quarantined"] == summary.quarantined
-    assert "quarantined: " + str(broken) in summary.table()
+    manifest = open_dataset(out)
+    assert [c.clip_id for c in manifest.clips()] == ["a", "c", "val_a"]
+    assert manifest.manifest.quarantined == summary.quarantined
+    assert json.loads((out / "manifest.json").read_text())["quarantined"] == list(summary.quarantined)
+    assert "quarantined: " + str(broken) in summary.describe()
 
     with pytest.raises(DataError, match="--strict") as err:
         prepare_dataset(_config(frame_dataset, tmp_path / "strict", strict=True))
@@ -169,23 +183,23 @@ def test_real_videos_are_cut_checked_and_quarantined(ray_local, video_folder, tm
     out = tmp_path / "prepared"
     cfg = _config(video_folder, out, clip_length=8, max_frames_per_video=16, shard_size=4)
     summary = prepare_dataset(cfg)
-    manifest = load_manifest(out)
-    assert manifest.data["source"]["layout"] == "videos"
-    assert [(c["clip_id"], c["frame_start"], c["num_frames"]) for c in manifest.clips()] == [
+    manifest = open_dataset(out)
+    assert manifest.manifest.source.layout == "videos"
+    assert [(c.clip_id, c.frame_start, c.num_frames) for c in manifest.clips()] == [
         ("bugy_000000", 0, 8),
         ("bugy_000008", 8, 8),
         ("tree_000000", 0, 8),
         ("tree_000008", 8, 8),
     ]
-    tree = next(c for c in manifest.clips() if c["clip_id"] == "tree_000008")
-    assert (tree["hr_size"], tree["lr_size"], tree["cropped"]) == ([240, 320], [60, 80], False)
+    tree = manifest.clip("tree_000008")
+    assert (tree.hr_size, tree.lr_size, tree.cropped) == ((240, 320), (60, 80), False)
     quarantined = {q["input"]: q["reason"] for q in summary.quarantined}
     assert set(quarantined) == {"tree_cut.avi", "tree_header.avi"}
     assert quarantined["tree_cut.avi"].startswith("truncated: RIFF header declares")
-    bugy = [w["message"] for w in manifest.data["warnings"] if w["input"] == "bugy.avi"]
+    bugy = [w["message"] for w in manifest.manifest.warnings if w["input"] == "bugy.avi"]
     assert any("damaged or out-of-order frames, at 10)" in m for m in bugy)
     assert any("frames carry no timestamp" in m for m in bugy)
-    assert "warning: bugy.avi" in summary.table()
+    assert "warning: bugy.avi" in summary.describe()
 
     row, hr, lr = _read_clip(manifest.shard_paths("train")[0], "bugy_000008")
     assert row["frame_names"] == [f"{i:08d}" for i in range(8, 16)]
@@ -229,14 +243,14 @@ def test_long_frame_folders_are_cut_into_clips(ray_local, tmp_path):
             source, tmp_path / "out", clip_length=4, scale=2, any_scale=True, segment_frames=3, shard_size=2
         )
     )
-    manifest = load_manifest(tmp_path / "out")
-    assert [(c["clip_id"], c["num_frames"], c["lr_size"]) for c in manifest.clips()] == [
-        ("long_000000", 4, [8, 8]),
-        ("long_000004", 4, [8, 8]),
-        ("long_000008", 2, [8, 8]),
+    manifest = open_dataset(tmp_path / "out")
+    assert [(c.clip_id, c.num_frames, c.lr_size) for c in manifest.clips()] == [
+        ("long_000000", 4, (8, 8)),
+        ("long_000004", 4, (8, 8)),
+        ("long_000008", 2, (8, 8)),
     ]
     # Each clip is stored as segments of at most 3 frames, one row group each, in clip order.
-    assert [c["row_groups"] for c in manifest.clips()] == [[0, 2], [2, 2], [0, 1]]
+    assert [c.row_groups for c in manifest.clips()] == [(0, 2), (2, 2), (0, 1)]
     first = pq.read_table(manifest.shard_paths("train")[0]).to_pylist()
     assert [(r["clip_id"], r["segment_start"], len(r["hr_frames"]), r["num_frames"]) for r in first] == [
         ("long_000000", 0, 3, 4),

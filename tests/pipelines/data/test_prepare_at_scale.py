@@ -18,7 +18,7 @@ import pytest
 from conftest import make_frame_dataset
 
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.prepare.plan import assign_splits, plan_clips, plan_shards
 
@@ -51,7 +51,7 @@ def _config(source, output) -> PrepareConfig:
 
 
 def _checksums(output) -> dict[str, str]:
-    return {s["path"]: s["sha256"] for s in load_manifest(output, verify=True).shards()}
+    return {s.path: s.sha256 for s in open_dataset(output, verify=True).shards()}
 
 
 def test_shards_are_written_on_both_nodes_and_only_records_reach_the_driver(two_nodes, source, tmp_path):
@@ -64,7 +64,7 @@ def test_shards_are_written_on_both_nodes_and_only_records_reach_the_driver(two_
     assert summary.driver_received_bytes / summary.shards_written < 4096
     assert set(summary.stage_seconds) == {"decode", "degrade", "compress", "write"}
     assert all(seconds > 0 for seconds in summary.stage_seconds.values())
-    assert "ms per frame (task time)" in summary.table()
+    assert "ms per frame (task time)" in summary.describe()
     _checksums(tmp_path / "uninterrupted")  # every shard verifies (in Ray tasks)
 
 
@@ -119,7 +119,7 @@ def test_a_vimeo_sized_listing_is_discovered_in_tasks_without_per_file_driver_io
     import PIL.Image
 
     from pipelines.data import sources
-    from pipelines.data.prepare import job
+    from pipelines.data.prepare import discovery
 
     root, png = tmp_path / "vimeo", _tiny_png()
     names = [f"{a:05d}/{b:04d}" for a in range(1, 16) for b in range(1, 1021)][:14286]
@@ -138,7 +138,7 @@ def test_a_vimeo_sized_listing_is_discovered_in_tasks_without_per_file_driver_io
     monkeypatch.setattr(PIL.Image, "open", no_driver_io)
     monkeypatch.setattr(sources, "image_files", no_driver_io)
     monkeypatch.setattr(sources, "_stat", no_driver_io)
-    found = sources.discover(root, "auto", inspect=job._inspect_in_tasks)
+    found = sources.discover(root, "auto", inspect=discovery.inspect_in_tasks)
 
     assert found.layout == "vimeo" and len(found.items) == 14286 and not found.quarantined
     assert sum(len(item.files) for item in found.items) == 100_002
@@ -151,11 +151,11 @@ def test_a_vimeo_sized_listing_is_discovered_in_tasks_without_per_file_driver_io
 
 def test_a_listed_septuplet_that_is_missing_is_one_clear_error(ray_local, tmp_path):
     from pipelines.data import sources
-    from pipelines.data.prepare import job
+    from pipelines.data.prepare import discovery
 
     root = tmp_path / "vimeo"
     (root / "sequences" / "00001" / "0001").mkdir(parents=True)
     (root / "sequences" / "00001" / "0001" / "im1.png").write_bytes(_tiny_png())
     (root / "sep_trainlist.txt").write_text("00001/0001\n00001/0002\n")
     with pytest.raises(DataError, match=r"00001/0002: listed by the dataset but missing"):
-        sources.discover(root, "vimeo", inspect=job._inspect_in_tasks)
+        sources.discover(root, "vimeo", inspect=discovery.inspect_in_tasks)

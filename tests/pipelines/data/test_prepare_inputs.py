@@ -13,7 +13,7 @@ from conftest import smooth_frames, write_clip
 from PIL import Image
 
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.schema import decode_frames
 from pipelines.data.sources import discover
@@ -69,18 +69,18 @@ def prepared_inputs(ray_local, tmp_path_factory):
         source = _source(root / "src")
         out = root / "out"
         summary = prepare_dataset(PrepareConfig(source=str(source), output=str(out), shard_size=1))
-        _RUN.update(source=source, out=out, summary=summary, manifest=load_manifest(out))
+        _RUN.update(source=source, out=out, summary=summary, manifest=open_dataset(out))
     return _RUN
 
 
 def _stored_hr(manifest, clip_id: str) -> np.ndarray:
-    (clip,) = [c for c in manifest.clips() if c["clip_id"] == clip_id]
+    clip = manifest.clip(clip_id)
     rows = [
         r
-        for r in pq.read_table(manifest.location.join(clip["shard"]).path).to_pylist()
+        for r in pq.read_table(manifest.location.join(clip.shard).path).to_pylist()
         if r["clip_id"] == clip_id
     ]
-    return np.concatenate([decode_frames(r["hr_frames"], *clip["hr_size"]) for r in rows])
+    return np.concatenate([decode_frames(r["hr_frames"], *clip.hr_size) for r in rows])
 
 
 @pytest.mark.parametrize("clip_id,channels", [("grey16", 1), ("rgb16", 3)])
@@ -101,7 +101,7 @@ def test_a_clip_of_mixed_frame_sizes_is_quarantined_and_the_others_prepared(prep
     (entry,) = summary.quarantined
     assert entry["input"].endswith("mixed")
     assert "frames of different sizes" in entry["reason"] and "16x20" in entry["reason"]
-    assert sorted(c["clip_id"] for c in prepared_inputs["manifest"].clips()) == ["good", "grey16", "rgb16"]
+    assert sorted(c.clip_id for c in prepared_inputs["manifest"].clips()) == ["good", "grey16", "rgb16"]
 
 
 def test_a_clip_of_mixed_frame_sizes_stops_a_strict_run(ray_local, tmp_path):
@@ -117,8 +117,8 @@ def test_a_clip_of_mixed_frame_sizes_stops_a_strict_run(ray_local, tmp_path):
 def test_folders_whose_name_starts_with_a_dot_are_reported_not_skipped_in_silence(prepared_inputs, tmp_path):
     (warning,) = [w for w in prepared_inputs["summary"].warnings if w["input"] == "..x"]
     assert "starts with '.'" in warning["message"] and "rename" in warning["message"]
-    assert warning in prepared_inputs["manifest"].data["warnings"]
-    assert "..x" not in [c["clip_id"] for c in prepared_inputs["manifest"].clips()]
+    assert warning in prepared_inputs["manifest"].manifest.warnings
+    assert "..x" not in [c.clip_id for c in prepared_inputs["manifest"].clips()]
     # Inside split folders too (the sample layout), and in discovery alone.
     write_clip(tmp_path / "train" / "a", smooth_frames(1, (8, 8), seed=0))
     write_clip(tmp_path / "train" / ".b", smooth_frames(1, (8, 8), seed=0))

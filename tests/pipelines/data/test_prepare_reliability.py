@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, make_frame_dataset, tiny_tmpfs, truncated_copy, 
 
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 
 
@@ -31,7 +31,7 @@ def test_a_dataset_whose_only_clip_is_broken_prepares_with_it_quarantined(ray_lo
         assert summary.clips == 0 and len(summary.quarantined) == 1
         assert summary.quarantined[0]["input"] == str(broken)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["clips"] == [] and manifest["quarantined"] == summary.quarantined
+    assert manifest["clips"] == [] and manifest["quarantined"] == list(summary.quarantined)
 
 
 def test_frames_smaller_than_the_scale_are_quarantined_with_a_reason(ray_local, tmp_path):
@@ -48,7 +48,7 @@ def test_cropping_is_counted_in_the_summary(ray_local, frame_dataset, tmp_path):
     summary = prepare_dataset(_config(frame_dataset, tmp_path / "out"))
     # every clip of frame_dataset is 34x40: the HR height is cropped to 32
     assert summary.cropped_clips == 4
-    assert "HR cropped to a multiple of x4  4 clips" in summary.table()
+    assert "HR cropped to a multiple of x4  4 clips" in summary.describe()
 
 
 def test_another_sources_dataset_in_the_output_is_refused_unless_overwrite(ray_local, tmp_path):
@@ -62,9 +62,9 @@ def test_another_sources_dataset_in_the_output_is_refused_unless_overwrite(ray_l
     with pytest.raises(DataError, match="degradation BI \\(this run: BD\\)"):
         prepare_dataset(_config(first, out, degradation="BD"))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing was touched
-    assert [c["clip_id"] for c in load_manifest(out).clips()] == ["a"]
+    assert [c.clip_id for c in open_dataset(out).clips()] == ["a"]
     prepare_dataset(_config(second, out, overwrite=True))
-    assert [c["clip_id"] for c in load_manifest(out).clips()] == ["b"]
+    assert [c.clip_id for c in open_dataset(out).clips()] == ["b"]
 
 
 def test_a_truncated_manifest_is_one_clear_error(ray_local, frame_dataset, tmp_path):
@@ -73,7 +73,7 @@ def test_a_truncated_manifest_is_one_clear_error(ray_local, frame_dataset, tmp_p
     text = (out / "manifest.json").read_text()
     (out / "manifest.json").write_text(text[: len(text) // 2])
     with pytest.raises(DataError, match="does not read as a manifest .*damaged"):
-        load_manifest(out)
+        open_dataset(out)
     with pytest.raises(DataError, match="does not read as a prepared dataset.*--overwrite"):
         prepare_dataset(_config(frame_dataset, out))
 
