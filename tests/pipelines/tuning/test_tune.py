@@ -4,6 +4,7 @@ search configs, the results table and plots. Real searches: test_searches.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipelines.tuning.resources import (
 from pipelines.tuning.results import COMPLETED, STOPPED_EARLY, TrialSummary, markdown_table, write_reports
 from pipelines.tuning.run import asha_scheduler
 from pipelines.tuning.space import Distribution, assign, drawn_values, parse_search_space
+from pipelines.tuning.state import search_fingerprint
 from pipelines.tuning.trial import TrialPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -272,6 +274,18 @@ def test_shipped_search_configs_load_against_their_base_configs(monkeypatch, pat
         scheduler = AsyncHyperBandScheduler if spec.scheduler.name == "asha" else FIFOScheduler
         assert type(asha_scheduler(spec, base)) is scheduler
         assert spec.total_trials() >= 3
+
+
+def test_the_family_given_by_the_job_leaves_the_searchs_fingerprint_as_before(monkeypatch):
+    """A search started before the family was a config field resumes: the ``arch`` the job gives is not
+    part of what identifies the search (pipelines/tuning/state.py), what defines it is."""
+    monkeypatch.chdir(REPO_ROOT)
+    path = REPO_ROOT / "configs" / "search" / "ttvsr_token_scales_sample.yaml"
+    spec = load_config(SearchConfig, path, ["arch=ttvsr"])
+    base = base_experiment(spec)
+    fingerprint = search_fingerprint(spec, base)
+    assert search_fingerprint(dataclasses.replace(spec, arch=None), base) == fingerprint
+    assert search_fingerprint(dataclasses.replace(spec, num_samples=2), base) != fingerprint
 
 
 def test_shipped_searches_are_the_papers_ablations(monkeypatch):
