@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.common.config import as_overrides, load_config, parse_override
+from pipelines.common.config import flatten, load_config, parse_override, read_yaml, with_values
 from pipelines.common.errors import ConfigError
 from vsr_models import InputConstraints, get_family
 
@@ -299,13 +299,11 @@ class Experiment:
 
 
 def model_section(arch: str, values: Mapping[str, Any]) -> Any:
-    """The family's config from a ``model:`` section, each value checked against its field's type.
-
-    An unknown key or a wrong type is a :class:`ConfigError` naming ``model.<key>``, as in every section.
-    """
+    """The family's config (``family.make_config``) with a ``model:`` section's values, each checked against
+    its field's type: an unknown key or a wrong type is a :class:`ConfigError` naming ``model.<key>``."""
     family = get_family(arch)
     section = dataclasses.make_dataclass("ModelSection", [("model", family.config_class)])
-    return load_config(section, None, as_overrides({"model": dict(values)})).model
+    return with_values(section(family.make_config({})), {"model": dict(values)}).model
 
 
 def check_crops(arch: str, constraints: InputConstraints, lr_patch: int, num_frames: int) -> None:
@@ -380,17 +378,29 @@ def default_recipe(arch: str) -> Path:
 def load_experiment(
     path: str | Path | None, overrides: Sequence[str] = (), *, arch: str | None = None
 ) -> Experiment:
-    """The experiment of a YAML file (``None``: ``arch``'s :func:`default_recipe`) with ``--set`` overrides.
+    """The experiment of a YAML file with ``--set`` overrides, on top of its family's released recipe.
 
-    ``arch`` (a job's family) replaces the file's ``arch:``. The schedule is fitted to the run
-    (:func:`fit_schedule`).
+    The family is ``arch`` (a job's), else the file's ``arch:``; its :func:`default_recipe` gives every
+    value the file and the overrides leave out (``path`` ``None``: the recipe alone). Errors name the
+    key, and the file as :func:`~pipelines.common.config.load_config` does. The schedule is fitted to
+    the run (:func:`fit_schedule`).
     """
-    if path is None:
-        if arch is None:
-            raise ConfigError("no config file and no architecture: pass --config FILE")
-        path = default_recipe(arch)
-    overrides = [*([f"arch={arch}"] if arch else []), *overrides]
-    return fit_schedule(load_config(Experiment, path, overrides), overrides)
+    given = read_yaml(path) if path else {}
+    values = flatten(given) | dict(parse_override(text) for text in overrides)
+    values["arch"] = arch or values.get("arch")  # the job's family, else the file's (or --set arch=)
+    try:
+        if not isinstance(values["arch"], str):
+            raise ConfigError(
+                "arch: no network family; name one (arch: ttvsr, ...) or use jobs/train_<arch>.py"
+            )
+        try:
+            recipe = default_recipe(values["arch"])
+        except ValueError as err:  # an unknown family: the registry's message, listing the known ones
+            raise ConfigError(f"arch: {err}") from None
+        cfg = with_values(load_config(Experiment, recipe), values)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {path})" if path else str(err)) from None
+    return fit_schedule(cfg, list(overrides))
 
 
 def resolve_paths(cfg: Experiment) -> Experiment:

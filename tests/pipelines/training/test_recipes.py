@@ -3,7 +3,11 @@ it is exactly what the per-family experiment classes held as dataclass defaults 
 
 from __future__ import annotations
 
+import pytest
+
+from pipelines.common.errors import ConfigError
 from pipelines.training.config import (
+    RECIPES,
     DataSection,
     Experiment,
     LossSection,
@@ -32,3 +36,28 @@ def test_the_vsrt_recipe_file_is_the_old_vsrt_defaults():
         tracking=TrackingSection(registered_model="vsrt"),
     )
     assert load_experiment(None, arch="vsrt") == old
+
+
+def test_a_config_file_changes_its_familys_recipe_where_it_says(tmp_path):
+    partial = tmp_path / "vimeo.yaml"
+    partial.write_text("arch: vsrt\ndata:\n  path: /mnt/shared/data/vimeo\n")
+    cfg = load_experiment(partial)
+    assert cfg.data.path == "/mnt/shared/data/vimeo"
+    recipe = load_experiment(None, arch="vsrt")
+    assert (cfg.data.num_frames, cfg.data.batch_size, cfg.loss, cfg.schedule) == (
+        recipe.data.num_frames,
+        recipe.data.batch_size,
+        recipe.loss,
+        recipe.schedule,
+    )
+
+
+def test_the_jobs_family_wins_over_the_files_and_one_is_needed(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'model.num_frames'.*\(in .*vsrt_sample.yaml\)"
+    ):
+        load_experiment(RECIPES / "vsrt_sample.yaml", arch="ttvsr")
+    no_family = tmp_path / "no_family.yaml"
+    no_family.write_text("data:\n  path: /data\n")
+    with pytest.raises(ConfigError, match="arch: no network family"):
+        load_experiment(no_family)
