@@ -21,12 +21,12 @@ from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.run import run_evaluation
 from pipelines.inference.loading import ModelRef
 from pipelines.inference.video import super_resolve_video
-from pipelines.training.driver import run_training
-from pipelines.training.experiment import TTVSRExperiment
+from pipelines.training.config import Experiment
+from pipelines.training.run import run_training
 from vsr_models.frames import float_to_uint8
 
 
-def run_demo(cfg: TTVSRExperiment, output: str | Path) -> str:
+def run_demo(cfg: Experiment, output: str | Path) -> str:
     """Run the five steps (printing as it goes); returns the "where to look" text."""
     output = Path(output).resolve()
     init_ray(cfg.run.address)

@@ -39,7 +39,7 @@ from pipelines.evaluation.scoring import image_strip, score_clips, summarise
 from pipelines.tracking import RunTracker
 from pipelines.tracking.background import BackgroundTracker, fail_fast_http_requests, system_metrics
 from pipelines.tracking.runs import metric_key
-from pipelines.training.experiment import Experiment
+from pipelines.training.config import Experiment
 from pipelines.training.recipe import build_optimizer, lr_schedule, set_spynet_trainable
 from pipelines.training.state import (
     TrainingState,
