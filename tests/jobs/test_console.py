@@ -14,7 +14,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 RAY_PREFIX = re.compile(r"^\((?:RayTrainWorker|[\w.]+) pid=\d+(?:, ip=[\d.]+)?\)\s*")
-# What the project itself prints (pipelines/training/driver.py, loop.py, pipelines/common/ray_session.py)
+# What the project itself prints (pipelines/training/run.py, loop.py, pipelines/common/ray_session.py)
 PROJECT_LINE = re.compile(
     r"^(global batch: |Ray dashboard: |schedule: |iter \d+|run \w+: \d+ iterations|best validation |"
     r"MLflow run |registered models:/|resumed from )"
