@@ -20,7 +20,7 @@ no memory figure. Prints one JSON line; exit status 1 if a host sync was found.
 
 **GPU utilisation and memory during the training job**: :class:`GpuSampler` (NVML).
 
-    .venv/bin/python bench/gpu_step_check.py [--cpu-smoke] [--set key=value ...] [--json PATH]
+    .venv/bin/python bench/gpu_measure.py [--cpu-smoke] [--set key=value ...] [--json PATH]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A job in ``jobs/`` lists its options with :func:`option` (flags, the config key 
 settings) and builds its parser with :func:`command_parser`, the only place that calls ``add_argument``:
 
 - every parser has ``--verbose``; a job with a typed config also has ``--config FILE`` and the
-  repeatable ``--set KEY=VALUE`` (:data:`CONFIG_OPTIONS`);
+  repeatable ``--set KEY=VALUE`` (:data:`CONFIG_OPTION`, :func:`set_option`);
 - :func:`config_overrides`: the user's ``--set`` first, then every option given that names a config key
   (``--name run1`` -> ``run.name="run1"``), written as JSON, which YAML reads back unchanged (a name
   such as ``"001"`` or ``"true"`` stays a string);

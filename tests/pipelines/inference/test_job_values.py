@@ -33,7 +33,7 @@ def inputs(tmp_path_factory):
     ("source", "flags", "message"),
     [
         ("frames", ["--tile", "-2"], "--tile (tile) must be a positive LR tile size, or 0 / none"),
-        # TTVSR: multiples of 4 (and of its token size), at least 64 (vsr_models.ttvsr.input_constraints)
+        # TTVSR: multiples of 4 (and of its token size), at least 64 (TTVSRConfig.input_constraints)
         ("frames", ["--tile", "50"], "--tile 50: TTVSR needs a multiple of 4 that is at least 64"),
         ("frames", ["--tile", "32"], "--tile 32: TTVSR needs a multiple of 4 that is at least 64"),
         ("videos", ["--tile", "50"], "--tile 50: TTVSR needs a multiple of 4 that is at least 64"),

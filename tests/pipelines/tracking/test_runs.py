@@ -1,6 +1,6 @@
 """MLflow tracking and registry on a real SQLite store: run lookup by name, params, champion alias.
 
-The registered model format and its refusals are in test_model_flavor.py."""
+The registered model format and its refusals are in test_flavor.py."""
 
 from __future__ import annotations
 
