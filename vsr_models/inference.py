@@ -417,7 +417,7 @@ def super_resolve(
     )
     if tile is not None and overlap is None:
         overlap = tile // 4
-    if tile is not None and (tile % constraints.multiple or tile < constraints.min_size):
+    if tile is not None and constraints.problems(tile, tile):
         raise ValueError(
             f"tile={tile} must be a multiple of {constraints.multiple} and at least {constraints.min_size} "
             f"for {type(model).__name__}"

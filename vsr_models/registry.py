@@ -37,6 +37,25 @@ class InputConstraints:
     spatial_size: int | None = None
     num_frames: int | None = None
 
+    def problems(self, height: int, width: int, num_frames: int | None = None) -> list[str]:
+        """The constraints ``height`` x ``width`` LR frames in sequences of ``num_frames`` (``None``: any
+        length) break, by field name in the order ``spatial_size``, ``num_frames``, ``min_size``,
+        ``multiple``; empty when the model takes them.
+
+        One check for every caller (training crops, inference tiles); each words the refusal with the
+        keys its user sets (``data.lr_patch``, ``--tile``).
+        """
+        sizes = (height, width)
+        broken = {
+            "spatial_size": self.spatial_size is not None and any(s != self.spatial_size for s in sizes),
+            "num_frames": self.num_frames is not None
+            and num_frames is not None
+            and num_frames != self.num_frames,
+            "min_size": any(s < self.min_size for s in sizes),
+            "multiple": any(s % self.multiple for s in sizes),
+        }
+        return [name for name, failed in broken.items() if failed]
+
 
 @runtime_checkable
 class DeclaresInputConstraints(Protocol):
@@ -67,6 +86,9 @@ class ModelFamily:
             activation checkpointing, inference memory bounds), never which tensors it has: a checkpoint
             written with any of their values loads with any other (``load_checkpoint(path, **fields)``).
         scale: the upscaling factor of the network's output (both released families: x4).
+        one_frame_unused: what a one-frame sequence leaves without a gradient (nothing to align or attend
+            to), which DDP refuses (``docs/cluster.md#configurations-ddp-cannot-run``); empty when every
+            parameter gets one.
         implementations: the network's code paths by the name its config's ``implementation`` field
             holds: name -> forward function taking the network first (``"reference"``: the network's
             own ``forward_reference``; ``"fast"``: the family's fast-path module). The network's
@@ -83,6 +105,7 @@ class ModelFamily:
     init_only_fields: tuple[str, ...] = ()
     runtime_fields: tuple[str, ...] = ()
     scale: int = 4
+    one_frame_unused: str = ""
     implementations: Mapping[str, Callable[..., Tensor]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:

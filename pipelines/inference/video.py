@@ -49,12 +49,13 @@ def check_tile(network, tile: int | None) -> None:
         return
     constraints = input_constraints(network)
     name = type(network).__name__
-    if constraints.spatial_size is not None and tile != constraints.spatial_size:
+    problems = constraints.problems(tile, tile)
+    if "spatial_size" in problems:
         raise ConfigError(
             f"--tile {tile}: {name} only runs on {constraints.spatial_size}x{constraints.spatial_size} LR "
             f"patches; use --tile {constraints.spatial_size} or leave --tile out"
         )
-    if tile % constraints.multiple or tile < constraints.min_size:
+    if problems:
         smallest = -(-constraints.min_size // constraints.multiple) * constraints.multiple
         raise ConfigError(
             f"--tile {tile}: {name} needs a multiple of {constraints.multiple} that is at least "

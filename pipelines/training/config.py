@@ -246,11 +246,6 @@ class TrackingSection:
     system_metrics_interval: float | None = 10.0  # seconds between CPU / GPU / memory samples; None: off
 
 
-# Families whose one-frame sequences leave parameters without a gradient (nothing to align or attend
-# to), which DDP refuses (docs/cluster.md#configurations-ddp-cannot-run): family -> those parameters.
-ONE_FRAME_UNUSED = {"ttvsr": "SPyNet and the trajectory attention"}
-
-
 @dataclass
 class Experiment:
     """One training run: the network family ``arch``, its config ``model`` and the run's sections.
@@ -278,9 +273,10 @@ class Experiment:
         check_crops(self.arch, self.model.input_constraints(), self.data.lr_patch, self.data.num_frames)
         # DDP (several workers) needs a gradient for every trainable parameter at every step. A
         # one-frame sequence of a family that aligns or attends to neighbours leaves those parameters
-        # without one, and the second step fails in every worker (docs/cluster.md#configurations-ddp-cannot-run).
+        # (the family's one_frame_unused) without one, and the second step fails in every worker
+        # (docs/cluster.md#configurations-ddp-cannot-run).
         frames = self.data.num_frames * 2**self.data.mirror_times
-        unused = ONE_FRAME_UNUSED.get(self.arch)
+        unused = family.one_frame_unused
         if unused and frames < 2 and self.scaling.num_workers > 1:
             raise ValueError(
                 f"data.num_frames is {self.data.num_frames} with scaling.num_workers "
@@ -311,26 +307,20 @@ def check_crops(arch: str, constraints: InputConstraints, lr_patch: int, num_fra
 
     Checked when the config loads rather than in every worker's first forward pass.
     """
+    problems = constraints.problems(lr_patch, lr_patch, num_frames)
+    if not problems:
+        return
     # A fixed patch and sequence (VSR-Transformer: learned (c, s, s) layer norms, a positional encoding
     # built for num_frames): crops must match both exactly.
-    if constraints.spatial_size is not None and lr_patch != constraints.spatial_size:
-        raise ValueError(
-            f"data.lr_patch ({lr_patch}) must equal model.spatial_size ({constraints.spatial_size})"
-        )
-    if constraints.num_frames is not None and num_frames != constraints.num_frames:
-        raise ValueError(
-            f"data.num_frames ({num_frames}) must equal model.num_frames ({constraints.num_frames})"
-        )
-    if lr_patch < constraints.min_size:
-        raise ValueError(
-            f"data.lr_patch ({lr_patch}) must be at least {constraints.min_size} and a multiple of "
-            f"{constraints.multiple}: the smallest LR frame {arch} takes (docs/models.md)"
-        )
-    if lr_patch % constraints.multiple:
-        raise ValueError(
-            f"data.lr_patch ({lr_patch}) must be a multiple of {constraints.multiple}: the LR frames {arch} "
-            "takes (docs/models.md)"
-        )
+    refusals = {
+        "spatial_size": f"data.lr_patch ({lr_patch}) must equal model.spatial_size ({constraints.spatial_size})",
+        "num_frames": f"data.num_frames ({num_frames}) must equal model.num_frames ({constraints.num_frames})",
+        "min_size": f"data.lr_patch ({lr_patch}) must be at least {constraints.min_size} and a multiple of "
+        f"{constraints.multiple}: the smallest LR frame {arch} takes (docs/models.md)",
+        "multiple": f"data.lr_patch ({lr_patch}) must be a multiple of {constraints.multiple}: the LR frames {arch} "
+        "takes (docs/models.md)",
+    }
+    raise ValueError(refusals[problems[0]])
 
 
 def scaled_periods(periods: list[int], total_iters: int) -> list[int]:

@@ -177,6 +177,30 @@ def test_networks_declare_their_input_constraints_through_their_config(arch, ove
     assert model.config.input_constraints() == expected
 
 
+@pytest.mark.parametrize(
+    ("constraints", "size", "num_frames", "expected"),
+    [
+        (InputConstraints(multiple=4, min_size=64), (64, 128), None, []),
+        (InputConstraints(multiple=4, min_size=64), (64, 66), 50, ["multiple"]),
+        (InputConstraints(multiple=4, min_size=64), (60, 64), 50, ["min_size"]),
+        (InputConstraints(multiple=4, min_size=64), (50, 64), 1, ["min_size", "multiple"]),
+        (InputConstraints(spatial_size=64, num_frames=5), (64, 64), 5, []),
+        (InputConstraints(spatial_size=64, num_frames=5), (64, 64), None, []),  # any length asked
+        (InputConstraints(spatial_size=64, num_frames=5), (32, 64), 3, ["spatial_size", "num_frames"]),
+    ],
+)
+def test_input_constraints_name_every_constraint_an_input_breaks_in_order(
+    constraints, size, num_frames, expected
+):
+    assert constraints.problems(*size, num_frames) == expected
+
+
+def test_only_ttvsr_leaves_parameters_without_a_gradient_on_one_frame():
+    # what the training config names when it refuses one-frame sequences on several workers (DDP)
+    assert get_family("ttvsr").one_frame_unused == "SPyNet and the trajectory attention"
+    assert get_family("vsrt").one_frame_unused == ""
+
+
 def test_both_families_mark_the_spynet_weights_path_as_initialisation_only():
     for family in ARCHITECTURES.values():
         assert family.init_only_fields == ("spynet_pretrained",)

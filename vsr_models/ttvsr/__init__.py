@@ -40,6 +40,7 @@ FAMILY = register_family(
         release=RELEASE,
         init_only_fields=("spynet_pretrained",),
         runtime_fields=("implementation", "compile", "checkpoint_propagation", "max_key_frames"),
+        one_frame_unused="SPyNet and the trajectory attention",
         implementations={"reference": TTVSR.forward_reference, "fast": forward_fast},
     )
 )
