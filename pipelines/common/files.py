@@ -49,24 +49,16 @@ def is_disk_full(error: BaseException) -> bool:
     )
 
 
-def first_difference(expected: dict[str, str], found: dict[str, str]) -> tuple[str, str] | None:
-    """The first file (by name) whose digest in ``found`` is not the one in ``expected``, with how it
-    differs (``added``, ``removed``, ``changed``); None when the two listings agree."""
-    for name in sorted(set(expected) | set(found)):
-        if expected.get(name) != found.get(name):
-            return name, "added" if name not in expected else "removed" if name not in found else "changed"
-    return None
-
-
 def check_unchanged(
     expected: Mapping[str, str], found: Mapping[str, str], refuse: Callable[[str, str], Exception]
 ) -> None:
-    """Raise ``refuse(name, change)`` for the first file whose digest in ``found`` is not the one in
-    ``expected`` (:func:`first_difference`: ``change`` is ``added``, ``removed`` or ``changed``);
-    nothing when the two listings agree."""
-    difference = first_difference(dict(expected), dict(found))
-    if difference is not None:
-        raise refuse(*difference)
+    """Raise ``refuse(name, change)`` for the first file (by name) whose digest in ``found`` is not the one
+    in ``expected`` (``change`` is ``added``, ``removed`` or ``changed``); nothing when the two listings
+    agree."""
+    for name in sorted(set(expected) | set(found)):
+        if expected.get(name) != found.get(name):
+            change = "added" if name not in expected else "removed" if name not in found else "changed"
+            raise refuse(name, change)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 8 * 2**20) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, StateError
-from pipelines.common.files import first_difference
+from pipelines.common.files import check_unchanged
 from pipelines.training.config import Experiment
 from pipelines.tuning.config import SearchConfig
 
@@ -151,10 +151,11 @@ def verify_search(experiment_path: str, state: dict[str, Any], sealed: str | Non
             f"{experiment_path}: the Tune state there was not sealed by this search's last run (killed "
             f"before it could, or changed since), and resuming would unpickle it; {fix}"
         )
-    difference = first_difference(files, _file_digests(experiment_path))
-    if difference is not None:
-        name, change = difference
-        raise StateError(
+    check_unchanged(
+        files,
+        _file_digests(experiment_path),
+        lambda name, change: StateError(
             f"{experiment_path}/{name}: {change} since this search last ran, and resuming would "
             f"unpickle the search's state; {fix}"
-        )
+        ),
+    )
