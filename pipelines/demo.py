@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.common.ray_session import init_ray
 from pipelines.data.ingest import iter_val_clips
+from pipelines.data.manifest import open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.video_io import FrameWriter
 from pipelines.evaluation.config import EvaluationConfig
@@ -48,12 +49,12 @@ def run_demo(cfg: Experiment, output: str | Path) -> str:
 
     model_uri = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.champion_alias}"
     if summary.registered is not None and not summary.registered.is_champion:
-        model_uri = (
-            summary.registered.uri
-        )  # not champion (e.g. it does not beat bicubic yet): its own version
+        # not champion (e.g. it does not beat bicubic yet): its own version
+        model_uri = summary.registered.uri
     print(f"[4/5] registry: {model_uri} -> {summary.registered.uri if summary.registered else 'unchanged'}")
 
-    clip_id, lr, _ = next(iter_val_clips(cfg.data.path, split=cfg.data.val_split))
+    validation = open_dataset(cfg.data.path, splits=[cfg.data.val_split])
+    clip_id, lr, _ = next(iter_val_clips(validation, split=cfg.data.val_split))
     lr_video, sr_video = output / f"{clip_id}_lr.mkv", output / f"{clip_id}_sr_x4.mkv"
     print(f"[5/5] super-resolving validation clip {clip_id} with {model_uri}", flush=True)
     with FrameWriter(lr_video, fps=25, overwrite=True) as writer:

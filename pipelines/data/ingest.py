@@ -40,7 +40,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import PreparedDataset, ShardRecord, corrupt_shard, load_manifest, verify_shards
+from pipelines.data.manifest import PreparedDataset, ShardRecord, corrupt_shard
 from pipelines.data.schema import READ_OPTIONS, decode_frames
 from vsr_models.frames import mirror_extend, uint8_to_float
 
@@ -192,15 +192,6 @@ def plan_clips(dataset: PreparedDataset, split: str) -> list[PlanClip]:
     if not clips:
         raise DataError(f"{dataset.root}: split '{split}' has no shards (every input was quarantined?)")
     return sorted(clips, key=lambda c: c.clip_id)
-
-
-def opened(dataset: PreparedDataset | str, verify: bool = False) -> PreparedDataset:
-    """The dataset as opened by the caller, or (transitional, a path) opened here; ``verify`` checksums."""
-    if not isinstance(dataset, PreparedDataset):
-        return load_manifest(dataset, verify=verify)
-    if verify:
-        verify_shards(dataset)
-    return dataset
 
 
 def epoch_order(num_clips: int, epoch: int, shuffle_seed: int | None) -> np.ndarray:
@@ -381,12 +372,11 @@ def _decode_clip_stage(batch: dict, clips: list[PlanClip], filesystem, spec: Cro
 
 
 def train_dataset(
-    dataset: PreparedDataset | str,
+    dataset: PreparedDataset,
     split: str = "train",
     *,
     crop: CropSpec | None = None,
     whole_clips: CropSpec | None = None,
-    verify: bool = False,
 ):
     """A Ray Dataset of the split's training samples (``crop``) or whole decoded clips (``whole_clips``).
 
@@ -395,15 +385,15 @@ def train_dataset(
     augmented. Pass it to ``TorchTrainer(datasets={"train": ...})`` and call
     :func:`make_train_batch_iterator` on ``ray.train.get_dataset_shard("train")``.
 
-    ``dataset``: the opened dataset (:func:`pipelines.data.manifest.open_dataset`); a path is opened here
-    (transitional). ``verify`` hashes every shard first (the opener's job when it is opened already).
+    ``dataset``: the dataset as the caller opened it (:func:`pipelines.data.manifest.open_dataset`), or the
+    part of it the caller hands down (:meth:`~pipelines.data.manifest.PreparedDataset.only`): its manifest
+    is not read again.
     """
     import ray.data
 
     if (crop is None) == (whole_clips is None):
         raise ValueError("train_dataset: pass exactly one of crop= (samples) or whole_clips= (decoded clips)")
     spec = crop or whole_clips
-    dataset = opened(dataset, verify)
     clips = plan_clips(dataset, split)
     rows = ray.data.range(len(clips) * spec.epochs, override_num_blocks=min(len(clips) * spec.epochs, 200))
     common = {"clips": clips, "filesystem": dataset.filesystem, "spec": spec}
@@ -541,10 +531,9 @@ def _crop_in_worker(shard, spec: CropSpec, scale: int, batch_size: int, prefetch
 
 
 def iter_val_clips(
-    dataset: PreparedDataset | str,
+    dataset: PreparedDataset,
     split: str = "val",
     *,
-    verify: bool = False,
     rank: int = 0,
     world_size: int = 1,
     max_clips: int | None = None,
@@ -556,7 +545,6 @@ def iter_val_clips(
     sharding the validation over workers also shares its decoding. Reads the shards directly with
     pyarrow (no Ray): validation sets are small. ``dataset`` as for :func:`train_dataset`.
     """
-    dataset = opened(dataset, verify)
     dataset.check_split(split)  # a split the dataset lacks is a DataError naming the others
     index = 0
     for shard in dataset.shards(split):

@@ -447,12 +447,7 @@ def open_dataset(location, *, splits: Iterable[str] = (), verify: bool = False) 
 def _read(location: Location, verify: bool) -> PreparedDataset:
     """Read and check ``manifest.json`` (format, paths inside, shard sizes; checksums if ``verify``)."""
     root = location.uri
-    manifest_file = location.join(MANIFEST_NAME)
-    if not manifest_file.is_file():
-        raise DataError(
-            f"{root}: no {MANIFEST_NAME}: not a prepared dataset, or its preparation did not finish. "
-            f"Run `python jobs/prepare_data.py --output {root} ...` (re-running resumes)."
-        )
+    manifest_file = location.join(MANIFEST_NAME)  # there: open_dataset checked
     try:
         raw = manifest_file.read_bytes()
         data = json.loads(raw)
@@ -557,16 +552,3 @@ def read_identity(output: Location) -> tuple[str, dict[str, Any]]:
     replaces the same dataset); OSError, ValueError, KeyError or TypeError when it does not read."""
     data = output.join(MANIFEST_NAME).read_json()
     return data["source"]["path"], {key: data[key] for key in IDENTITY_FIELDS}
-
-
-# --- Transitional: the jobs still opening a dataset in two steps use these until they call open_dataset.
-
-
-def load_manifest(data_dir, verify: bool = False) -> PreparedDataset:
-    """:func:`open_dataset` without the split check, naming a missing manifest as before."""
-    return _read(resolve(data_dir), verify)
-
-
-def check_dataset(data_dir, splits: list[str], verify: bool = False) -> PreparedDataset:
-    """:func:`open_dataset`."""
-    return open_dataset(data_dir, splits=splits, verify=verify)

@@ -32,8 +32,8 @@ from typing import Any
 
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE
-from pipelines.common.storage import check_storage_uri, resolve
-from pipelines.data.manifest import PreparedDataset, check_dataset
+from pipelines.common.storage import check_storage_uri
+from pipelines.data.manifest import PreparedDataset, open_dataset
 from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.protocol import ValidationProtocol
 from pipelines.evaluation.scoring import EvaluationReport, evaluate
@@ -60,7 +60,7 @@ class ScoringRequest:
 
     model: ModelRef
     device: str  # cpu | cuda: what the task was scheduled with
-    data: str
+    data: PreparedDataset  # only the split scored: what the task needs of the manifest the driver read
     protocol: ValidationProtocol
     model_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -203,11 +203,11 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationSummary:
     check_storage_uri(cfg.data)
     if cfg.verify_data:
         init_ray()
-    manifest = check_dataset(cfg.data, [cfg.split], verify=cfg.verify_data)
+    dataset = open_dataset(cfg.data, splits=[cfg.split], verify=cfg.verify_data)
     scales = sorted({family.scale for family in ARCHITECTURES.values()})
-    if manifest.scale not in scales:
+    if dataset.scale not in scales:
         raise DataError(
-            f"{manifest.root} was prepared at x{manifest.scale} but the networks upscale "
+            f"{dataset.root} was prepared at x{dataset.scale} but the networks upscale "
             f"x{' / x'.join(map(str, scales))}: prepare the data with --scale {scales[0]}"
         )
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -217,7 +217,7 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationSummary:
     init_ray()
     resources, device = task_options(cfg.device, ray.cluster_resources())
     request = ScoringRequest(
-        source.ref, device, resolve(cfg.data).uri, cfg.protocol, dict(cfg.model_settings)
+        source.ref, device, dataset.only([cfg.split]), cfg.protocol, dict(cfg.model_settings)
     )
     # DEFAULT: scheduled on the cluster, never in a caller's placement group (a Tune trial's holds no CPU)
     task = ray.remote(score_task).options(
@@ -228,17 +228,17 @@ def run_evaluation(cfg: EvaluationConfig) -> EvaluationSummary:
     files = _write_tables(report, cfg.output) if cfg.output is not None else ()
     if not cfg.log_to_mlflow:
         return EvaluationSummary(report, device, files=files)
-    run_id = _log_to_mlflow(cfg, source, manifest, report, tracking_uri, device)
+    run_id = _log_to_mlflow(cfg, source, dataset, report, tracking_uri, device)
     return EvaluationSummary(report, device, run_id, tracking_uri, files)
 
 
-def _dataset_tags(cfg: EvaluationConfig, manifest: PreparedDataset) -> dict[str, str]:
+def _dataset_tags(cfg: EvaluationConfig, dataset: PreparedDataset) -> dict[str, str]:
     return {
-        "dataset.sha256": manifest.sha256,
-        "dataset.path": resolve(cfg.data).uri,
+        "dataset.sha256": dataset.sha256,
+        "dataset.path": dataset.root,
         "dataset.split": cfg.split,
-        "dataset.degradation": str(manifest.degradation or ""),
-        "dataset.scale": str(manifest.scale),
+        "dataset.degradation": str(dataset.degradation or ""),
+        "dataset.scale": str(dataset.scale),
         "protocol.channel": cfg.channel,
         "protocol.crop_border": str(cfg.crop_border),
         "protocol.centre_frame_only": str(cfg.centre_frame_only),
@@ -250,7 +250,7 @@ def _dataset_tags(cfg: EvaluationConfig, manifest: PreparedDataset) -> dict[str,
 def _log_to_mlflow(
     cfg: EvaluationConfig,
     source: ModelSource,
-    manifest: PreparedDataset,
+    dataset: PreparedDataset,
     report: EvaluationReport,
     tracking_uri: str,
     device: str,
@@ -258,15 +258,15 @@ def _log_to_mlflow(
     """The evaluation run (and, for a registered version, its ``eval_<sha256[:12]>_*`` tags); its id."""
     from pipelines.tracking.evaluation import log_evaluation, tag_version_score
 
-    sha256 = manifest.sha256
-    dataset_name = manifest.location.name
+    sha256 = dataset.sha256
+    dataset_name = dataset.location.name
     params = asdict(cfg) | {"model": None if cfg.official else cfg.source}
     params = {k: v for k, v in params.items() if v not in (None, {}) and k not in ("tracking_uri", "output")}
     run_id = log_evaluation(
         tracking_uri,
         cfg.experiment,
         f"eval-{source.label}-{dataset_name}",
-        tags={**source.tags, **_dataset_tags(cfg, manifest), "eval.device": device},
+        tags={**source.tags, **_dataset_tags(cfg, dataset), "eval.device": device},
         params=params,
         metrics=report.metrics(),
         texts={PER_CLIP_CSV: report.csv(), PER_CLIP_MARKDOWN: report.markdown()},

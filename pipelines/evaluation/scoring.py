@@ -18,7 +18,6 @@ import csv
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from pipelines.common.errors import DataError
 from pipelines.data.degradations import imresize_bicubic
 from pipelines.data.ingest import iter_val_clips
+from pipelines.data.manifest import PreparedDataset
 from pipelines.evaluation.protocol import ValidationProtocol
 from vsr_models.frames import float_to_uint8, mirror_extend
 from vsr_models.inference import super_resolve
@@ -218,14 +218,15 @@ def summarise(scores: Iterable[ClipScores], channel: str) -> EvaluationReport:
 
 
 def evaluate(
-    model: nn.Module, data_dir: str | Path, protocol: ValidationProtocol = ValidationProtocol()
+    model: nn.Module, dataset: PreparedDataset, protocol: ValidationProtocol = ValidationProtocol()
 ) -> EvaluationReport:
-    """Evaluate ``model`` on every clip of ``protocol.split`` of a prepared dataset (its first
-    ``protocol.max_clips``) against bicubic upsampling, scored as ``protocol`` says."""
-    clips = iter_val_clips(str(data_dir), split=protocol.split, max_clips=protocol.max_clips)
+    """Evaluate ``model`` on every clip of ``protocol.split`` of an opened dataset
+    (:func:`pipelines.data.manifest.open_dataset`; its first ``protocol.max_clips``) against bicubic
+    upsampling, scored as ``protocol`` says."""
+    clips = iter_val_clips(dataset, split=protocol.split, max_clips=protocol.max_clips)
     scores = score_clips(model, clips, protocol)
     if not scores:
         raise DataError(
-            f"{data_dir}: split {protocol.split!r} has no clips to evaluate; choose another --split"
+            f"{dataset.root}: split {protocol.split!r} has no clips to evaluate; choose another --split"
         )
     return summarise(scores, protocol.channel)

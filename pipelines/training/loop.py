@@ -34,6 +34,7 @@ from pipelines.common.console import quiet_logging
 from pipelines.common.errors import DataError, TrainingDiverged
 from pipelines.common.progress import format_eta
 from pipelines.data.ingest import iter_val_clips, make_train_batch_iterator
+from pipelines.data.manifest import PreparedDataset
 from pipelines.evaluation.protocol import ValidationProtocol
 from pipelines.evaluation.scoring import image_strip, score_clips, summarise
 from pipelines.tracking import RunTracker
@@ -140,6 +141,7 @@ class Worker:
     tracker: BackgroundTracker  # queued: a tracking outage neither stalls nor fails a step
     batches: Iterator[dict[str, torch.Tensor]]
     step_callback: StepCallback | None
+    validation: PreparedDataset  # the validation split's records, opened once by the driver
     network: nn.Module | None = None  # the model, DDP-wrapped when there are several workers
     spynet_trainable: bool | None = None
 
@@ -213,7 +215,7 @@ def setup(loop_config: dict[str, Any]) -> Worker:
     )
     return Worker(
         cfg, rank, world_size, device, model, optimizer, scheduler, state, tracker, batches,
-        loop_config.get("step_callback"),
+        loop_config.get("step_callback"), loop_config["validation"],
     )  # fmt: skip
 
 
@@ -293,6 +295,22 @@ def log_progress(worker: Worker, window: LossWindow) -> dict[str, float]:
     return metrics
 
 
+def validation_protocol(cfg: Experiment) -> ValidationProtocol:
+    """How the run scores its validation clips (``data.val_split`` and the ``val`` section): what the loop
+    scores with and what a registered version's ``val_protocol`` tag records."""
+    val = cfg.val
+    return ValidationProtocol(
+        split=cfg.data.val_split,
+        channel=val.channel,
+        crop_border=val.crop_border,
+        centre_frame_only=val.centre_frame_only,
+        mirror_times=val.mirror_times,
+        max_clips=val.max_clips,
+        max_frames=val.max_frames,
+        chunk=val.chunk,
+    )
+
+
 def validate(worker: Worker) -> dict[str, float]:
     """Score the validation clips, each worker its share; every worker returns the dataset means."""
     cfg, tracker = worker.cfg, worker.tracker
@@ -303,24 +321,14 @@ def validate(worker: Worker) -> dict[str, float]:
             centre = sr.shape[0] // 2
             strips.append((clip_id, image_strip(bicubic[centre], sr[centre], gt[centre])))
 
-    # verify=False: the driver checked the dataset once before training started.
+    # The validation split's records as the driver read them: the manifest is not read again here.
+    protocol = validation_protocol(cfg)
     clips = iter_val_clips(
-        cfg.data.path,
-        split=cfg.data.val_split,
-        verify=False,
+        worker.validation,
+        split=protocol.split,
         rank=worker.rank,
         world_size=worker.world_size,
-        max_clips=cfg.val.max_clips,
-    )
-    protocol = ValidationProtocol(
-        split=cfg.data.val_split,
-        channel=cfg.val.channel,
-        crop_border=cfg.val.crop_border,
-        centre_frame_only=cfg.val.centre_frame_only,
-        mirror_times=cfg.val.mirror_times,
-        max_clips=cfg.val.max_clips,
-        max_frames=cfg.val.max_frames,
-        chunk=cfg.val.chunk,
+        max_clips=protocol.max_clips,
     )
     scores = score_clips(worker.model, clips, protocol, on_clip=keep_strip if tracker.active else None)
     if worker.world_size > 1:

@@ -17,7 +17,6 @@ likewise and keeps logging to the same MLflow run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -33,7 +32,7 @@ from pipelines.common.ray_session import init_ray, sigterm_as_ctrl_c
 from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
 from pipelines.common.storage import check_storage_uri
 from pipelines.data.ingest import CropSpec, train_dataset
-from pipelines.data.manifest import MANIFEST_NAME, ClipRecord, PreparedDataset, check_dataset, load_manifest
+from pipelines.data.manifest import MANIFEST_NAME, ClipRecord, PreparedDataset, open_dataset
 from pipelines.tracking import (
     RegisteredVersion,
     RunTracker,
@@ -51,7 +50,13 @@ from pipelines.tracking.training import (
     register_trained,
 )
 from pipelines.training.config import Experiment, resolve_paths
-from pipelines.training.loop import SCORE_METRIC, UNVALIDATED, StepCallback, train_loop_per_worker
+from pipelines.training.loop import (
+    SCORE_METRIC,
+    UNVALIDATED,
+    StepCallback,
+    train_loop_per_worker,
+    validation_protocol,
+)
 from pipelines.training.recipe import describe_global_batch, describe_schedule, with_batch_lr
 from pipelines.training.state import (
     MODEL_FILE,
@@ -97,7 +102,7 @@ class TrainingSummary:
 
 
 def training_crops(
-    cfg: Experiment, manifest: PreparedDataset, progress: tuple[int, int] | None = None
+    cfg: Experiment, dataset: PreparedDataset, progress: tuple[int, int] | None = None
 ) -> CropSpec:
     """The sampling plan of the run's training crops (``pipelines.data.ingest``), drawn in Ray Data tasks.
 
@@ -120,21 +125,21 @@ def training_crops(
         first_epoch=consumed,
         shuffle_seed=cfg.train.seed,
     )
-    fitting = len(fitting_clips(cfg, manifest))
+    fitting = len(fitting_clips(cfg, dataset))
     # One spare iteration per worker: streaming_split may hand the workers unequal shares.
     needed = (cfg.train.total_iters - done + cfg.scaling.num_workers) * per_iteration
     return dataclasses.replace(spec, epochs=spec.epochs_for(needed, fitting))
 
 
-def fitting_clips(cfg: Experiment, manifest: PreparedDataset) -> list[ClipRecord]:
+def fitting_clips(cfg: Experiment, dataset: PreparedDataset) -> list[ClipRecord]:
     """The training clips that hold a ``data.num_frames`` x ``data.lr_patch`` crop."""
     return [
-        c for c in manifest.clips(cfg.data.train_split)
+        c for c in dataset.clips(cfg.data.train_split)
         if c.num_frames >= cfg.data.num_frames and min(c.lr_size) >= cfg.data.lr_patch
     ]  # fmt: skip
 
 
-def check_training_inputs(cfg: Experiment, manifest: PreparedDataset) -> None:
+def check_training_inputs(cfg: Experiment, dataset: PreparedDataset) -> None:
     """Refuse up front what the manifest and the config can tell will fail later (in a worker, after retries).
 
     The dataset's scale must be the network's; some training clip must hold a ``data.num_frames`` x
@@ -142,13 +147,13 @@ def check_training_inputs(cfg: Experiment, manifest: PreparedDataset) -> None:
     be a writable folder.
     """
     scale = get_family(cfg.arch).scale
-    if manifest.scale != scale:
+    if dataset.scale != scale:
         raise DataError(
-            f"{manifest.root} was prepared at x{manifest.scale} but {cfg.arch} upscales x{scale}: prepare the "
+            f"{dataset.root} was prepared at x{dataset.scale} but {cfg.arch} upscales x{scale}: prepare the "
             f"data with --scale {scale}"
         )
-    clips = manifest.clips(cfg.data.train_split)
-    fitting = fitting_clips(cfg, manifest)
+    clips = dataset.clips(cfg.data.train_split)
+    fitting = fitting_clips(cfg, dataset)
     if not fitting:
         longest = max(clips, key=lambda c: (c.num_frames, min(c.lr_size)), default=None)
         found = (
@@ -157,13 +162,13 @@ def check_training_inputs(cfg: Experiment, manifest: PreparedDataset) -> None:
             else "none"
         )
         raise DataError(
-            f"no training clip of {manifest.root} (split {cfg.data.train_split}) holds a crop of "
+            f"no training clip of {dataset.root} (split {cfg.data.train_split}) holds a crop of "
             f"data.num_frames={cfg.data.num_frames} frames of data.lr_patch={cfg.data.lr_patch} LR pixels "
             f"({found}); lower data.num_frames / data.lr_patch or prepare longer, larger clips"
         )
     if len(fitting) < cfg.scaling.num_workers:
         raise DataError(
-            f"{len(fitting)} training clips of {manifest.root} fit the crop but scaling.num_workers is "
+            f"{len(fitting)} training clips of {dataset.root} fit the crop but scaling.num_workers is "
             f"{cfg.scaling.num_workers}: every worker needs at least one; use fewer workers or more clips"
         )
     storage = cfg.run.storage_path
@@ -183,15 +188,15 @@ def check_training_inputs(cfg: Experiment, manifest: PreparedDataset) -> None:
             raise ConfigError(f"run.storage_path {storage} is not writable; choose a writable folder")
 
 
-def dataset_record(cfg: Experiment, manifest: PreparedDataset) -> DatasetRecord:
+def dataset_record(cfg: Experiment, dataset: PreparedDataset) -> DatasetRecord:
     """What MLflow records of the dataset the run trains on (:func:`pipelines.tracking.training.log_training_start`)."""
     return DatasetRecord(
-        manifest=manifest.manifest.to_json(),
+        manifest=dataset.manifest.to_json(),
         manifest_name=MANIFEST_NAME,
-        name=manifest.location.name,
-        digest=manifest.sha256[:32],
+        name=dataset.location.name,
+        digest=dataset.sha256[:32],
         source=cfg.data.path,
-        profile=manifest.profile(),
+        profile=dataset.profile(),
     )
 
 
@@ -245,10 +250,12 @@ def _run_training(
     cfg = resolve_paths(cfg)
     if cfg.data.verify:
         init_ray(cfg.run.address)  # the checksums are computed in Ray tasks, where the data is
-    manifest = check_dataset(
-        cfg.data.path, [cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify
+    # The one read of the dataset's manifest: what the Ray Data plan, the workers' validation and the
+    # registered version's lineage are made of.
+    dataset = open_dataset(
+        cfg.data.path, splits=[cfg.data.train_split, cfg.data.val_split], verify=cfg.data.verify
     )
-    check_training_inputs(cfg, manifest)
+    check_training_inputs(cfg, dataset)
     # The checkpoint the workers will resume from, checked once: its iteration and samples consumed.
     progress = check_checkpoints(run_folder(cfg.run.storage_path, cfg.run.name), cfg.global_batch)
     trained = with_batch_lr(cfg)  # what the workers train with: optim.lr after scaling.lr_rule
@@ -266,11 +273,11 @@ def _run_training(
     log_training_start(
         tracker,
         cfg,
-        derived={"arch": cfg.arch, "data.fingerprint": manifest.sha256, "schedule": schedule}
+        derived={"arch": cfg.arch, "data.fingerprint": dataset.fingerprint, "schedule": schedule}
         | {"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr},
         layout={"global_batch": cfg.global_batch, "effective_lr": trained.optim.lr},
         step=progress[0],
-        dataset=dataset_record(cfg, manifest),
+        dataset=dataset_record(cfg, dataset),
     )
 
     init_ray(cfg.run.address)
@@ -285,7 +292,8 @@ def _run_training(
         train_loop_per_worker,
         train_loop_config={
             "experiment": trained,
-            "scale": int(manifest.scale),
+            "scale": int(dataset.scale),
+            "validation": dataset.only([cfg.data.val_split]),
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracking_uri,
             "step_callback": step_callback,
@@ -309,7 +317,7 @@ def _run_training(
         ),
         datasets={
             "train": train_dataset(
-                cfg.data.path, split=cfg.data.train_split, crop=training_crops(cfg, manifest, progress)
+                dataset, split=cfg.data.train_split, crop=training_crops(cfg, dataset, progress)
             )
         },
     )
@@ -325,7 +333,9 @@ def _run_training(
     finally:
         if storage_marker is not None:
             storage_marker.remove()
-    return register_result(cfg, tracker, best_checkpoint(result), register=register, latest=result.checkpoint)
+    return register_result(
+        cfg, tracker, best_checkpoint(result), dataset, register=register, latest=result.checkpoint
+    )
 
 
 def end_unfinished_run(tracker: RunTracker, status: str) -> None:
@@ -358,32 +368,21 @@ def best_checkpoint(result: Any) -> Any:
     return max(scored, key=lambda pair: pair[0])[1] if scored else result.checkpoint
 
 
-def validation_lineage(cfg: Experiment) -> dict[str, str]:
-    """What a validation PSNR was measured on: the dataset (its manifest's sha256) and the protocol.
+def validation_lineage(cfg: Experiment, dataset: PreparedDataset) -> dict[str, str]:
+    """What a validation PSNR was measured on: the dataset the run opened (its manifest's sha256) and the
+    protocol (:func:`pipelines.training.loop.validation_protocol`).
 
     Recorded as version tags; the champion alias compares only versions whose tags agree
     (:func:`pipelines.tracking.promote_champion`).
     """
-    val = cfg.val
-    protocol = {
-        "split": cfg.data.val_split,
-        "channel": val.channel,
-        "crop_border": val.crop_border,
-        "centre_frame_only": val.centre_frame_only,
-        "mirror_times": val.mirror_times,
-        "max_clips": val.max_clips,
-        "max_frames": val.max_frames,
-    }
-    return {
-        "val_dataset": load_manifest(cfg.data.path).sha256,
-        "val_protocol": json.dumps(protocol, sort_keys=True),
-    }
+    return {"val_dataset": dataset.fingerprint, "val_protocol": validation_protocol(cfg).lineage()}
 
 
 def register_result(
     cfg: Experiment,
     tracker: RunTracker,
     checkpoint: Any,
+    dataset: PreparedDataset,
     register: bool = True,
     latest: Any = None,
     val_metrics: dict[str, float] | None = None,
@@ -391,7 +390,8 @@ def register_result(
 ) -> TrainingSummary:
     """Register ``checkpoint``'s network (the best one) unless an earlier call registered that iteration.
 
-    ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs;
+    ``dataset`` is the dataset the run trained and validated on, as the run opened it (its lineage goes
+    into the version's tags). ``latest`` is the run's newest checkpoint (what a resumed run continues from), when it differs;
     ``val_metrics`` replace the checkpoint's own validation (a re-score on ``cfg.val``'s protocol).
 
     A tracking server that is away is retried with backoff for ``patience_s`` seconds (each request makes
@@ -427,7 +427,7 @@ def register_result(
                 "val_channel": cfg.val.channel,
                 "dataset": cfg.data.path,
                 "mlflow_run_id": tracker.run_id,
-                **validation_lineage(cfg),
+                **validation_lineage(cfg, dataset),
             },
         )
 

@@ -61,7 +61,7 @@ from typing import Any
 from pipelines.common.config import config_to_dict, dump_config
 from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
-from pipelines.data.manifest import check_dataset
+from pipelines.data.manifest import PreparedDataset, open_dataset
 from pipelines.tracking import RegisteredVersion, RunTracker, find_run, resolve_tracking_uri
 from pipelines.training.config import Experiment, resolve_paths
 from pipelines.training.run import check_paths_reach_nodes
@@ -133,7 +133,7 @@ class SearchSummary:
 def run_search(spec: SearchConfig) -> SearchSummary:
     """Run (or resume) the search ``spec``: module docstring."""
     base = resolve_paths(base_experiment(spec))
-    _check_before_trials(spec, base)
+    dataset = _check_before_trials(spec, base)
     tracking_uri = resolve_tracking_uri(base.tracking.uri)
     experiment_path = f"{base.run.storage_path.rstrip('/')}/{spec.name}"
     state, restoring = open_search(experiment_path, search_fingerprint(spec, base))
@@ -171,20 +171,22 @@ def run_search(spec: SearchConfig) -> SearchSummary:
         parent.finish("FAILED")
         raise
     record_statuses(trials, tracking_uri)
-    return _conclude(spec, base, plan, trials, parent, restoring)
+    return _conclude(spec, base, plan, trials, parent, restoring, dataset)
 
 
-def _check_before_trials(spec: SearchConfig, base: Experiment) -> None:
+def _check_before_trials(spec: SearchConfig, base: Experiment) -> PreparedDataset:
     """The dataset (and its checksums with ``data.verify``) and the paths every node must see, checked
-    before any state is written; Ray is started here."""
+    before any state is written; Ray is started here. Returns the dataset as opened (the lineage of the
+    version the search registers)."""
     splits = (
         [base.data.val_split] if spec.evaluate is not None else [base.data.train_split, base.data.val_split]
     )
     if base.data.verify:
         init_ray(base.run.address)  # the checksums are computed in Ray tasks, where the data is
-    check_dataset(base.data.path, splits, verify=base.data.verify)  # before any trial starts
+    dataset = open_dataset(base.data.path, splits=splits, verify=base.data.verify)  # before any trial starts
     init_ray(base.run.address)
     check_paths_reach_nodes(base)  # every node sees the storage and data, before any state is written
+    return dataset
 
 
 def _trial_base(base: Experiment, experiment_path: str, tracking_uri: str) -> Experiment:
@@ -246,6 +248,7 @@ def _conclude(
     trials: list[TrialSummary],
     parent: RunTracker,
     restoring: bool,
+    dataset: PreparedDataset,
 ) -> SearchSummary:
     """The best trial (registered as ``best-<name>`` for a training search), the parent run's results."""
     finished = [t for t in trials if t.status != ERRORED and math.isfinite(t.last)]
@@ -259,7 +262,7 @@ def _conclude(
     best_trial_cfg = plan.experiment(best.params, best.trial_id)
     registered = champion = None
     if plan.evaluate is None and spec.register_best:
-        registered, champion = register_best(spec, best, best_trial_cfg, parent)
+        registered, champion = register_best(spec, best, best_trial_cfg, parent, dataset)
 
     parent.log_metrics({f"best_{spec.metric}": best.last}, step=0)
     parent.set_tags({"best_trial_id": best.trial_id, "best_mlflow_run_id": best.mlflow_run_id})

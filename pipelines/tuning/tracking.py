@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.common.config import config_to_dict
+from pipelines.data.manifest import PreparedDataset
 from pipelines.evaluation.run import run_evaluation
 from pipelines.tracking import RegisteredVersion, RunTracker, promote_champion, set_alias
 from pipelines.training.config import Experiment
@@ -73,7 +74,7 @@ def log_reports(parent: RunTracker, trials: list[TrialSummary], metric: str) -> 
 
 
 def register_best(
-    spec: SearchConfig, best: TrialSummary, cfg: Experiment, parent: RunTracker
+    spec: SearchConfig, best: TrialSummary, cfg: Experiment, parent: RunTracker, dataset: PreparedDataset
 ) -> tuple[RegisteredVersion | None, RegisteredVersion | None]:
     """Re-score the best trial's final network on the whole validation clips, register it with the alias
     ``best-<name>`` and, with ``promote_champion``, offer it to the champion alias.
@@ -81,7 +82,7 @@ def register_best(
     Trials validate on capped clips (``val.max_clips`` / ``val.max_frames``) to stay cheap; the
     registered version carries the full score, measured as ``jobs/evaluate.py`` measures it (a Ray task,
     on a GPU when there is one), so the ``champion`` alias compares it with training runs validated on
-    the same dataset and protocol. The trial's own score is kept as the ``trial_val_psnr`` tag. A search
+    the same dataset and protocol (``dataset``: as the search opened it). The trial's own score is kept as the ``trial_val_psnr`` tag. A search
     run again after it finished registers nothing new (the parent's :data:`REGISTERED_TAG`).
     """
     import ray.train
@@ -104,7 +105,8 @@ def register_best(
     )  # fmt: skip
     tracker = RunTracker.attach(cfg.tracking.uri, best.mlflow_run_id)
     tracker.set_tags({"trial_val_psnr": best.last})
-    summary = register_result(full, tracker, ray.train.Checkpoint(best.checkpoint), val_metrics=rescored)
+    checkpoint = ray.train.Checkpoint(best.checkpoint)
+    summary = register_result(full, tracker, checkpoint, dataset, val_metrics=rescored)
     registered = summary.registered
     if registered is None:  # registered when an interrupted run of this search got that far
         return None, None

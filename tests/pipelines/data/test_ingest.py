@@ -23,6 +23,7 @@ from pipelines.data.ingest import (
     sample_rng,
     train_dataset,
 )
+from pipelines.data.manifest import open_dataset
 from pipelines.data.prepare import PrepareConfig, prepare_dataset
 from pipelines.data.sources import decode_frame_clip
 
@@ -59,7 +60,6 @@ def ordered():
 
 
 def _batches(data_dir, count, *, crop_in_ray_data=True, seed=3, batch_size=3, **kwargs):
-    from pipelines.data.manifest import open_dataset
 
     data_dir = open_dataset(data_dir)
     with ordered():
@@ -128,7 +128,6 @@ def test_crops_in_ray_data_and_in_the_worker_are_the_same_draws(prepared):
 def test_first_epoch_shifts_the_crop_stream(prepared):
     """A resumed run (first_epoch past the samples it consumed) draws new crops, not epoch 0's again."""
     from pipelines.data.ingest import _crop_stage, plan_clips
-    from pipelines.data.manifest import open_dataset
 
     manifest = open_dataset(prepared)
     clips, first_row = plan_clips(manifest, "train"), {"id": np.array([0])}
@@ -201,7 +200,7 @@ def _batches_for_mirror():
 
 
 def test_validation_yields_whole_clips_matching_the_source(prepared):
-    clips = list(iter_val_clips(prepared))
+    clips = list(iter_val_clips(open_dataset(prepared)))
     assert [c[0] for c in clips] == ["val_a"]
     _, lr, gt = clips[0]
     assert lr.shape == (1, 6, 3, 16, 18) and gt.shape == (1, 6, 3, 64, 72)
@@ -216,42 +215,41 @@ def test_validation_share_decodes_only_its_own_clips(prepared, monkeypatch):
     decoded = []
     real_decode = ingest.decode_frames
     monkeypatch.setattr(ingest, "decode_frames", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
-    everything = [c[0] for c in iter_val_clips(prepared, "train", verify=False)]
+    everything = [c[0] for c in iter_val_clips(open_dataset(prepared), "train")]
     assert everything == ["a", "b", "c"] and len(decoded) == 6  # LR and GT of each clip
     decoded.clear()
-    shares = [[c[0] for c in iter_val_clips(prepared, "train", rank=r, world_size=2)] for r in (0, 1)]
+    dataset = open_dataset(prepared)
+    shares = [[c[0] for c in iter_val_clips(dataset, "train", rank=r, world_size=2)] for r in (0, 1)]
     assert shares == [["a", "c"], ["b"]] and len(decoded) == 6  # each clip decoded by one worker only
     decoded.clear()
-    assert [c[0] for c in iter_val_clips(prepared, "train", rank=1, world_size=2, max_clips=1)] == []
+    assert [c[0] for c in iter_val_clips(dataset, "train", rank=1, world_size=2, max_clips=1)] == []
     assert decoded == []
 
 
-def test_an_opened_dataset_and_its_path_give_the_same_clips_and_crops(prepared):
-    """Ingestion takes the dataset opened once (or, transitionally, its path), and the workers' copy
-    (``only``) of just the split they read gives the same samples."""
+def test_the_workers_copy_of_an_opened_dataset_gives_the_same_clips_and_crops(prepared):
+    """Ingestion takes the dataset opened once; the workers' copy (``only``) of just the split they read,
+    pickled as Ray sends it, gives the same samples without reading the manifest again."""
     import pickle
-
-    from pipelines.data.manifest import open_dataset
 
     dataset = open_dataset(prepared, splits=["train", "val"])
     val_only = pickle.loads(pickle.dumps(dataset.only(["val"])))  # what travels to a worker
     assert val_only.split_names == ["val"] and val_only.fingerprint == dataset.fingerprint
     assert [c.clip_id for c in val_only.clips()] == ["val_a"] and val_only.manifest.quarantined == ()
     for (id_a, lr_a, gt_a), (id_b, lr_b, gt_b) in zip(
-        iter_val_clips(val_only), iter_val_clips(str(prepared)), strict=True
+        iter_val_clips(val_only), iter_val_clips(dataset), strict=True
     ):
         assert id_a == id_b and torch.equal(lr_a, lr_b) and torch.equal(gt_a, gt_b)
     with pytest.raises(DataError, match=r"no split 'train' .*splits: val"):
         list(iter_val_clips(val_only, "train"))
     with ordered():
         spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=3)
-        rows = [train_dataset(d, crop=spec).take_all() for d in (dataset.only(["train"]), str(prepared))]
+        rows = [train_dataset(d, crop=spec).take_all() for d in (dataset.only(["train"]), dataset)]
     assert [r["clip_id"] for r in rows[0]] == [r["clip_id"] for r in rows[1]]
     assert all(np.array_equal(a["lr"], b["lr"]) for a, b in zip(rows[0], rows[1], strict=True))
 
 
 def test_crop_shape_mismatch_is_a_clear_error(prepared):
-    ds = train_dataset(prepared, crop=CropSpec(2, LR_PATCH))
+    ds = train_dataset(open_dataset(prepared), crop=CropSpec(2, LR_PATCH))
     iterator = make_train_batch_iterator(
         ds.iterator(), lr_patch=LR_PATCH, num_frames=NUM_FRAMES, batch_size=1
     )
@@ -261,7 +259,10 @@ def test_crop_shape_mismatch_is_a_clear_error(prepared):
 
 def test_clips_too_short_for_the_window_are_a_clear_error(prepared):
     iterator = make_train_batch_iterator(
-        train_dataset(prepared, crop=CropSpec(50, 8)).iterator(), num_frames=50, lr_patch=8, batch_size=1
+        train_dataset(open_dataset(prepared), crop=CropSpec(50, 8)).iterator(),
+        num_frames=50,
+        lr_patch=8,
+        batch_size=1,
     )
     with pytest.raises(DataError, match="no clip with at least 50 frames"):
         next(iterator)
@@ -269,7 +270,7 @@ def test_clips_too_short_for_the_window_are_a_clear_error(prepared):
 
 def test_unknown_split_names_the_known_ones(prepared):
     with pytest.raises(DataError, match=r"no split 'test' .*splits: train, val"):
-        train_dataset(prepared, "test", crop=CropSpec(NUM_FRAMES, LR_PATCH))
+        train_dataset(open_dataset(prepared), "test", crop=CropSpec(NUM_FRAMES, LR_PATCH))
 
 
 # ------------------------------------------------------------------------ stored segments and versions
@@ -323,7 +324,6 @@ def test_a_version_1_dataset_still_reads_with_the_same_crops_and_clips(prepared,
     import pyarrow.parquet as pq
 
     from pipelines.data.ingest import _crop_stage, plan_clips
-    from pipelines.data.manifest import open_dataset
 
     old = open_dataset(_as_version_1(prepared, tmp_path / "v1"))
     new = open_dataset(prepared)
@@ -340,7 +340,7 @@ def test_a_version_1_dataset_still_reads_with_the_same_crops_and_clips(prepared,
         assert np.array_equal(a["lr"], b["lr"]) and np.array_equal(a["gt"], b["gt"])
     for split in ("train", "val"):
         for (id_a, lr_a, gt_a), (id_b, lr_b, gt_b) in zip(
-            iter_val_clips(old.root, split), iter_val_clips(prepared, split), strict=True
+            iter_val_clips(old, split), iter_val_clips(new, split), strict=True
         ):
             assert id_a == id_b and torch.equal(lr_a, lr_b) and torch.equal(gt_a, gt_b)
 
@@ -359,7 +359,6 @@ def test_a_crop_reads_only_the_segments_its_window_spans(prepared, tmp_path):
 
     from pipelines.data import ingest
     from pipelines.data.ingest import _crop_stage, plan_clips
-    from pipelines.data.manifest import open_dataset
     from pipelines.data.read_stats import counting_filesystem
 
     spec = CropSpec(NUM_FRAMES, LR_PATCH, seed=5)
@@ -406,7 +405,7 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_cause(tiny_prepared_datas
     import shutil
 
     from pipelines.common.errors import find_user_error
-    from pipelines.data.manifest import CorruptShard, open_dataset
+    from pipelines.data.manifest import CorruptShard
 
     copy = tmp_path / "damaged"
     shutil.copytree(tiny_prepared_dataset, copy)
@@ -417,13 +416,15 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_cause(tiny_prepared_datas
     open_dataset(copy)  # sizes unchanged: the fast check at start cannot see it
 
     with pytest.raises(CorruptShard) as err:
-        list(iter_val_clips(copy, "val"))
+        list(iter_val_clips(manifest, "val"))
     message = str(err.value)
     assert message.startswith(f"{val_shard}: the shard does not read") and "\n" not in message
     assert "CRC checksum verification failed" in message and "--verify-data" in message
 
     spec = CropSpec(4, 16, seed=0, epochs=1)
-    iterator = make_train_batch_iterator(train_dataset(copy, crop=spec).iterator(), num_frames=4, lr_patch=16)
+    iterator = make_train_batch_iterator(
+        train_dataset(manifest, crop=spec).iterator(), num_frames=4, lr_patch=16
+    )
     with pytest.raises(Exception) as err:  # raised in a Ray Data task, wrapped by Ray
         next(iterator)
     found = find_user_error(err.value)
@@ -436,7 +437,7 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_cause(tiny_prepared_datas
     with pytest.raises(
         CorruptShard, match=r"part-00000.parquet: the shard does not read .*ZSTD decompression failed"
     ):
-        list(iter_val_clips(old, "train"))
+        list(iter_val_clips(open_dataset(old), "train"))
 
 
 def test_a_shard_missing_on_the_node_that_reads_it_names_the_node_and_the_shared_storage_fix(
@@ -448,7 +449,7 @@ def test_a_shard_missing_on_the_node_that_reads_it_names_the_node_and_the_shared
     import socket
 
     from pipelines.data.ingest import plan_clips, read_clip
-    from pipelines.data.manifest import CorruptShard, open_dataset
+    from pipelines.data.manifest import CorruptShard
 
     copy = tmp_path / "unmounted"
     shutil.copytree(tiny_prepared_dataset, copy)

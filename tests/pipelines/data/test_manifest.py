@@ -15,8 +15,6 @@ from pipelines.data.manifest import (
     MANIFEST_NAME,
     ClipRecord,
     Manifest,
-    check_dataset,
-    load_manifest,
     open_dataset,
 )
 
@@ -104,7 +102,6 @@ def test_open_dataset_checks_the_splits_and_names_the_command_for_a_missing_data
         dataset.fingerprint
         == hashlib.sha256((tiny_prepared_dataset / MANIFEST_NAME).read_bytes()).hexdigest()
     )
-    assert check_dataset(tiny_prepared_dataset, ["val"]) == dataset  # transitional: the same open
     with pytest.raises(
         DataError, match=rf"^split 'test' is not in {tiny_prepared_dataset} \(its splits: train, val\)$"
     ):
@@ -114,8 +111,6 @@ def test_open_dataset_checks_the_splits_and_names_the_command_for_a_missing_data
         DataError, match=rf"^no prepared dataset at {missing} \(no manifest.json\)\. Prepare it"
     ):
         open_dataset(missing)
-    with pytest.raises(DataError, match="not a prepared dataset, or its preparation did not finish"):
-        load_manifest(missing)
 
 
 def test_a_malformed_clip_record_is_one_line_naming_the_manifest(tiny_prepared_dataset, tmp_path):

@@ -18,6 +18,7 @@ import torch
 from jobs.evaluate import main
 from pipelines.common.errors import ConfigError
 from pipelines.common.files import sha256_file
+from pipelines.data.manifest import open_dataset
 from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.run import run_evaluation, task_options
 from pipelines.evaluation.scoring import CSV_COLUMNS, evaluate
@@ -36,7 +37,7 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def direct(tiny_model, tiny_prepared_dataset):
     """The tiny model scored in this process by ``scoring.evaluate``, without Ray."""
-    return evaluate(tiny_model, tiny_prepared_dataset)
+    return evaluate(tiny_model, open_dataset(tiny_prepared_dataset))
 
 
 def assert_same_scores(got, expected):

@@ -12,7 +12,7 @@ import torch
 
 from pipelines.common.config import load_config
 from pipelines.common.errors import ConfigError, DataError
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import open_dataset
 from pipelines.training.config import Experiment
 from pipelines.training.recipe import build_optimizer, lr_schedule
 from pipelines.training.run import check_training_inputs, run_training
@@ -123,13 +123,13 @@ def test_a_dataset_at_another_scale_is_refused_up_front(tiny_prepared_dataset, t
     with pytest.raises(
         DataError, match="prepared at x2 but ttvsr upscales x4: prepare the data with --scale 4"
     ):
-        check_training_inputs(_cfg(data), load_manifest(data, verify=False))
+        check_training_inputs(_cfg(data), open_dataset(data))
 
 
 def test_crops_larger_than_every_clip_and_more_workers_than_clips_are_refused(
     tiny_prepared_dataset, tmp_path
 ):
-    manifest = load_manifest(tiny_prepared_dataset, verify=False)
+    manifest = open_dataset(tiny_prepared_dataset)
     storage = f"run.storage_path={tmp_path / 'runs'}"
     with pytest.raises(
         DataError, match="data.num_frames=9 frames of data.lr_patch=64.*the longest has 8 frames"
@@ -146,7 +146,7 @@ def test_a_storage_path_that_is_a_file_is_refused(tiny_prepared_dataset, tmp_pat
     (tmp_path / "runs").write_text("not a folder")
     cfg = _cfg(tiny_prepared_dataset, f"run.storage_path={tmp_path / 'runs'}")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
-        check_training_inputs(cfg, load_manifest(tiny_prepared_dataset, verify=False))
+        check_training_inputs(cfg, open_dataset(tiny_prepared_dataset))
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import torch
 
 from pipelines.common.config import load_config
 from pipelines.common.errors import DataError
-from pipelines.data.manifest import load_manifest
+from pipelines.data.manifest import open_dataset
 from pipelines.training.config import Experiment, OptimSection, ScheduleSection, resolve_paths
 from pipelines.training.recipe import build_optimizer, lr_schedule
 from pipelines.training.run import training_crops
@@ -83,7 +83,7 @@ def _crops(data, storage: str, workers: int = 2):
             "train.total_iters=20",
         ],
     )
-    return training_crops(resolve_paths(cfg), load_manifest(data, verify=False))
+    return training_crops(resolve_paths(cfg), open_dataset(data))
 
 
 @pytest.mark.parametrize("scheme", ["file", "memory"])
@@ -206,4 +206,4 @@ def _crops_with_progress(data, storage: str, progress: tuple[int, int]):
         TEST_CONFIG,
         [f"data.path={data}", f"run.storage_path={storage}", "scaling.num_workers=2", "train.total_iters=20"],
     )
-    return training_crops(resolve_paths(cfg), load_manifest(data, verify=False), progress)
+    return training_crops(resolve_paths(cfg), open_dataset(data), progress)

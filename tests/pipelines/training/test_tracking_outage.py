@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.common.config import load_config
+from pipelines.data.manifest import open_dataset
 from pipelines.tracking import RunTracker, mlflow_client
 from pipelines.tracking.background import TrackingUnavailableError
 from pipelines.tracking.server import KillServerAt, MlflowServer
@@ -123,7 +124,7 @@ def test_registration_with_the_server_away_ends_with_the_checkpoint_and_the_comm
     tracker = RunTracker.attach(server.uri, summary.mlflow_run_id)
     server.kill()
     with pytest.raises(TrackingUnavailableError) as refused:
-        register_result(cfg, tracker, checkpoint, patience_s=3)
+        register_result(cfg, tracker, checkpoint, open_dataset(cfg.data.path), patience_s=3)
     message = str(refused.value)
     assert "\n" not in message and summary.checkpoint_path in message
     assert Path(summary.checkpoint_path, "model.pt").is_file()  # the run folder is intact

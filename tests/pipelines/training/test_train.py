@@ -63,9 +63,39 @@ class KillOnceAt:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+MANIFEST_READS_ENV = "RAY_VSR_TEST_MANIFEST_READS"
+
+
+def count_manifest_reads() -> None:
+    """Record every read of a dataset's manifest.json in this process (one JSON line each, in the file
+    $RAY_VSR_TEST_MANIFEST_READS): run in the driver and, as Ray's worker_process_setup_hook, in every
+    Ray worker process of the cluster (training workers, Ray Data and other tasks)."""
+    import json
+    import traceback
+
+    from pipelines.common import storage
+
+    original = storage.Location.read_bytes
+    if getattr(original, "counted", False):
+        return
+
+    def read_bytes(self, *args, **kwargs):
+        if self.uri.endswith("/manifest.json"):
+            stack = "".join(traceback.format_stack())
+            where = "worker" if "train_loop_per_worker" in stack else f"pid {os.getpid()}"
+            with open(os.environ[MANIFEST_READS_ENV], "a") as log:
+                log.write(json.dumps(where) + "\n")
+        return original(self, *args, **kwargs)
+
+    read_bytes.counted = True
+    storage.Location.read_bytes = read_bytes
+    with open(os.environ[MANIFEST_READS_ENV] + ".processes", "a") as log:  # the counter is in place here
+        log.write(f"{os.getpid()}\n")
+
+
 @dataclasses.dataclass
 class RecordWeights:
-    """Append ``iteration sha256(weights) node_id`` to ``<folder>/rank<r>.txt`` after every step."""
+    """Append ``iteration sha256(weights) node_id pid`` to ``<folder>/rank<r>.txt`` after every step."""
 
     folder: str
 
@@ -77,7 +107,7 @@ class RecordWeights:
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         node = ray.get_runtime_context().get_node_id()
         with open(Path(self.folder) / f"rank{rank}.txt", "a") as file:
-            file.write(f"{iteration} {digest.hexdigest()} {node}\n")
+            file.write(f"{iteration} {digest.hexdigest()} {node} {os.getpid()}\n")
 
 
 @dataclasses.dataclass
@@ -196,6 +226,7 @@ def test_evaluate_job_scores_the_registered_champion_like_its_checkpoint(
     stopped_then_resumed, tiny_dataset, capsys
 ):
     from jobs.evaluate import main as evaluate_main
+    from pipelines.data.manifest import open_dataset
     from pipelines.evaluation.scoring import evaluate
     from pipelines.inference.loading import load_model as load_any_model
 
@@ -207,7 +238,7 @@ def test_evaluate_job_scores_the_registered_champion_like_its_checkpoint(
     )
     header, _, clip, _, mean = capsys.readouterr().out.strip().splitlines()
     assert "(RGB)" in header and clip.split()[1] == "8"  # the whole 8-frame validation clip
-    direct = evaluate(load_any_model(summary.checkpoint_path), tiny_dataset)
+    direct = evaluate(load_any_model(summary.checkpoint_path), open_dataset(tiny_dataset))
     assert mean.split()[2:] == [
         f"{direct.bicubic.psnr:.2f}",
         "/",
@@ -235,17 +266,32 @@ def test_killed_worker_is_recovered_from_the_last_checkpoint(tiny_dataset, tmp_p
     assert summary.registered.is_champion
 
 
-def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path):
+def test_two_workers_on_two_nodes_keep_identical_weights_and_read_the_manifest_once(
+    tiny_dataset, tmp_path, monkeypatch
+):
     import ray
     from ray.cluster_utils import Cluster
+
+    from pipelines.common import storage
 
     ray.shutdown()  # leave the shared local cluster; the next test that needs one starts it again
     # 3 logical CPUs per node: one 2-CPU worker fits per node, leaving a CPU on each for Ray Data.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
     cluster.add_node(num_cpus=3)
+    reads = tmp_path / "manifest_reads.jsonl"
+    reads.touch()
+    monkeypatch.setenv(MANIFEST_READS_ENV, str(reads))
+    monkeypatch.setattr(storage.Location, "read_bytes", storage.Location.read_bytes)  # undone after
     try:
-        ray.init(address=cluster.address)
-        _pickle_this_module_by_value()
+        _pickle_this_module_by_value()  # before ray.init: the setup hook travels in the runtime env
+        count_manifest_reads()
+        ray.init(
+            address=cluster.address,
+            runtime_env={
+                "worker_process_setup_hook": count_manifest_reads,
+                "env_vars": {MANIFEST_READS_ENV: str(reads)},
+            },
+        )
         records = tmp_path / "weights"
         records.mkdir()
         cfg = tiny_config(
@@ -255,7 +301,7 @@ def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path)
             "scaling.num_workers=2",
             "scaling.cpus_per_worker=2",
             "train.total_iters=4",
-            "train.val_every=4",
+            "train.val_every=2",  # two validations, each on both workers
             "train.checkpoint_every=4",
             "scaling.recipe_global_batch=1",  # the config's lr was set for one sequence per step ...
             "scaling.lr_rule=linear",  # ... so two workers train at twice it
@@ -282,6 +328,14 @@ def test_two_workers_on_two_nodes_keep_identical_weights(tiny_dataset, tmp_path)
     )
     lr_history = RunTracker.attach(summary.tracking_uri, summary.mlflow_run_id).metric_history("lr")
     assert lr_history[0] == (1, pytest.approx(2 * cfg.optim.lr * stepped(1)))
+    # The dataset is opened once, on the driver: the Ray Data plan, both workers' two validations and the
+    # registered version's lineage all use what that one read gave (docs/data_format.md).
+    assert [json.loads(line) for line in reads.read_text().splitlines()] == [f"pid {os.getpid()}"]
+    counted = set(Path(f"{reads}.processes").read_text().split())
+    assert {r[3] for r in rank0 + rank1} <= counted and len(
+        {r[3] for r in rank0 + rank1}
+    ) == 2  # workers counted
+    assert len(RunTracker.attach(summary.tracking_uri, summary.mlflow_run_id).metric_history("val/psnr")) == 2
 
 
 def test_the_best_checkpoint_is_kept_and_registered_when_a_later_validation_is_worse(tiny_dataset, tmp_path):

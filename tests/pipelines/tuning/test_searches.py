@@ -158,6 +158,7 @@ def test_token_scale_search_logs_the_table_and_plots_to_its_parent_run(token_sea
 
 
 def test_best_trial_is_rescored_and_registered_as_best_of_the_search_and_champion(token_search, workdir):
+    from pipelines.data.manifest import open_dataset
     from pipelines.evaluation.protocol import ValidationProtocol
     from pipelines.evaluation.scoring import evaluate
     from pipelines.inference.loading import load_model
@@ -172,7 +173,7 @@ def test_best_trial_is_rescored_and_registered_as_best_of_the_search_and_champio
     assert client.get_model_version_by_alias(REGISTERED, "champion").version == version.version  # --champion
     assert json.loads(version.tags["val_protocol"])["max_frames"] is None  # re-scored on the whole clips
     checkpoint = token_search["dir"] / "train" / best.info.run_name / "checkpoint_00000004"
-    full = evaluate(load_model(checkpoint), workdir["data"], ValidationProtocol(channel="rgb"))
+    full = evaluate(load_model(checkpoint), open_dataset(workdir["data"]), ValidationProtocol(channel="rgb"))
     assert float(version.tags["val_psnr"]) == pytest.approx(full.model.psnr)
     best_config = yaml.safe_load(token_search["stdout"].split("best config:\n", 1)[1])
     assert best_config["model"]["token_scales"] == json.loads(best.data.params["model.token_scales"])
@@ -212,6 +213,7 @@ def test_frame_interval_sweep_evaluates_without_training_and_matches_direct_scor
     frame_interval_sweep, workdir
 ):
     import vsr_models
+    from pipelines.data.manifest import open_dataset
     from pipelines.evaluation.protocol import ValidationProtocol
     from pipelines.evaluation.scoring import evaluate
     from pipelines.inference.loading import ModelRef, load_model
@@ -230,7 +232,7 @@ def test_frame_interval_sweep_evaluates_without_training_and_matches_direct_scor
     for stride in STRIDES:
         network = vsr_models.build_model("ttvsr", **(config | {"key_frame_stride": stride}))
         network.load_state_dict(trained.state_dict())
-        direct = evaluate(network.eval(), workdir["data"], ValidationProtocol(channel="rgb"))
+        direct = evaluate(network.eval(), open_dataset(workdir["data"]), ValidationProtocol(channel="rgb"))
         assert swept[stride] == pytest.approx(direct.model.psnr, abs=1e-4)
     artifacts = {a.path for a in client.list_artifacts(frame_interval_sweep["parent"].info.run_id, "plots")}
     assert artifacts == {"plots/val_psnr_vs_model.key_frame_stride.png"}  # one validation each: no curves
