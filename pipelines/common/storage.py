@@ -138,6 +138,18 @@ def sync_local(location: Location) -> None:
             os.fsync(f.fileno())
 
 
+def is_uri(where: str | os.PathLike) -> bool:
+    """``where`` names a filesystem by its scheme (``s3://``, ``file://``, ``memory://``): not a plain path."""
+    return bool(_scheme(os.fspath(where)))
+
+
+def absolute(where: str | os.PathLike) -> str:
+    """``where`` as any process on any node can use it: a URI as given, a plain path made absolute (``~``
+    expanded). The one place that tells a local path from a URI in a config (no filesystem is opened)."""
+    text = os.fspath(where)
+    return text if is_uri(text) else str(Path(text).expanduser().resolve())
+
+
 def resolve(where: str | os.PathLike | Location) -> Location:
     """The :class:`Location` of a path or URI; a :class:`DataError` for a scheme nothing here can serve."""
     if isinstance(where, Location):

@@ -32,7 +32,7 @@ from typing import Any
 
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.files import CHECKPOINT_MODEL_FILE
-from pipelines.common.storage import check_storage_uri
+from pipelines.common.storage import absolute, check_storage_uri
 from pipelines.data.manifest import PreparedDataset, open_dataset
 from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.protocol import ValidationProtocol
@@ -122,11 +122,6 @@ def score_task(request: ScoringRequest) -> EvaluationReport:
     return evaluate(model, request.data, request.protocol)
 
 
-def _absolute(path: str) -> str:
-    """A path made absolute on the driver (the task may run in another folder or on another node)."""
-    return str(Path(path).expanduser().resolve())
-
-
 def _file_label(path: Path) -> str:
     """``checkpoint_00001000`` for a training checkpoint folder or its model.pt, else the file's stem."""
     if path.name == CHECKPOINT_MODEL_FILE:
@@ -141,12 +136,12 @@ def resolve_source(ref: ModelRef, lookup: bool = True) -> ModelSource:
     lookups). A registry lookup that fails is left to the task, whose :meth:`ModelRef.load` says why.
     """
     if ref.official:
-        path = _absolute(ref.spec)
+        path = absolute(ref.spec)
         tags = {"eval.official": path, "eval.arch": str(ref.arch)}
         return ModelSource(ModelRef(path, ref.arch, ref.tracking_uri), Path(path).stem, tags)
     given = ref.spec
     if Path(given).exists() or not MODEL_URI.match(given):  # a checkpoint (a missing one: the task says so)
-        path = _absolute(given)
+        path = absolute(given)
         return ModelSource(
             ModelRef(path, None, ref.tracking_uri), _file_label(Path(path)), {"eval.model_path": path}
         )

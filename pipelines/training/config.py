@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pipelines.common.config import flatten, load_config, parse_override, read_yaml, with_values
 from pipelines.common.errors import ConfigError
+from pipelines.common.storage import absolute
 from vsr_models import InputConstraints, get_family
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs"
@@ -395,9 +396,6 @@ def load_experiment(
 
 def resolve_paths(cfg: Experiment) -> Experiment:
     """Absolute data and storage paths, so Ray workers (other processes, maybe other cwd) find them."""
-    data_path = cfg.data.path if "://" in cfg.data.path else str(Path(cfg.data.path).expanduser().resolve())
-    data = dataclasses.replace(cfg.data, path=data_path)
-    storage = cfg.run.storage_path
-    if "://" not in storage:  # s3://, gs://, ... are already absolute
-        storage = str(Path(storage).expanduser().resolve())
-    return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, storage_path=storage))
+    data = dataclasses.replace(cfg.data, path=absolute(cfg.data.path))
+    run = dataclasses.replace(cfg.run, storage_path=absolute(cfg.run.storage_path))
+    return dataclasses.replace(cfg, data=data, run=run)

@@ -30,7 +30,7 @@ from pipelines.common.console import verbose
 from pipelines.common.errors import ConfigError, DataError
 from pipelines.common.ray_session import init_ray, sigterm_as_ctrl_c
 from pipelines.common.shared_storage import check_visible_from_nodes, place_marker
-from pipelines.common.storage import check_storage_uri
+from pipelines.common.storage import check_storage_uri, is_uri
 from pipelines.data.ingest import CropSpec, train_dataset
 from pipelines.data.manifest import MANIFEST_NAME, ClipRecord, PreparedDataset, open_dataset
 from pipelines.tracking import (
@@ -172,7 +172,7 @@ def check_training_inputs(cfg: Experiment, dataset: PreparedDataset) -> None:
             f"{cfg.scaling.num_workers}: every worker needs at least one; use fewer workers or more clips"
         )
     storage = cfg.run.storage_path
-    if "://" not in storage:
+    if not is_uri(storage):
         folder = Path(storage)
         if folder.exists() and not folder.is_dir():
             raise ConfigError(
@@ -466,7 +466,7 @@ def register_command(cfg: Experiment, tracking_uri: str, checkpoint_path: str) -
     No ``--alias``: the champion comparison is not repeated, the alias is moved by hand if wanted.
     """
     source, fetch = checkpoint_path, ""
-    if "://" in cfg.run.storage_path:  # register_model.py reads a local folder
+    if is_uri(cfg.run.storage_path):  # register_model.py reads a local folder
         remote = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/{Path(checkpoint_path).name}"
         source, fetch = (
             Path(checkpoint_path).name,

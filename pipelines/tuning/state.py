@@ -20,6 +20,7 @@ from typing import Any
 from pipelines.common.config import config_to_dict, flatten
 from pipelines.common.errors import ConfigError, StateError
 from pipelines.common.files import check_unchanged
+from pipelines.common.storage import resolve
 from pipelines.training.config import Experiment
 from pipelines.tuning.config import SearchConfig
 
@@ -51,11 +52,8 @@ def search_fingerprint(spec: SearchConfig, base: Experiment) -> str:
 
 
 def _filesystem(path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
+    location = resolve(path)
+    return location.fs, location.path
 
 
 def read_search_state(experiment_path: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.common.errors import DataError
-from pipelines.common.storage import HashingWriter, resolve, sha256_location
+from pipelines.common.storage import HashingWriter, absolute, is_uri, resolve, sha256_location
 
 
 def test_paths_and_file_uris_are_the_same_local_location(tmp_path):
@@ -76,3 +76,14 @@ def test_a_storage_uri_that_cannot_open_is_one_line(uri, message):
         with pytest.raises(DataError, match="pip install adlfs"):
             check_storage_uri(uri)  # the same, without contacting any store
     check_storage_uri("s3://bucket/reds")  # pyarrow's own: nothing to install
+
+
+def test_absolute_keeps_uris_and_makes_plain_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert absolute("runs") == str(tmp_path / "runs") and not is_uri("runs")
+    assert absolute("~/data") == str(tmp_path / "home" / "data")
+    for uri in ("s3://bucket/runs", "file:///mnt/shared/runs", "memory://runs/x"):
+        assert is_uri(uri) and absolute(uri) == uri
+    # what it says is what resolve() opens: a plain path is local, a URI its scheme's filesystem
+    assert resolve(absolute("runs")).is_local and resolve(absolute("runs")).path == str(tmp_path / "runs")
