@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-COMPLETED = "completed"  # trained to train.total_iters, or evaluated
-STOPPED_EARLY = "stopped early"  # by the scheduler (ASHA)
-ERRORED = "errored"
+from pipelines.tracking.tuning import COMPLETED, STOPPED_EARLY
+
 SCORES = ("val_psnr", "val_ssim")  # the columns every row has, whichever metric the search maximises
 
 

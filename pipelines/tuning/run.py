@@ -36,9 +36,9 @@ unfinished ones resume from their last checkpoint; running another search under 
 refused. Tune's files are checked against the seal the last run left (:func:`pipelines.tuning.state.
 verify_search`) before Tune reads them: a changed file, or a search killed before it could seal, is one
 :class:`StateError` and nothing is unpickled. The MLflow parent run is found by the search's
-id (tag :data:`~pipelines.tuning.trial.SEARCH_ID_TAG`), never by its name, so a search never adopts another's parent run. Every
+id (tag :data:`~pipelines.tracking.tuning.SEARCH_ID_TAG`), never by its name, so a search never adopts another's parent run. Every
 trial is a run nested under it (named after the trial id, tagged with its status: completed, stopped
-early, errored). At the end the parent run (:mod:`pipelines.tuning.tracking`) gets the results table (CSV, Markdown) and plots
+early, errored). At the end the parent run (:mod:`pipelines.tracking.tuning`) gets the results table (CSV, Markdown) and plots
 (:mod:`pipelines.tuning.results`); the best training trial is re-scored on the whole validation clips
 and registered with the alias ``best-<name>``, and the ``champion`` alias moves to it only with
 ``promote_champion`` and only if it beats the champion (:func:`pipelines.tracking.promote_champion`).
@@ -63,19 +63,20 @@ from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
 from pipelines.data.manifest import PreparedDataset, open_dataset
 from pipelines.tracking import RegisteredVersion, RunTracker, find_run, resolve_tracking_uri
-from pipelines.training.config import Experiment, resolve_paths
-from pipelines.training.run import check_paths_reach_nodes
-from pipelines.tuning.config import SearchConfig, base_experiment
-from pipelines.tuning.resources import concurrent_trials, evaluation_resources, largest, trial_resources
-from pipelines.tuning.results import (
+from pipelines.tracking.tuning import (
     COMPLETED,
     ERRORED,
-    SCORES,
     STOPPED_EARLY,
-    TrialSummary,
-    score,
-    text_table,
+    log_reports,
+    record_statuses,
+    start_parent_run,
 )
+from pipelines.training.config import Experiment, resolve_paths
+from pipelines.training.run import check_paths_reach_nodes
+from pipelines.tuning.best import register_best
+from pipelines.tuning.config import SearchConfig, base_experiment
+from pipelines.tuning.resources import concurrent_trials, evaluation_resources, largest, trial_resources
+from pipelines.tuning.results import SCORES, TrialSummary, score, text_table, write_reports
 from pipelines.tuning.state import (
     SEAL_TAG,
     open_search,
@@ -84,7 +85,6 @@ from pipelines.tuning.state import (
     verify_search,
     write_search_state,
 )
-from pipelines.tuning.tracking import log_reports, record_statuses, register_best, start_parent_run
 from pipelines.tuning.trial import LATEST_CHECKPOINT_KEY, TrialPlan, run_evaluation_trial, run_trial
 
 logger = logging.getLogger("ray_vsr.tune")
@@ -269,7 +269,7 @@ def _conclude(
     parent.log_dict({"trials": [dataclasses.asdict(t) for t in trials]}, "trials.json")
     best_config = dataclasses.replace(best_trial_cfg, run=base.run, tracking=base.tracking)
     parent.log_dict(config_to_dict(best_config), "best_config.yaml")
-    reports = log_reports(parent, trials, spec.metric)
+    reports = log_reports(parent, lambda folder: write_reports(trials, spec.metric, folder))
     parent.finish("FINISHED")
     return SearchSummary(
         spec.name,

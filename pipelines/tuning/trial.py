@@ -14,14 +14,11 @@ from pipelines.common.config import with_values
 from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.run import run_evaluation
 from pipelines.tracking import RunTracker
+from pipelines.tracking.tuning import PARENT_RUN_TAG, SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG, TUNE_TRIAL_TAG
 from pipelines.training.config import Experiment
 from pipelines.training.run import run_training
 from pipelines.tuning.space import drawn_values, model_settings
 
-TUNE_EXPERIMENT_TAG = "tune_experiment"
-TUNE_TRIAL_TAG = "tune_trial_id"
-SEARCH_ID_TAG = "tune_search_id"  # on the parent run and every trial run: which search they belong to
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the trial runs under the search
 LATEST_CHECKPOINT_KEY = "latest_checkpoint"  # Tune result key: the trial's newest checkpoint folder
 
 

@@ -98,8 +98,8 @@ def test_an_evaluation_run_links_to_the_model_it_scored(mlflow_uri):
 
 
 def test_a_trial_the_scheduler_stopped_is_finished_with_its_status_tag(mlflow_uri):
-    from pipelines.tuning.results import COMPLETED, ERRORED, STOPPED_EARLY, TrialSummary
-    from pipelines.tuning.tracking import TRIAL_STATUS_TAG, record_statuses
+    from pipelines.tracking.tuning import COMPLETED, ERRORED, STOPPED_EARLY, TRIAL_STATUS_TAG, record_statuses
+    from pipelines.tuning.results import TrialSummary
 
     trials = []
     for name, status in (("stopped", STOPPED_EARLY), ("done", COMPLETED), ("broke", ERRORED)):

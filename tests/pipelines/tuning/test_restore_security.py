@@ -17,11 +17,10 @@ from jobs._tuning import parser, search_config
 from jobs.tune_ttvsr import main
 from pipelines.common.errors import StateError
 from pipelines.tracking import RunTracker, mlflow_client
+from pipelines.tracking.tuning import SEARCH_ID_TAG, SEARCH_PARENT_TAG
 from pipelines.training.config import resolve_paths
 from pipelines.tuning.config import base_experiment
 from pipelines.tuning.state import SEAL_TAG, STATE_FILE, seal_search, search_fingerprint, verify_search
-from pipelines.tuning.tracking import SEARCH_PARENT_TAG
-from pipelines.tuning.trial import SEARCH_ID_TAG
 
 TEST_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "ttvsr_test.yaml"
 NAME = "sealed_search"

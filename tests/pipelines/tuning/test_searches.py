@@ -26,9 +26,8 @@ import yaml
 
 from jobs.tune_ttvsr import main
 from pipelines.tracking import mlflow_client
+from pipelines.tracking.tuning import PARENT_RUN_TAG, SEARCH_ID_TAG, TRIAL_STATUS_TAG, TUNE_EXPERIMENT_TAG
 from pipelines.tuning.state import STATE_FILE
-from pipelines.tuning.tracking import TRIAL_STATUS_TAG
-from pipelines.tuning.trial import PARENT_RUN_TAG, SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO_ROOT / "configs" / "ttvsr_test.yaml"

@@ -15,6 +15,7 @@ import yaml
 from jobs._tuning import parser, search_config
 from jobs.tune_ttvsr import main
 from pipelines.common.config import ConfigError, load_config
+from pipelines.tracking.tuning import COMPLETED, STOPPED_EARLY
 from pipelines.training.config import load_experiment
 from pipelines.tuning.config import SearchConfig, base_experiment
 from pipelines.tuning.resources import (
@@ -24,7 +25,7 @@ from pipelines.tuning.resources import (
     parse_resources,
     trial_resources,
 )
-from pipelines.tuning.results import COMPLETED, STOPPED_EARLY, TrialSummary, markdown_table, write_reports
+from pipelines.tuning.results import TrialSummary, markdown_table, write_reports
 from pipelines.tuning.run import asha_scheduler
 from pipelines.tuning.space import Distribution, assign, drawn_values, parse_search_space
 from pipelines.tuning.state import search_fingerprint

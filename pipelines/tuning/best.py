@@ -1,76 +1,22 @@
-"""What a search leaves in MLflow besides the trials' own runs: its parent run, every trial run's status,
-the results table and plots, and the best training trial registered as ``best-<name>``
-(``docs/tuning.md``)."""
+"""The best trial of a training search, re-scored on the whole validation clips and registered as
+``best-<name>`` (``docs/tuning.md``); the search's other MLflow records are in :mod:`pipelines.tracking.tuning`."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
-from pathlib import Path
 
-from pipelines.common.config import config_to_dict
 from pipelines.data.manifest import PreparedDataset
 from pipelines.evaluation.run import run_evaluation
 from pipelines.tracking import RegisteredVersion, RunTracker, promote_champion, set_alias
+from pipelines.tracking.tuning import REGISTERED_TAG
 from pipelines.training.config import Experiment
 from pipelines.training.run import register_result
 from pipelines.tuning.config import SearchConfig
-from pipelines.tuning.results import ERRORED, STOPPED_EARLY, TrialSummary, write_reports
-from pipelines.tuning.trial import SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG, validation_evaluation
+from pipelines.tuning.results import TrialSummary
+from pipelines.tuning.trial import validation_evaluation
 
 logger = logging.getLogger("ray_vsr.tune")
-
-TRIAL_STATUS_TAG = "tune_status"  # completed | stopped early | errored
-SEARCH_PARENT_TAG = "tune_search_parent"  # on the parent run only: the search id (the trials have it too)
-REGISTERED_TAG = "best_registered_version"  # on the parent run: the version registered as best-<name>
-
-
-def start_parent_run(spec: SearchConfig, base: Experiment, tracking_uri: str, search_id: str) -> RunTracker:
-    """The search's MLflow parent run (found by the search id), with the space as params and the YAML.
-
-    Found by :data:`SEARCH_PARENT_TAG`, which only the parent carries: the trial runs carry the search id
-    too, and the newest of them is not the parent (whose tags hold the seal a resume checks)."""
-    parent = RunTracker.start_tagged(
-        tracking_uri,
-        base.tracking.experiment,
-        spec.name,
-        SEARCH_PARENT_TAG,
-        search_id,
-        tags={TUNE_EXPERIMENT_TAG: spec.name, "arch": base.arch, SEARCH_ID_TAG: search_id},
-    )
-    settings = {"num_samples": spec.num_samples, "metric": spec.metric, "scheduler": spec.scheduler.name}
-    if spec.evaluate is not None:
-        settings |= {"evaluate": spec.evaluate, "scheduler": "none"}
-    parent.log_params({f"search.{key}": {d.kind: d.args} for key, d in spec.space().items()} | settings)
-    # the search as its YAML holds it; the family the job gave is the run's arch tag
-    parent.log_dict({k: v for k, v in config_to_dict(spec).items() if k != "arch"}, "search.yaml")
-    return parent
-
-
-def record_statuses(trials: list[TrialSummary], tracking_uri: str) -> None:
-    """Tag every trial run with its status; close the runs of trials stopped early (FINISHED: the
-    scheduler ended a trial that ran as it should; ``tune_status`` says it stopped early) or errored
-    (FAILED)."""
-    for trial in trials:
-        if not trial.mlflow_run_id:
-            continue
-        tracker = RunTracker.attach(tracking_uri, trial.mlflow_run_id)
-        tracker.set_tags({TRIAL_STATUS_TAG: trial.status})
-        if trial.status == ERRORED:
-            tracker.finish("FAILED")
-        elif trial.status == STOPPED_EARLY or tracker.status() == "RUNNING":
-            # RUNNING: its actor ended with its last result, before closing it
-            tracker.finish("FINISHED")
-
-
-def log_reports(parent: RunTracker, trials: list[TrialSummary], metric: str) -> tuple[str, ...]:
-    """The results table and plots, as artifacts of the parent run; their artifact paths."""
-    with tempfile.TemporaryDirectory() as folder:
-        written = write_reports(trials, metric, Path(folder))
-        for path in written:
-            parent.log_artifact(path, None if path.parent == Path(folder) else path.parent.name)
-        return tuple(str(path.relative_to(folder)) for path in written)
 
 
 def register_best(
