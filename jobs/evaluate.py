@@ -24,10 +24,17 @@ from vsr_models import ARCHITECTURES
 OPTIONS = [
     option(
         "--model",
+        exclusive="model",
         key="model",
         help=f"models:/<name>@<alias>, runs:/<id>/<run name>, checkpoint folder or model.pt (default {DEFAULT_MODEL})",
     ),
-    option("--official", key="official", metavar="PATH", help="authors' released checkpoint (needs --arch)"),
+    option(
+        "--official",
+        key="official",
+        exclusive="model",
+        metavar="PATH",
+        help="authors' released checkpoint (needs --arch)",
+    ),
     option("--arch", key="arch", choices=sorted(ARCHITECTURES), help="architecture of --official"),
     option("--data", key="data", help="prepared dataset folder: a path or a URI such as s3://bucket/reds_bi"),
     option(
@@ -72,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser(__doc__, OPTIONS, set_example="crop_border=4")
     args = parser.parse_args(argv)
-    if args.model is not None and args.official is not None:
-        parser.error("argument --official: not allowed with argument --model")
 
     def body() -> None:
         cfg = load_config(EvaluationConfig, args.config, config_overrides(args, OPTIONS))

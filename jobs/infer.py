@@ -18,6 +18,8 @@ from pipelines.inference.encode import CODECS, FILTERS
 from pipelines.inference.pipeline import PRECISIONS
 from vsr_models import ARCHITECTURES
 
+VIDEO = "output video (docs/video.md)"  # a section of --help
+
 OPTIONS = [
     option("input", type=Path, help="video file, folder of frames, or folder of videos"),
     option(
@@ -26,8 +28,14 @@ OPTIONS = [
         help=".mkv/.avi (FFV1, lossless), .mp4/.mov (H.264) or a path without suffix (PNG frames); "
         "for a folder of videos: the output folder",
     ),
-    option("--model", help="MLflow model URI (models:/ttvsr@champion) or checkpoint of this project"),
-    option("--official", metavar="CKPT", help="authors' released checkpoint (needs --arch)"),
+    option(
+        "--model",
+        exclusive="model",
+        help="MLflow model URI (models:/ttvsr@champion) or checkpoint of this project",
+    ),
+    option(
+        "--official", exclusive="model", metavar="CKPT", help="authors' released checkpoint (needs --arch)"
+    ),
     option("--arch", choices=sorted(ARCHITECTURES), help="architecture of --official"),
     option("--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)"),
     # Shortcuts for the most used InferConfig fields; --set reaches all of them.
@@ -41,35 +49,60 @@ OPTIONS = [
         help="auto (default: bf16 where the hardware runs it natively, CUDA sm80+ or AMX / AVX512-BF16 CPUs; "
         "else fp32), fp32, bf16, fp16",
     ),
-    # the output video (docs/video.md)
-    option("--codec", key="codec", help=f"{'|'.join(CODECS)} or an FFmpeg encoder (default: by suffix)"),
-    option("--crf", key="crf", type=int, help="constant rate factor (h264 12, h265 14, vp9 15 by default)"),
     option(
-        "--preset", key="preset", help="encoder preset (x264 / x265: ultrafast .. veryslow; default medium)"
+        "--codec",
+        section=VIDEO,
+        key="codec",
+        help=f"{'|'.join(CODECS)} or an FFmpeg encoder (default: by suffix)",
     ),
     option(
-        "--pix-fmt", key="pix_fmt", help="output pixel format (default yuv420p, yuv420p10le for 10-bit input)"
+        "--crf",
+        section=VIDEO,
+        key="crf",
+        type=int,
+        help="constant rate factor (h264 12, h265 14, vp9 15 by default)",
+    ),
+    option(
+        "--preset",
+        section=VIDEO,
+        key="preset",
+        help="encoder preset (x264 / x265: ultrafast .. veryslow; default medium)",
+    ),
+    option(
+        "--pix-fmt",
+        section=VIDEO,
+        key="pix_fmt",
+        help="output pixel format (default yuv420p, yuv420p10le for 10-bit input)",
     ),
     option(
         "--no-audio",
+        section=VIDEO,
         key="no_audio",
         action="store_true",
         default=None,
         help="drop audio and subtitle streams",
     ),
-    option("--start", key="start", help="start at seconds (12.5, 1:02.5) or a frame (300f)"),
-    option("--end", key="end", help="stop before seconds or a frame (same forms as --start)"),
+    option("--start", section=VIDEO, key="start", help="start at seconds (12.5, 1:02.5) or a frame (300f)"),
+    option("--end", section=VIDEO, key="end", help="stop before seconds or a frame (same forms as --start)"),
     option(
-        "--outscale", key="outscale", type=float, help="output size / input size (default 4, the network's)"
+        "--outscale",
+        section=VIDEO,
+        key="outscale",
+        type=float,
+        help="output size / input size (default 4, the network's)",
     ),
     option(
         "--outscale-filter",
+        section=VIDEO,
         key="outscale_filter",
         choices=FILTERS,
         help="filter resizing to --outscale (lanczos)",
     ),
     option(
-        "--fps", key="fps", help="constant output frame rate, e.g. 30000/1001 (default: the input's timing)"
+        "--fps",
+        section=VIDEO,
+        key="fps",
+        help="constant output frame rate, e.g. 30000/1001 (default: the input's timing)",
     ),
     option(
         "--overwrite",
@@ -102,12 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.inference.config import InferConfig, InferenceConfig, model_ref
     from pipelines.inference.run import run_inference
 
-    parser = command_parser(__doc__, OPTIONS, set_example="chunk_overlap=4", prog="jobs/infer.py")
+    parser = command_parser(
+        __doc__, OPTIONS, set_example="chunk_overlap=4", prog="jobs/infer.py", required=["model"]
+    )
     args = parser.parse_args(argv)
-    if args.model is None and args.official is None:
-        parser.error("one of the arguments --model --official is required")
-    if args.model is not None and args.official is not None:
-        parser.error("argument --official: not allowed with argument --model")
 
     def body() -> None:
         model = model_ref(args.model, args.official, args.arch, args.mlflow_uri)

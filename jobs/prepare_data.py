@@ -20,8 +20,18 @@ from pipelines.data.prepare.config import SAMPLE_OUTPUT, SAMPLE_SOURCE
 from pipelines.data.sources import LAYOUTS
 
 OPTIONS = [
-    option("--source", key="source", help="dataset folder or video file (layout detected, see --layout)"),
-    option("--dataset", choices=[SAMPLE_SOURCE], help="render and prepare the bundled sample dataset"),
+    option(
+        "--source",
+        key="source",
+        exclusive="source",
+        help="dataset folder or video file (layout detected, see --layout)",
+    ),
+    option(
+        "--dataset",
+        exclusive="source",
+        choices=[SAMPLE_SOURCE],
+        help="render and prepare the bundled sample dataset",
+    ),
     option("--layout", key="layout", choices=LAYOUTS, help="source layout (default: auto)"),
     option(
         "--output",
@@ -63,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser(__doc__, OPTIONS, set_example="clip_length=50")
     args = parser.parse_args(argv)
-    if args.source is not None and args.dataset is not None:
-        parser.error("argument --dataset: not allowed with argument --source")
 
     def body() -> None:
         overrides = config_overrides(args, OPTIONS)

@@ -30,12 +30,13 @@ StateDict = dict[str, Tensor]
 @dataclass(frozen=True)
 class InputConstraints:
     """What a model accepts: ``h``, ``w`` multiples of ``multiple`` and at least ``min_size``; fixed
-    patch size / sequence length where not ``None``."""
+    patch size / sequence length where not ``None``. ``why``: what makes ``multiple`` (for messages)."""
 
     multiple: int = 1
     min_size: int = 1
     spatial_size: int | None = None
     num_frames: int | None = None
+    why: str = field(default="", compare=False)
 
     def problems(self, height: int, width: int, num_frames: int | None = None) -> list[str]:
         """The constraints ``height`` x ``width`` LR frames in sequences of ``num_frames`` (``None``: any

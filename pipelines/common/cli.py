@@ -35,6 +35,8 @@ class Option:
     names: tuple[str, ...]
     key: str | None = None  # "run.name": the value becomes the override run.name=<value>
     settings: Mapping[str, Any] = field(default_factory=dict)
+    section: str | None = None  # a titled section of --help ("output video (docs/video.md)")
+    exclusive: str | None = None  # options naming the same group exclude each other ("model")
 
     @property
     def dest(self) -> str:
@@ -45,13 +47,21 @@ class Option:
         return longest.lstrip("-").replace("-", "_")
 
 
-def option(*names: str, key: str | None = None, **settings: Any) -> Option:
+def option(
+    *names: str,
+    key: str | None = None,
+    section: str | None = None,
+    exclusive: str | None = None,
+    **settings: Any,
+) -> Option:
     """An option of a job: ``option("--name", key="run.name", help=...)``.
 
     ``key`` names the config field the value overrides (applied after ``--config`` and ``--set``); an
-    option without one is read by the job itself. ``settings`` are ``ArgumentParser.add_argument``'s.
+    option without one is read by the job itself. ``section`` lists it under that title in ``--help``;
+    options with the same ``exclusive`` name exclude each other. ``settings`` are
+    ``ArgumentParser.add_argument``'s.
     """
-    return Option(tuple(names), key, settings)
+    return Option(tuple(names), key, settings, section, exclusive)
 
 
 def set_option(example: str) -> Option:
@@ -85,19 +95,31 @@ def command_parser(
     set_example: str | None = "optim.lr=1e-4",
     config: bool = True,
     prog: str | None = None,
+    required: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
     """The parser of one job: its docstring as help (examples kept as written), then ``options``.
 
     ``config``: add ``--config FILE``; ``set_example``: add ``--set`` with this ``KEY=VALUE`` of the
-    job's own config in its help (``None``: no ``--set``). Every parser has ``--verbose``.
+    job's own config in its help (``None``: no ``--set``); ``required``: the ``exclusive`` groups of which
+    one option must be given. Every parser has ``--verbose``.
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common = [CONFIG_OPTION] if config else []
     common += [VERBOSE_OPTION] + ([set_option(set_example)] if set_example else [])
+    sections: dict[str | None, Any] = {None: parser}
+    exclusive: dict[tuple[str | None, str], Any] = {}
     for item in [*common, *options]:
-        parser.add_argument(*item.names, **item.settings)
+        if item.section not in sections:
+            sections[item.section] = parser.add_argument_group(item.section)
+        target = sections[item.section]
+        if item.exclusive is not None:
+            group = (item.section, item.exclusive)
+            if group not in exclusive:
+                exclusive[group] = target.add_mutually_exclusive_group(required=item.exclusive in required)
+            target = exclusive[group]
+        target.add_argument(*item.names, **item.settings)
     return parser
 
 

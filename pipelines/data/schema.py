@@ -56,18 +56,6 @@ CLIP_SCHEMA = pa.schema(
     metadata={"ray_vsr.format_version": str(FORMAT_VERSION), "ray_vsr.frame_codec": FRAME_CODEC},
 )
 
-# Columns the training and validation readers need from a shard.
-READ_COLUMNS = [
-    "clip_id",
-    "num_frames",
-    "hr_height",
-    "hr_width",
-    "lr_height",
-    "lr_width",
-    "hr_frames",
-    "lr_frames",
-]
-
 # Arguments for pyarrow.parquet.ParquetWriter: one segment per row group (written one at a time), zstd on
 # the small columns, none on the frames (already zstd), no dictionary for the frame bytes.
 PARQUET_WRITER_OPTIONS = {

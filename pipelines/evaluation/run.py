@@ -38,6 +38,8 @@ from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.protocol import ValidationProtocol
 from pipelines.evaluation.scoring import EvaluationReport, evaluate
 from pipelines.inference.loading import MODEL_URI, ModelRef
+from pipelines.tracking.evaluation import SOURCE_RUN_TAG
+from pipelines.tracking.runs import PARENT_RUN_TAG
 from vsr_models import ARCHITECTURES
 
 PER_CLIP_CSV = "per_clip.csv"
@@ -162,15 +164,12 @@ def resolve_source(ref: ModelRef, lookup: bool = True) -> ModelSource:
             "eval.registered_model": version["name"],
             "eval.registered_version": version["version"],
         }
-        if "source_run_id" in version:
-            tags |= {
-                "mlflow.parentRunId": version["source_run_id"],
-                "source_run_id": version["source_run_id"],
-            }
+        if SOURCE_RUN_TAG in version:
+            tags |= {PARENT_RUN_TAG: version[SOURCE_RUN_TAG], SOURCE_RUN_TAG: version[SOURCE_RUN_TAG]}
         return ModelSource(ModelRef(version["uri"], None, ref.tracking_uri), version["name"], tags, version)
     run = re.match(r"^runs:/([^/]+)", given)
     if run:
-        tags |= {"mlflow.parentRunId": run.group(1), "source_run_id": run.group(1)}
+        tags |= {PARENT_RUN_TAG: run.group(1), SOURCE_RUN_TAG: run.group(1)}
         return ModelSource(ref, f"run-{run.group(1)[:8]}", tags)
     label = given.rstrip("/").rsplit("/", 1)[-1].split("@")[0] or "model"
     return ModelSource(ref, label, tags)

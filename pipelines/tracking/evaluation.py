@@ -23,9 +23,8 @@ from pipelines.tracking.runs import (
     set_model_version_tags,
 )
 
-PARENT_RUN_TAG = "mlflow.parentRunId"
-"""The tag the MLflow UI nests a run under (here: an evaluation under the training run it scores)."""
 SOURCE_RUN_TAG = "source_run_id"
+"""On an evaluation run and a version lookup: the training run the scored model came from."""
 
 
 def resolve_model_version(tracking_uri: str, model_uri: str) -> dict[str, str] | None:
@@ -55,7 +54,7 @@ def resolve_model_version(tracking_uri: str, model_uri: str) -> dict[str, str] |
     }
     source_run = (version.tags or {}).get("mlflow_run_id") or version.run_id
     if source_run:
-        found["source_run_id"] = str(source_run)
+        found[SOURCE_RUN_TAG] = str(source_run)
     # The LoggedModel behind the version (MLflow 3): its id, or its models:/m-... URI as the source
     model_id = getattr(version, "model_id", None) or (
         version.source.removeprefix("models:/") if str(version.source).startswith("models:/m-") else None

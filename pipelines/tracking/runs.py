@@ -25,6 +25,9 @@ import numpy as np
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR_NAME = "mlartifacts"
 _SQLITE_PREFIX = "sqlite:///"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""MLflow's own tag: the UI nests a run under this one (an evaluation under the training run it scores,
+a search's trials under its parent run)."""
 # MLflow's log_batch accepts at most 100 params per call.
 _PARAMS_PER_BATCH = 100
 

@@ -25,7 +25,6 @@ from pipelines.tracking.runs import RunTracker
 TUNE_EXPERIMENT_TAG = "tune_experiment"
 TUNE_TRIAL_TAG = "tune_trial_id"
 SEARCH_ID_TAG = "tune_search_id"  # on the parent run and every trial run: which search they belong to
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the trial runs under the search
 TRIAL_STATUS_TAG = "tune_status"  # COMPLETED | STOPPED_EARLY | ERRORED
 SEARCH_PARENT_TAG = "tune_search_parent"  # on the parent run only: the search id (the trials have it too)
 REGISTERED_TAG = "best_registered_version"  # on the parent run: the version registered as best-<name>

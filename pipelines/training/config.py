@@ -281,7 +281,7 @@ class Experiment:
         if unused and frames < 2 and self.scaling.num_workers > 1:
             raise ValueError(
                 f"data.num_frames is {self.data.num_frames} with scaling.num_workers "
-                f"{self.scaling.num_workers}: one-frame {self.arch} sequences leave {unused} unused, which "
+                f"{self.scaling.num_workers}: one-frame {family.model_class.__name__} sequences leave {unused} unused, which "
                 "DDP refuses; set data.num_frames to 2 or more (or data.mirror_times to 1, or train on one worker)"
             )
 
@@ -311,15 +311,16 @@ def check_crops(arch: str, constraints: InputConstraints, lr_patch: int, num_fra
     problems = constraints.problems(lr_patch, lr_patch, num_frames)
     if not problems:
         return
+    network = get_family(arch).model_class.__name__
+    why = constraints.why or f"the LR frames {network} takes"
     # A fixed patch and sequence (VSR-Transformer: learned (c, s, s) layer norms, a positional encoding
     # built for num_frames): crops must match both exactly.
     refusals = {
         "spatial_size": f"data.lr_patch ({lr_patch}) must equal model.spatial_size ({constraints.spatial_size})",
         "num_frames": f"data.num_frames ({num_frames}) must equal model.num_frames ({constraints.num_frames})",
         "min_size": f"data.lr_patch ({lr_patch}) must be at least {constraints.min_size} and a multiple of "
-        f"{constraints.multiple}: the smallest LR frame {arch} takes (docs/models.md)",
-        "multiple": f"data.lr_patch ({lr_patch}) must be a multiple of {constraints.multiple}: the LR frames {arch} "
-        "takes (docs/models.md)",
+        f"{constraints.multiple}: the smallest LR frame {network} takes (docs/models.md)",
+        "multiple": f"data.lr_patch ({lr_patch}) must be a multiple of {constraints.multiple}: {why} (docs/models.md)",
     }
     raise ValueError(refusals[problems[0]])
 

@@ -247,7 +247,6 @@ def _run_training(
 
     from pipelines.training.rendezvous import LoopbackTorchConfig
 
-    cfg = resolve_paths(cfg)
     if cfg.data.verify:
         init_ray(cfg.run.address)  # the checksums are computed in Ray tasks, where the data is
     # The one read of the dataset's manifest: what the Ray Data plan, the workers' validation and the
@@ -280,7 +279,6 @@ def _run_training(
         dataset=dataset_record(cfg, dataset),
     )
 
-    init_ray(cfg.run.address)
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     # A pass over the plan that ran short would start another execution: do not print its plan again.
     ray.data.DataContext.get_current().print_on_execution_start = False

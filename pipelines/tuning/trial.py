@@ -14,7 +14,8 @@ from pipelines.common.config import with_values
 from pipelines.evaluation.config import EvaluationConfig
 from pipelines.evaluation.run import run_evaluation
 from pipelines.tracking import RunTracker
-from pipelines.tracking.tuning import PARENT_RUN_TAG, SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG, TUNE_TRIAL_TAG
+from pipelines.tracking.runs import PARENT_RUN_TAG
+from pipelines.tracking.tuning import SEARCH_ID_TAG, TUNE_EXPERIMENT_TAG, TUNE_TRIAL_TAG
 from pipelines.training.config import Experiment
 from pipelines.training.run import run_training
 from pipelines.tuning.space import drawn_values, model_settings

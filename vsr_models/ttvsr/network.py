@@ -137,7 +137,9 @@ class TTVSRConfig:
     def input_constraints(self) -> InputConstraints:
         """LR height and width: multiples of the token size (and of 4), at least 64; any length."""
         return InputConstraints(
-            multiple=math.lcm(MIN_INPUT_MULTIPLE, self.token_size), min_size=MIN_INPUT_SIZE
+            multiple=math.lcm(MIN_INPUT_MULTIPLE, self.token_size),
+            min_size=MIN_INPUT_SIZE,
+            why=f"TTVSR cuts frames into model.token_size x model.token_size ({self.token_size}x{self.token_size}) tokens",
         )
 
 

@@ -26,7 +26,8 @@ import yaml
 
 from jobs.tune_ttvsr import main
 from pipelines.tracking import mlflow_client
-from pipelines.tracking.tuning import PARENT_RUN_TAG, SEARCH_ID_TAG, TRIAL_STATUS_TAG, TUNE_EXPERIMENT_TAG
+from pipelines.tracking.runs import PARENT_RUN_TAG
+from pipelines.tracking.tuning import SEARCH_ID_TAG, TRIAL_STATUS_TAG, TUNE_EXPERIMENT_TAG
 from pipelines.tuning.state import STATE_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
