@@ -61,6 +61,7 @@ from typing import Any
 from pipelines.common.config import config_to_dict, dump_config
 from pipelines.common.errors import ConfigError
 from pipelines.common.ray_session import init_ray
+from pipelines.common.storage import check_storage_uri
 from pipelines.data.manifest import PreparedDataset, open_dataset
 from pipelines.tracking import RegisteredVersion, RunTracker, find_run, resolve_tracking_uri
 from pipelines.tracking.tuning import (
@@ -178,6 +179,8 @@ def _check_before_trials(spec: SearchConfig, base: Experiment) -> PreparedDatase
     """The dataset (and its checksums with ``data.verify``) and the paths every node must see, checked
     before any state is written; Ray is started here. Returns the dataset as opened (the lineage of the
     version the search registers)."""
+    for where in (base.data.path, base.run.storage_path):  # a missing filesystem package: before Ray starts
+        check_storage_uri(where)
     splits = (
         [base.data.val_split] if spec.evaluate is not None else [base.data.train_split, base.data.val_split]
     )

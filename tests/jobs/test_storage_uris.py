@@ -11,6 +11,7 @@ import pytest
 from jobs.evaluate import main as evaluate_main
 from jobs.prepare_data import main as prepare_main
 from jobs.train_ttvsr import main as train_main
+from jobs.tune_ttvsr import main as tune_main
 
 TEST_CONFIG = "configs/ttvsr_test.yaml"
 
@@ -26,6 +27,18 @@ JOBS = {
         train_main,
         ["--config", TEST_CONFIG, "--storage-path", "az://box/runs", "--mlflow-uri", "sqlite:///{tmp}/m.db"],
         "az://box/runs",
+    ),
+    "search storage": (
+        tune_main,
+        ["--config", "configs/search/ttvsr_token_scales_sample.yaml", "--mlflow-uri", "sqlite:///{tmp}/m.db"]
+        + ["--set", "experiment.run.storage_path=az://box/runs"],
+        "az://box/runs",
+    ),
+    "search data": (
+        tune_main,
+        ["--config", "configs/search/ttvsr_token_scales_sample.yaml", "--mlflow-uri", "sqlite:///{tmp}/m.db"]
+        + ["--set", "experiment.data.path=az://box/reds", "--set", "experiment.run.storage_path={tmp}/runs"],
+        "az://box/reds",
     ),
     "prepare output": (
         prepare_main,
