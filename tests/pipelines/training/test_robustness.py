@@ -151,6 +151,7 @@ def test_sigterm_ends_training_as_ctrl_c_and_the_resumed_run_logs_each_step_once
     import time
 
     from pipelines.tracking import find_run, mlflow_client
+    from pipelines.training.state import latest_checkpoint_progress
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [
@@ -173,13 +174,18 @@ def test_sigterm_ends_training_as_ctrl_c_and_the_resumed_run_logs_each_step_once
         history = mlflow_client(uri).get_metric_history(run_id, "loss") if run_id else []
         return [m.step for m in history]
 
+    def resumes_from() -> int:
+        """The iteration Ray Train would resume the run from: its checkpoint once the snapshot lists it (a
+        checkpoint folder exists a moment before Ray Train records it)."""
+        try:
+            return latest_checkpoint_progress(tmp_path / "runs" / "stopped", 1)[0]
+        except Exception:  # the snapshot being written, or a checkpoint folder not complete yet
+            return 0
+
     try:
         deadline = time.monotonic() + 300
         # stop it between two checkpoints, with steps logged after the last one
-        while (
-            not (tmp_path / "runs" / "stopped" / "checkpoint_00000002").exists()
-            or max(logged_steps(), default=0) < 3
-        ):
+        while resumes_from() < 2 or max(logged_steps(), default=0) < 3:
             assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()
             time.sleep(0.2)
         job.send_signal(signal.SIGTERM)  # as `ray job stop` or `kill` does
